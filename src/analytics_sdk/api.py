@@ -1,0 +1,86 @@
+"""Module-level functions over one global :class:`~analytics_sdk.Analytics` client.
+
+Nothing is created at import: the global client appears on the first ``track()`` (configured
+from ``ANALYTICS_*`` variables and defaults) or on ``configure()``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from .client import Analytics
+from .feature import FeatureTracker
+from .scheduler import FlushResult
+
+__all__ = ["configure", "flush", "get_client", "shutdown", "track", "track_feature"]
+
+_client: Analytics | None = None
+_lock = threading.Lock()
+
+
+def configure(**settings: Any) -> Analytics:
+    """Create the global client from ``settings`` (see :class:`~analytics_sdk.config.Config`)
+    and return it; a previous global client is flushed and shut down first."""
+    client = Analytics(**settings)
+    previous = set_client(client)
+    if previous is not None:
+        previous.shutdown()
+    return client
+
+
+def get_client() -> Analytics:
+    """Return the global client, creating it from the environment on first use."""
+    global _client
+    client = _client
+    if client is None:
+        with _lock:
+            if _client is None:
+                _client = Analytics()
+            client = _client
+    return client
+
+
+def set_client(client: Analytics | None) -> Analytics | None:
+    """Install ``client`` as the global client and return the previous one (not shut down)."""
+    global _client
+    with _lock:
+        previous, _client = _client, client
+    return previous
+
+
+def track(
+    event: str,
+    *,
+    user_id: str | None = None,
+    properties: Mapping[str, str | int | bool] | None = None,
+    value: int = 1,
+    timestamp: datetime | None = None,
+) -> None:
+    """Count ``value`` occurrences of ``event`` on the global client (see
+    :meth:`Analytics.track <analytics_sdk.Analytics.track>`)."""
+    client = _client
+    if client is None:
+        client = get_client()
+    client.track(event, user_id=user_id, properties=properties, value=value, timestamp=timestamp)
+
+
+def track_feature(name: str) -> FeatureTracker:
+    """Return a decorator / context manager that records ``feature_used`` for ``name`` on
+    whichever client is global when the feature runs."""
+    return FeatureTracker(name, get_client)
+
+
+def flush(timeout: float = 10.0) -> FlushResult:
+    """Push the global client's buffer and flush its store into the sink now."""
+    return get_client().flush(timeout)
+
+
+def shutdown(timeout: float | None = None) -> FlushResult:
+    """Shut the global client down with a final flush (also done at exit)."""
+    client = _client
+    if client is None:
+        return FlushResult(complete=True)
+    return client.shutdown(timeout)

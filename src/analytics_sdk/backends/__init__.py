@@ -1,0 +1,89 @@
+"""Backends chosen by URL scheme: ``memory://`` now; drivers are imported only when used.
+
+A scheme maps to a factory ``(url, clock) -> backend``. Third-party backends register theirs
+with :func:`register_store` or :func:`register_sink`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import ConfigurationError
+from .base import Batch, CounterStore, Delta, Pending, Push, Sink
+from .memory import MemoryCounterStore, MemorySink
+
+__all__ = [
+    "Batch",
+    "CounterStore",
+    "Delta",
+    "MemoryCounterStore",
+    "MemorySink",
+    "Pending",
+    "Push",
+    "Sink",
+    "redact_url",
+    "register_sink",
+    "register_store",
+    "sink_from_url",
+    "store_from_url",
+]
+
+Clock = Callable[[], float]
+StoreFactory = Callable[[str, Clock], CounterStore]
+SinkFactory = Callable[[str, Clock], Sink]
+B = TypeVar("B")
+
+_STORES: dict[str, StoreFactory] = {"memory": lambda url, clock: MemoryCounterStore(clock=clock)}
+_SINKS: dict[str, SinkFactory] = {"memory": lambda url, clock: MemorySink(clock=clock)}
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, safe for logs and messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def register_store(scheme: str, factory: StoreFactory) -> None:
+    """Make ``scheme://`` URLs create counter stores with ``factory(url, clock)``."""
+    _STORES[scheme] = factory
+
+
+def register_sink(scheme: str, factory: SinkFactory) -> None:
+    """Make ``scheme://`` URLs create sinks with ``factory(url, clock)``."""
+    _SINKS[scheme] = factory
+
+
+def _from_url(
+    kind: str, registry: dict[str, Callable[[str, Clock], B]], url: str, clock: Clock
+) -> B:
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{kind} {url!r} is not a URL; accepted: a URL string or instance")
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    factory = registry.get(scheme)
+    if factory is None:
+        accepted = ", ".join(f"{s}://" for s in sorted(registry))
+        raise ConfigurationError(
+            f"{kind} URL {redact_url(url)!r} has an unknown scheme {scheme!r}; accepted: {accepted}"
+        )
+    return factory(url, clock)
+
+
+def store_from_url(url: str, clock: Clock) -> CounterStore:
+    """Return the counter store that ``url`` names (e.g. ``memory://``)."""
+    return _from_url("store", _STORES, url, clock)
+
+
+def sink_from_url(url: str, clock: Clock) -> Sink:
+    """Return the sink that ``url`` names (e.g. ``memory://``)."""
+    return _from_url("sink", _SINKS, url, clock)

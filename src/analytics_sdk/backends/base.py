@@ -1,0 +1,184 @@
+"""The two pluggable parts and the exactly-once protocol between them.
+
+A :class:`CounterStore` is the shared, fast tier that every process pushes deltas to. A
+:class:`Sink` is the durable tier that dashboards query. The flusher moves counts from one to
+the other in three steps:
+
+1. ``store.claim()`` atomically moves live counters into claimed :class:`Batch` es, each with
+   a unique id (still visible to queries as pending);
+2. ``sink.apply(batch)`` records the batch id in a ledger and adds the counts, in one
+   transaction; a batch id already in the ledger is a no-op;
+3. ``store.ack(batch_id)`` deletes the claim, only after the sink committed.
+
+A flusher that dies between steps leaves a claim behind; ``store.claimed(older_than=...)``
+finds it and the next flush applies it again, which the ledger makes safe.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+import attrs
+
+from ..keys import HourKey, Properties, UserKey
+
+__all__ = ["Batch", "CounterStore", "Delta", "Pending", "Push", "Sink", "matches"]
+
+T = TypeVar("T")
+
+
+@attrs.frozen(kw_only=True)
+class Delta:
+    """Counts to add: hourly counters and per-user daily counters."""
+
+    hourly: dict[HourKey, int] = attrs.field(factory=dict)
+    users: dict[UserKey, int] = attrs.field(factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.hourly or self.users)
+
+    @property
+    def total(self) -> int:
+        """The sum of the hourly counts (every tracked value is in exactly one of them)."""
+        return sum(self.hourly.values())
+
+    @property
+    def keys(self) -> int:
+        """How many counters the delta touches."""
+        return len(self.hourly) + len(self.users)
+
+
+@attrs.frozen(kw_only=True)
+class Push:
+    """A delta sent from one process to the store; the store applies an id only once."""
+
+    id: str
+    delta: Delta
+
+
+@attrs.frozen(kw_only=True)
+class Batch:
+    """Counts claimed from the store under a unique id, on their way to the sink."""
+
+    id: str
+    delta: Delta
+    claimed_at: float
+    """Wall-clock time (Unix seconds) of the claim."""
+
+
+@attrs.frozen(kw_only=True)
+class Pending(Generic[T]):
+    """Counts a store holds but the sink may not: live counters and claimed batches."""
+
+    live: dict[T, int] = attrs.field(factory=dict)
+    claimed: dict[str, dict[T, int]] = attrs.field(factory=dict)
+    """Counts of each claimed batch, by batch id."""
+
+
+def matches(properties: Properties, wanted: Properties) -> bool:
+    """Whether the property set ``properties`` contains every pair of ``wanted``."""
+    return all(pair in properties for pair in wanted)
+
+
+def in_range(bucket: int, start: int | None, end: int | None) -> bool:
+    """Whether ``start <= bucket < end``, with ``None`` meaning unbounded."""
+    return (start is None or bucket >= start) and (end is None or bucket < end)
+
+
+def hourly_of(
+    counts: dict[HourKey, int], event: str, start: int | None, end: int | None, wanted: Properties
+) -> dict[int, int]:
+    """Return the counts of ``event`` by hour in ``[start, end)`` whose properties match."""
+    out: dict[int, int] = {}
+    for (name, properties, hour), value in counts.items():
+        if name == event and in_range(hour, start, end) and matches(properties, wanted):
+            out[hour] = out.get(hour, 0) + value
+    return out
+
+
+def users_of(
+    counts: dict[UserKey, int], event: str, start: int | None, end: int | None, user: str | None
+) -> dict[str, int]:
+    """Return the counts of ``event`` by user over days ``[start, end)``."""
+    out: dict[str, int] = {}
+    for (name, user_id, day), value in counts.items():
+        if name == event and in_range(day, start, end) and (user is None or user == user_id):
+            out[user_id] = out.get(user_id, 0) + value
+    return out
+
+
+class CounterStore(ABC):
+    """The shared tier: receives pushes, hands out claims, answers pending counts."""
+
+    @abstractmethod
+    def push(self, push: Push) -> None:
+        """Add ``push.delta`` to the live counters, once per ``push.id`` however often called."""
+
+    @abstractmethod
+    def has_push(self, push_id: str) -> bool:
+        """Whether a push with this id was applied (within the dedup window)."""
+
+    @abstractmethod
+    def claim(self) -> list[Batch]:
+        """Atomically move the live counters into new claimed batches and return them."""
+
+    @abstractmethod
+    def claimed(self, older_than: float = 0.0) -> list[Batch]:
+        """Return the unacknowledged claims made at least ``older_than`` seconds ago."""
+
+    @abstractmethod
+    def ack(self, batch_id: str) -> None:
+        """Delete a claim whose batch the sink has committed; unknown ids are ignored."""
+
+    @abstractmethod
+    def pending_hourly(
+        self, event: str, start: int | None, end: int | None, properties: Properties
+    ) -> Pending[int]:
+        """Return pending counts of ``event`` by hour in ``[start, end)``, summed over the
+        property sets that contain ``properties``."""
+
+    @abstractmethod
+    def pending_users(
+        self, event: str, start: int | None, end: int | None, user_id: str | None
+    ) -> Pending[str]:
+        """Return pending counts of ``event`` by user over days ``[start, end)`` (one user if
+        ``user_id`` is given)."""
+
+    def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Drop what a forked child must not share with its parent (connections, locks)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Release connections."""
+
+
+class Sink(ABC):
+    """The durable tier: applies claimed batches exactly once and answers queries."""
+
+    @abstractmethod
+    def apply(self, batch: Batch) -> bool:
+        """Apply ``batch`` in one transaction; return ``False`` if its id was already applied."""
+
+    @abstractmethod
+    def applied(self, batch_ids: Iterable[str]) -> set[str]:
+        """Return those of ``batch_ids`` that are in the ledger."""
+
+    @abstractmethod
+    def hourly_counts(
+        self, event: str, start: int | None, end: int | None, properties: Properties
+    ) -> dict[int, int]:
+        """Return counts of ``event`` by hour in ``[start, end)``, summed over the property
+        sets that contain ``properties``."""
+
+    @abstractmethod
+    def user_counts(
+        self, event: str, start: int | None, end: int | None, user_id: str | None
+    ) -> dict[str, int]:
+        """Return counts of ``event`` by user over days ``[start, end)``."""
+
+    def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Drop what a forked child must not share with its parent (connections, locks)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Release connections."""

@@ -1,0 +1,170 @@
+"""In-memory counter store and sink: the embedded default, and the backends for users' tests.
+
+They implement the same protocol as Redis and PostgreSQL (claims, ledger, idempotent pushes),
+so code tested against them behaves the same in production. They hold data for the life of
+the process only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from ..keys import Properties
+from .base import (
+    Batch,
+    CounterStore,
+    Delta,
+    Pending,
+    Push,
+    Sink,
+    hourly_of,
+    in_range,
+    matches,
+    users_of,
+)
+
+__all__ = ["MemoryCounterStore", "MemorySink"]
+
+K = TypeVar("K")
+
+DEDUP_SECONDS = 24 * 3600.0
+"""How long a push id is remembered, far beyond any retry."""
+
+
+def _add(target: dict[K, int], counts: dict[K, int]) -> None:
+    for key, value in counts.items():
+        target[key] = target.get(key, 0) + value
+
+
+class MemoryCounterStore(CounterStore):
+    """A counter store in this process's memory (``memory://``)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._live = Delta()
+        self._claims: dict[str, Batch] = {}
+        self._pushes: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return "MemoryCounterStore()"
+
+    def push(self, push: Push) -> None:
+        now = self._clock()
+        with self._lock:
+            if push.id in self._pushes:
+                return
+            self._pushes[push.id] = now + DEDUP_SECONDS
+            _add(self._live.hourly, push.delta.hourly)
+            _add(self._live.users, push.delta.users)
+            if len(self._pushes) > 10_000:
+                self._pushes = {k: t for k, t in self._pushes.items() if t > now}
+
+    def has_push(self, push_id: str) -> bool:
+        with self._lock:
+            return push_id in self._pushes
+
+    def claim(self) -> list[Batch]:
+        now = self._clock()
+        with self._lock:
+            if not self._live:
+                return []
+            batch = Batch(id=uuid.uuid4().hex, delta=self._live, claimed_at=now)
+            self._claims[batch.id] = batch
+            self._live = Delta()
+            return [batch]
+
+    def claimed(self, older_than: float = 0.0) -> list[Batch]:
+        cutoff = self._clock() - older_than
+        with self._lock:
+            return [b for b in self._claims.values() if b.claimed_at <= cutoff]
+
+    def ack(self, batch_id: str) -> None:
+        with self._lock:
+            self._claims.pop(batch_id, None)
+
+    def pending_hourly(
+        self, event: str, start: int | None, end: int | None, properties: Properties
+    ) -> Pending[int]:
+        with self._lock:
+            return Pending(
+                live=hourly_of(self._live.hourly, event, start, end, properties),
+                claimed={
+                    batch_id: hourly_of(batch.delta.hourly, event, start, end, properties)
+                    for batch_id, batch in self._claims.items()
+                },
+            )
+
+    def pending_users(
+        self, event: str, start: int | None, end: int | None, user_id: str | None
+    ) -> Pending[str]:
+        with self._lock:
+            return Pending(
+                live=users_of(self._live.users, event, start, end, user_id),
+                claimed={
+                    batch_id: users_of(batch.delta.users, event, start, end, user_id)
+                    for batch_id, batch in self._claims.items()
+                },
+            )
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+
+class MemorySink(Sink):
+    """A sink in this process's memory (``memory://``), with a real ledger."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._hourly: defaultdict[str, dict[tuple[Properties, int], int]] = defaultdict(dict)
+        self._users: defaultdict[str, dict[tuple[str, int], int]] = defaultdict(dict)
+        self._ledger: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return "MemorySink()"
+
+    def apply(self, batch: Batch) -> bool:
+        with self._lock:
+            if batch.id in self._ledger:
+                return False
+            self._ledger[batch.id] = self._clock()
+            for (event, properties, hour), value in batch.delta.hourly.items():
+                rows = self._hourly[event]
+                rows[properties, hour] = rows.get((properties, hour), 0) + value
+            for (event, user_id, day), value in batch.delta.users.items():
+                users = self._users[event]
+                users[user_id, day] = users.get((user_id, day), 0) + value
+            return True
+
+    def applied(self, batch_ids: Iterable[str]) -> set[str]:
+        with self._lock:
+            return {batch_id for batch_id in batch_ids if batch_id in self._ledger}
+
+    def hourly_counts(
+        self, event: str, start: int | None, end: int | None, properties: Properties
+    ) -> dict[int, int]:
+        out: dict[int, int] = {}
+        with self._lock:
+            for (props, hour), value in self._hourly.get(event, {}).items():
+                if in_range(hour, start, end) and matches(props, properties):
+                    out[hour] = out.get(hour, 0) + value
+        return out
+
+    def user_counts(
+        self, event: str, start: int | None, end: int | None, user_id: str | None
+    ) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with self._lock:
+            for (user, day), value in self._users.get(event, {}).items():
+                if in_range(day, start, end) and (user_id is None or user == user_id):
+                    out[user] = out.get(user, 0) + value
+        return out
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()

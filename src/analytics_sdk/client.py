@@ -1,0 +1,332 @@
+"""``Analytics``: the object that owns one pipeline (buffer, scheduler, store, sink)."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import weakref
+from collections.abc import Mapping
+from datetime import date, datetime, tzinfo
+from types import TracebackType
+from typing import Any
+
+from .aggregator import Aggregator
+from .backends import sink_from_url, store_from_url
+from .backends.base import CounterStore, Sink
+from .config import Config
+from .errors import ConfigurationError
+from .events import MAX_VALUE, Validator, validate_timestamp, validate_value
+from .feature import FEATURE_EVENT, FeatureTracker
+from .keys import Properties, day_of, hour_of
+from .query import (
+    QueryEngine,
+    check_day,
+    check_moment,
+    day_hours,
+    periods,
+    resolve_tz,
+)
+from .scheduler import FlushResult, Scheduler
+from .scope import current_scope, merge_properties
+
+__all__ = ["Analytics"]
+
+logger = logging.getLogger("analytics_sdk")
+
+_CLIENTS: weakref.WeakSet[Analytics] = weakref.WeakSet()
+
+
+class Analytics:
+    """One analytics pipeline: ``track()`` into a buffer, pushed, flushed, queried.
+
+    Construct it with a :class:`~analytics_sdk.config.Config` or with its settings as keyword
+    arguments (``Analytics(store="memory://", flush_interval=30)``); settings not given are
+    read from ``ANALYTICS_*`` variables, then defaults. Use it as a context manager to shut it
+    down on exit.
+    """
+
+    def __init__(self, config: Config | None = None, **settings: Any) -> None:
+        if config is not None and settings:
+            raise ConfigurationError("pass either a Config or keyword settings, not both")
+        self.config = config if config is not None else Config.load(**settings)
+        clock = self.config.clock
+        self._now = clock.time
+        store, sink = self.config.store, self.config.sink
+        self.store: CounterStore = (
+            store_from_url(store, clock.time) if isinstance(store, str) else store
+        )
+        self.sink: Sink = sink_from_url(sink, clock.time) if isinstance(sink, str) else sink
+        self._validator = Validator(self.config.max_properties)
+        self._names = self._validator.names
+        self._property_sets = self._validator.property_sets
+        self._user_ids = self._validator.user_ids
+        self.aggregator = Aggregator(
+            max_property_sets=self.config.max_property_sets,
+            max_buffered_keys=self.config.max_buffered_keys,
+            on_full=self._buffer_full,
+        )
+        self.scheduler = Scheduler(self.aggregator, self.store, self.sink, self.config)
+        self._query = QueryEngine(self.aggregator, self.store, self.sink)
+        self._add = self.aggregator.add
+        self.closed = False
+        _CLIENTS.add(self)
+        if self.config.background:
+            self.scheduler.start()
+
+    def __repr__(self) -> str:
+        return f"Analytics(store={self.store!r}, sink={self.sink!r})"
+
+    def __enter__(self) -> Analytics:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    # -- recording --------------------------------------------------------------------------
+
+    def track(
+        self,
+        event: str,
+        *,
+        user_id: str | None = None,
+        properties: Mapping[str, str | int | bool] | None = None,
+        value: int = 1,
+        timestamp: datetime | None = None,
+    ) -> None:
+        """Count ``value`` occurrences of ``event`` (now, or at an aware ``timestamp``)."""
+        try:
+            name = self._names[event]
+        except (KeyError, TypeError):
+            name = self._validator.event_name(event)
+        if properties is None:
+            props: Properties = ()
+        else:
+            try:
+                props = self._property_sets[tuple(properties.items())]
+            except (KeyError, TypeError, AttributeError):
+                props = self._validator.properties(properties)
+        if user_id is not None:
+            try:
+                user_id = self._user_ids[user_id]
+            except (KeyError, TypeError):
+                user_id = self._validator.user_id(user_id)
+        scope = current_scope()
+        if scope is not None:
+            if user_id is None:
+                user_id = scope.user_id
+            props = merge_properties(scope.properties, props)
+        if value.__class__ is not int or value < 1 or value > MAX_VALUE:
+            validate_value(value)
+        if timestamp is None:
+            hour = int(self._now() // 3600)
+        else:
+            hour = hour_of(validate_timestamp(timestamp, self._now()))
+        self._add(name, props, hour, user_id, value)
+
+    def track_feature(self, name: str) -> FeatureTracker:
+        """Return a decorator / context manager recording ``feature_used`` on this client."""
+        return FeatureTracker(name, lambda: self)
+
+    def _record_feature(self, name: str, outcome: Properties, ok: bool, duration: float) -> None:
+        scope = current_scope()
+        user_id = None
+        if scope is not None:
+            user_id = scope.user_id
+            outcome = merge_properties(scope.properties, outcome)
+        self._add(FEATURE_EVENT, outcome, int(self._now() // 3600), user_id, 1)
+
+    def _buffer_full(self) -> None:
+        self.scheduler.request_push()
+
+    # -- moving counts ----------------------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> FlushResult:
+        """Push the buffer and flush the store into the sink now; return what moved."""
+        return self.scheduler.flush(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> FlushResult:
+        """Flush a last time within ``timeout`` seconds, stop the thread, close backends."""
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        clock = self.config.clock
+        deadline = clock.monotonic() + timeout
+        result = self.scheduler.flush(timeout)
+        if not self.closed:
+            self.closed = True
+            _CLIENTS.discard(self)
+            self.scheduler.stop(deadline - clock.monotonic())
+            self.store.close()
+            self.sink.close()
+        if not result.complete:
+            logger.warning("shutdown flush incomplete: %s", result)
+        return result
+
+    def stats(self) -> dict[str, float | int | None]:
+        """Return the pipeline's own counters: buffer size, overflow, drops, pushes, flushes."""
+        s = self.scheduler.stats
+        return {
+            "buffered_keys": self.aggregator.buffered_keys,
+            "overflowed": self.aggregator.overflowed,
+            "dropped": self.aggregator.dropped,
+            "pushes_ok": s.pushes_ok,
+            "pushes_failed": s.pushes_failed,
+            "flushes_ok": s.flushes_ok,
+            "flushes_failed": s.flushes_failed,
+            "counts_pushed": s.counts_pushed,
+            "counts_flushed": s.counts_flushed,
+            "batches_flushed": s.batches_flushed,
+            "last_flush_success": s.last_flush_success,
+        }
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def _event(self, event: object) -> str:
+        return self._validator.event_name(event)
+
+    def _filter(self, properties: Mapping[str, Any] | None) -> Properties:
+        return () if properties is None else self._validator.properties(properties)
+
+    def count(
+        self,
+        event: str,
+        *,
+        day: date | None = None,
+        hour: datetime | None = None,
+        properties: Mapping[str, str | int | bool] | None = None,
+        user_id: str | None = None,
+    ) -> int:
+        """Return the exact count of ``event`` on a UTC ``day``, in an ``hour``, or all time.
+
+        ``properties`` matches every property set containing those pairs; ``user_id`` counts
+        one user's events (per-user counts are daily and not split by properties).
+        """
+        name = self._event(event)
+        if day is not None and hour is not None:
+            raise ValueError("pass day= or hour=, not both")
+        if user_id is not None:
+            if hour is not None or properties is not None:
+                raise ValueError(
+                    "per-user counts are daily and not split by properties; "
+                    "accepted with user_id: day= only"
+                )
+            user = self._validator.user_id(user_id)
+            start, end = (None, None) if day is None else (day_of(check_day(day)), day_of(day) + 1)
+            return self._query.user_counts(name, start, end, user).get(user, 0)
+        if day is not None:
+            start, end = day_hours(check_day(day))
+        elif hour is not None:
+            start = hour_of(check_moment(hour, "hour"))
+            end = start + 1
+        else:
+            start = end = None
+        return sum(self._query.hourly_counts(name, start, end, self._filter(properties)).values())
+
+    def hourly(
+        self,
+        event: str,
+        *,
+        day: date,
+        properties: Mapping[str, str | int | bool] | None = None,
+    ) -> dict[int, int]:
+        """Return ``{0: n, ..., 23: n}``: the counts of each UTC hour of ``day``."""
+        start, end = day_hours(check_day(day))
+        counts = self._query.hourly_counts(self._event(event), start, end, self._filter(properties))
+        return {h: counts.get(start + h, 0) for h in range(24)}
+
+    def series(
+        self,
+        event: str,
+        start: date | datetime,
+        end: date | datetime,
+        *,
+        granularity: str = "day",
+        tz: str | tzinfo = "UTC",
+        properties: Mapping[str, str | int | bool] | None = None,
+    ) -> list[tuple[datetime, int]]:
+        """Return ``[(period start, count)]`` for every period from the one containing
+        ``start`` to the one containing ``end``, zeros included.
+
+        ``granularity`` is ``"hour"``, ``"day"``, ``"week"`` (ISO, from Monday) or
+        ``"month"``; periods begin at midnight in ``tz``.
+        """
+        name = self._event(event)
+        spans = list(periods(start, end, granularity, resolve_tz(tz)))
+        counts = self._query.hourly_counts(
+            name, spans[0][1], spans[-1][2], self._filter(properties)
+        )
+        return [
+            (label, sum(counts.get(h, 0) for h in range(first, stop)))
+            for label, first, stop in spans
+        ]
+
+    def unique_users(self, event: str, start: date, end: date) -> int:
+        """Return the exact number of distinct users with ``event`` on UTC days start..end."""
+        first, last = day_of(check_day(start, "start")), day_of(check_day(end, "end"))
+        if first > last:
+            raise ValueError(f"start {start} is after end {end}; accepted: start <= end")
+        users = self._query.user_counts(self._event(event), first, last + 1, None)
+        return sum(1 for n in users.values() if n > 0)
+
+    def top_users(self, event: str, *, day: date, limit: int = 10) -> list[tuple[str, int]]:
+        """Return the ``limit`` users with the most ``event`` on a UTC ``day``, most first."""
+        if type(limit) is not int or limit < 1:
+            raise ValueError(f"limit {limit!r} is not accepted; accepted: an int >= 1")
+        first = day_of(check_day(day))
+        users = self._query.user_counts(self._event(event), first, first + 1, None)
+        ranked = sorted(users.items(), key=lambda item: (-item[1], item[0]))
+        return ranked[:limit]
+
+    # -- process life ------------------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        self.aggregator.before_fork()
+
+    def _after_fork_in_parent(self) -> None:
+        self.aggregator.after_fork_in_parent()
+
+    def _after_fork_in_child(self) -> None:
+        self.aggregator.after_fork_in_child()
+        self.store.after_fork_in_child()
+        self.sink.after_fork_in_child()
+        if not self.closed:
+            self.scheduler.after_fork_in_child()
+
+
+def _shutdown_all() -> None:
+    for client in list(_CLIENTS):
+        try:
+            client.shutdown()
+        except Exception:  # at exit, one client's failure must not stop the others
+            logger.exception("analytics shutdown at exit failed")
+
+
+_forking: list[Analytics] = []
+
+
+def _before_fork() -> None:
+    _forking[:] = list(_CLIENTS)
+    for client in _forking:
+        client._before_fork()
+
+
+def _after_fork(method: str) -> Any:
+    def hook() -> None:
+        for client in _forking:
+            getattr(client, method)()
+        _forking.clear()
+
+    return hook
+
+
+atexit.register(_shutdown_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork("_after_fork_in_parent"),
+        after_in_child=_after_fork("_after_fork_in_child"),
+    )

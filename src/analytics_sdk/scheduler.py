@@ -1,0 +1,355 @@
+"""The scheduler: one daemon thread per client that moves counts along the pipeline.
+
+Every ``push_interval`` it pushes the buffer to the store; every ``flush_interval`` it runs
+the exactly-once flush (claim -> apply -> ack) from the store into the sink. Failures back
+off exponentially with jitter; nothing is dropped, the counts wait in the outbox or in the
+claim. ``flush()`` and ``shutdown()`` requests are served by the same thread, so a caller
+can stop waiting at its deadline even while a backend hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import attrs
+
+from .aggregator import Aggregator
+from .backends.base import Batch, CounterStore, Sink
+from .config import Config
+from .errors import BackendError, SinkError, StoreError
+
+__all__ = ["FlushResult", "Scheduler", "SchedulerStats"]
+
+logger = logging.getLogger("analytics_sdk")
+
+
+@attrs.frozen(kw_only=True)
+class FlushResult:
+    """What a ``flush()`` or ``shutdown()`` moved, and whether it finished."""
+
+    pushed: int = 0
+    """Counts pushed from this process's buffer to the store."""
+    flushed: int = 0
+    """Counts committed into the sink (batches already in the ledger not included)."""
+    batches: int = 0
+    """Batches applied to the sink."""
+    complete: bool = False
+    """True if the buffer was pushed and every claim this flush saw was committed."""
+    timed_out: bool = False
+    """True if the deadline passed first; the rest goes on in the background."""
+    error: str | None = None
+    """The backend failure that stopped the flush, if any; the counts are kept."""
+
+
+@attrs.define
+class SchedulerStats:
+    """Counters of the scheduler's own work (exported to Prometheus)."""
+
+    pushes_ok: int = 0
+    pushes_failed: int = 0
+    flushes_ok: int = 0
+    flushes_failed: int = 0
+    counts_pushed: int = 0
+    counts_flushed: int = 0
+    batches_flushed: int = 0
+    last_flush_success: float | None = None
+    """Wall-clock time of the last flush that completed."""
+
+
+class _Deadline(Exception):
+    """The deadline passed between two steps of a flush."""
+
+
+def _check(deadline: float, now: float) -> None:
+    if now >= deadline:
+        raise _Deadline
+
+
+class Scheduler:
+    """Pushes and flushes on a timer, with backoff; serves ``flush()`` requests."""
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        store: CounterStore,
+        sink: Sink,
+        config: Config,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.aggregator = aggregator
+        self.store = store
+        self.sink = sink
+        self.config = config
+        self.clock = config.clock
+        self.stats = SchedulerStats()
+        self._rng = rng or random.Random()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._work = threading.Lock()
+        self._wake = threading.Event()
+        self._requests: list[tuple[Future[FlushResult], float]] = []
+        self._requests_lock = threading.Lock()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._own_claims: set[str] = set()
+        self._push_requested = False
+        now = self.clock.monotonic()
+        self.next_push = now + self.config.push_interval
+        self.next_flush = now + self.config.flush_interval
+        self.push_failures = 0
+        self.flush_failures = 0
+
+    # -- the work -------------------------------------------------------------------------
+
+    def push(self, deadline: float = math.inf) -> int:
+        """Push the outbox, then the buffer, to the store; return the counts pushed."""
+        pushed = 0
+        # The outbox a failed push left behind goes first; then the buffer behind it.
+        for _ in range(2):
+            _check(deadline, self.clock.monotonic())
+            push = self.aggregator.next_push()
+            if push is None:
+                break
+            try:
+                self.store.push(push)
+            except BackendError:
+                raise
+            except Exception as exc:
+                raise StoreError(f"push to {self.store!r} failed: {exc!r}") from exc
+            self.aggregator.push_done(push.id)
+            pushed += push.delta.total
+            self.stats.counts_pushed += push.delta.total
+        return pushed
+
+    def flush_store(self, deadline: float = math.inf) -> tuple[int, int]:
+        """Move claims from the store into the sink exactly once; return (counts, batches)."""
+        flushed = batches = 0
+        try:
+            todo = self._claims_to_apply()
+            _check(deadline, self.clock.monotonic())
+            new = self.store.claim()
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"claim from {self.store!r} failed: {exc!r}") from exc
+        self._own_claims.update(b.id for b in new)
+        for batch in [*todo, *new]:
+            _check(deadline, self.clock.monotonic())
+            try:
+                applied = self.sink.apply(batch)
+            except BackendError:
+                raise
+            except Exception as exc:
+                raise SinkError(f"apply to {self.sink!r} failed: {exc!r}") from exc
+            try:
+                self.store.ack(batch.id)
+            except BackendError:
+                raise
+            except Exception as exc:
+                raise StoreError(f"ack on {self.store!r} failed: {exc!r}") from exc
+            self._own_claims.discard(batch.id)
+            if applied:
+                flushed += batch.delta.total
+                batches += 1
+        self.stats.counts_flushed += flushed
+        self.stats.batches_flushed += batches
+        return flushed, batches
+
+    def _claims_to_apply(self) -> list[Batch]:
+        """Claims left by a failed flush of ours, and orphans of flushers that died."""
+        stale = self.store.claimed(older_than=self.config.claim_lease)
+        if self._own_claims:
+            seen = {b.id for b in stale}
+            stale += [
+                b for b in self.store.claimed() if b.id in self._own_claims and b.id not in seen
+            ]
+        return stale
+
+    def flush_now(self, deadline: float) -> FlushResult:
+        """Push and flush in the calling thread, stopping at ``deadline`` (monotonic)."""
+        remaining = deadline - self.clock.monotonic()
+        if not self._work.acquire(timeout=max(0.0, remaining)):
+            return FlushResult(timed_out=True, error="another flush is still running")
+        pushed = flushed = batches = 0
+        try:
+            pushed = self.push(deadline)
+            flushed, batches = self.flush_store(deadline)
+        except _Deadline:
+            return FlushResult(pushed=pushed, flushed=flushed, batches=batches, timed_out=True)
+        except BackendError as exc:
+            return FlushResult(pushed=pushed, flushed=flushed, batches=batches, error=str(exc))
+        finally:
+            self._work.release()
+        self.stats.last_flush_success = self.clock.time()
+        complete = self.aggregator.is_empty() and not self._own_claims
+        return FlushResult(pushed=pushed, flushed=flushed, batches=batches, complete=complete)
+
+    # -- the timer ------------------------------------------------------------------------
+
+    def backoff(self, failures: int) -> float:
+        """Return the delay before retry number ``failures``: doubling, capped, jittered."""
+        ceiling = min(self.config.backoff_max, self.config.backoff_initial * 2 ** (failures - 1))
+        jitter: float = self._rng.random()
+        return ceiling * (0.5 + 0.5 * jitter)
+
+    def run_pending(self) -> None:
+        """Push and flush if their time has come (the thread calls this; tests may too)."""
+        now = self.clock.monotonic()
+        if now >= self.next_push or (self._push_requested and not self.push_failures):
+            self._push_requested = False
+            self._timed(self._push_step, "push")
+        if now >= self.next_flush:
+            self._timed(self._flush_step, "flush")
+
+    def _push_step(self) -> None:
+        self.push()
+
+    def _flush_step(self) -> None:
+        self.flush_store()
+        self.stats.last_flush_success = self.clock.time()
+
+    def _timed(self, step: Callable[[], None], kind: str) -> None:
+        with self._work:
+            now = self.clock.monotonic()
+            try:
+                step()
+            except BackendError as exc:
+                self._failed(kind, now, exc)
+            else:
+                self._succeeded(kind, now)
+
+    def _failed(self, kind: str, now: float, exc: BackendError) -> None:
+        if kind == "push":
+            self.push_failures += 1
+            self.stats.pushes_failed += 1
+            delay = self.backoff(self.push_failures)
+            self.next_push = now + delay
+            failures = self.push_failures
+        else:
+            self.flush_failures += 1
+            self.stats.flushes_failed += 1
+            delay = self.backoff(self.flush_failures)
+            self.next_flush = now + delay
+            failures = self.flush_failures
+        log = logger.warning if failures == 1 else logger.debug
+        log(
+            "%s failed (%d in a row), retrying in %.1f s; counts are kept: %s",
+            kind,
+            failures,
+            delay,
+            exc,
+        )
+
+    def _succeeded(self, kind: str, now: float) -> None:
+        if kind == "push":
+            if self.push_failures:
+                logger.info("push recovered after %d failures", self.push_failures)
+            self.push_failures = 0
+            self.stats.pushes_ok += 1
+            self.next_push = now + self.config.push_interval
+        else:
+            if self.flush_failures:
+                logger.info("flush recovered after %d failures", self.flush_failures)
+            self.flush_failures = 0
+            self.stats.flushes_ok += 1
+            self.next_flush = now + self.config.flush_interval
+
+    def request_push(self) -> None:
+        """Ask for an early push (the buffer is full)."""
+        if not self._push_requested:
+            self._push_requested = True
+            self._wake_thread()
+
+    def _wake_thread(self) -> None:
+        self._wake.set()
+        self.clock.interrupt()
+
+    # -- the thread -----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Whether the scheduler thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the daemon thread."""
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name="analytics-sdk-scheduler", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.clock.attach()
+        try:
+            while True:
+                self._wake.clear()
+                self._serve_requests()
+                if self._stopping:
+                    return
+                try:
+                    self.run_pending()
+                except Exception:  # never let the thread die: counts would stop moving
+                    logger.exception("unexpected error in the analytics scheduler")
+                with self._requests_lock:
+                    if self._requests or self._stopping:
+                        continue
+                delay = min(self.next_push, self.next_flush) - self.clock.monotonic()
+                if self._push_requested and not self.push_failures:
+                    delay = 0.0
+                self.clock.sleep(delay, self._wake)
+        finally:
+            self.clock.detach()
+
+    def _serve_requests(self) -> None:
+        with self._requests_lock:
+            requests, self._requests = self._requests, []
+        # A request whose caller gave up (cancelled) is dropped; the others are now running.
+        requests = [(f, d) for f, d in requests if f.set_running_or_notify_cancel()]
+        if not requests:
+            return
+        result = self.flush_now(max(deadline for _, deadline in requests))
+        for future, _ in requests:
+            future.set_result(result)
+
+    def flush(self, timeout: float) -> FlushResult:
+        """Push and flush now; return within ``timeout`` seconds whatever happens."""
+        deadline = self.clock.monotonic() + timeout
+        if not self.running or threading.current_thread() is self._thread:
+            return self.flush_now(deadline)
+        future: Future[FlushResult] = Future()
+        with self._requests_lock:
+            self._requests.append((future, deadline))
+        self._wake_thread()
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            future.cancel()
+            return FlushResult(
+                timed_out=True,
+                error=f"flush did not finish within {timeout} s; it goes on in the background",
+            )
+
+    def stop(self, timeout: float) -> bool:
+        """Stop the thread, waiting up to ``timeout`` seconds; return whether it stopped."""
+        self._stopping = True
+        self._wake_thread()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(max(0.0, timeout))
+        return not thread.is_alive()
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's thread, locks and claims; start this process's own thread."""
+        was_running = self.running or (self._thread is not None and not self._stopping)
+        self._init_state()
+        if was_running:
+            self.start()

@@ -1,0 +1,92 @@
+"""``context(user_id=..., properties=...)``: ambient values for every ``track()`` inside.
+
+Backed by a ``ContextVar``, so it follows ``await`` and is copied into asyncio tasks created
+inside it; threads started inside do not inherit it (run them with
+``contextvars.copy_context().run``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+from .events import validate_properties, validate_user_id
+from .keys import Properties
+
+__all__ = ["Scope", "context", "current_scope"]
+
+MAX_SCOPE_PROPERTIES = 64
+
+
+@attrs.frozen(kw_only=True)
+class Scope:
+    """The ambient user id and properties."""
+
+    user_id: str | None = None
+    properties: Properties = ()
+
+
+_SCOPE: ContextVar[Scope | None] = ContextVar("analytics_sdk_scope", default=None)
+current_scope = _SCOPE.get
+"""Return the active :class:`Scope`, or ``None`` outside any ``context()``."""
+
+
+def merge_properties(base: Properties, override: Properties) -> Properties:
+    """Return ``base`` updated with ``override`` (override wins), sorted."""
+    if not base:
+        return override
+    if not override:
+        return base
+    merged = dict(base)
+    merged.update(override)
+    return tuple(sorted(merged.items()))
+
+
+class context:
+    """Set a user id and properties for every ``track()`` in the block; nests and merges."""
+
+    __slots__ = ("_scope", "_tokens")
+
+    def __init__(
+        self, *, user_id: str | None = None, properties: Mapping[str, Any] | None = None
+    ) -> None:
+        checked_user = None if user_id is None else validate_user_id(user_id)
+        checked = (
+            () if properties is None else validate_properties(properties, MAX_SCOPE_PROPERTIES)
+        )
+        self._scope = Scope(user_id=checked_user, properties=checked)
+        self._tokens: list[Token[Scope | None]] = []
+
+    def __enter__(self) -> Scope:
+        outer = _SCOPE.get()
+        scope = self._scope
+        if outer is not None:
+            scope = Scope(
+                user_id=scope.user_id if scope.user_id is not None else outer.user_id,
+                properties=merge_properties(outer.properties, scope.properties),
+            )
+        self._tokens.append(_SCOPE.set(scope))
+        return scope
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _SCOPE.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> Scope:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)

@@ -1,0 +1,164 @@
+"""Helpers for testing code that tracks events, without patching.
+
+``recording()`` installs a synchronous client on memory backends as the global client and
+restores the previous one afterwards; :class:`ManualClock` lets a test move time by hand so
+the scheduler's timers fire without sleeping.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+
+from . import api
+from .client import Analytics
+from .clock import Clock
+from .keys import Properties, hour_start
+
+__all__ = ["ManualClock", "Recorded", "Recorder", "recording"]
+
+
+@attrs.frozen(kw_only=True)
+class Recorded:
+    """One accepted ``track()`` (or feature use), after validation and context merging."""
+
+    event: str
+    properties: dict[str, str]
+    user_id: str | None
+    value: int
+    hour: datetime
+    """The UTC hour bucket the count went into."""
+
+
+class Recorder:
+    """The client a ``recording()`` block installed, plus every count it accepted."""
+
+    def __init__(self, client: Analytics) -> None:
+        self.client = client
+        self.events: list[Recorded] = []
+        add = client._add
+
+        def recording_add(
+            event: str, properties: Properties, hour: int, user_id: str | None, value: int
+        ) -> None:
+            add(event, properties, hour, user_id, value)
+            self.events.append(
+                Recorded(
+                    event=event,
+                    properties=dict(properties),
+                    user_id=user_id,
+                    value=value,
+                    hour=hour_start(hour),
+                )
+            )
+
+        client._add = recording_add
+
+    def count(self, event: str, **query: Any) -> int:
+        """Return :meth:`Analytics.count <analytics_sdk.Analytics.count>` on the client."""
+        return self.client.count(event, **query)
+
+    def __getattr__(self, name: str) -> Any:
+        # hourly, series, unique_users, top_users, flush, ... of the recording client.
+        return getattr(self.client, name)
+
+    def clear(self) -> None:
+        """Forget the recorded calls (the counts stay in the client)."""
+        self.events.clear()
+
+    def of(self, event: str, properties: Mapping[str, str] | None = None) -> list[Recorded]:
+        """Return the recorded calls of ``event`` whose properties contain ``properties``."""
+        wanted = dict(properties or {})
+        return [
+            r
+            for r in self.events
+            if r.event == event and all(r.properties.get(k) == v for k, v in wanted.items())
+        ]
+
+
+@contextmanager
+def recording(**settings: Any) -> Iterator[Recorder]:
+    """Install a global client on memory backends, synchronous (no thread), for the block.
+
+    ``settings`` override the test defaults (``store="memory://"``, ``sink="memory://"``,
+    ``background=False``). The previous global client is restored on exit.
+    """
+    settings = {"store": "memory://", "sink": "memory://", "background": False, **settings}
+    client = Analytics(**settings)
+    recorder = Recorder(client)
+    previous = api.set_client(client)
+    try:
+        yield recorder
+    finally:
+        api.set_client(previous)
+        client.shutdown()
+
+
+class ManualClock(Clock):
+    """A clock that moves only when told: ``advance(seconds)``.
+
+    A scheduler thread sleeping on it wakes when time reaches its deadline; ``advance()``
+    returns only once every such thread has done its work and gone back to sleep, so a test
+    can assert right after it.
+    """
+
+    def __init__(self, start: datetime | None = None, settle_timeout: float = 30.0) -> None:
+        start = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        self._wall = start.timestamp()
+        self._elapsed = 0.0
+        self._cond = threading.Condition()
+        self._generation = 0
+        self._threads: dict[int, int] = {}  # attached thread -> generation it sleeps at (-1 awake)
+        self._settle_timeout = settle_timeout
+
+    def time(self) -> float:
+        return self._wall + self._elapsed
+
+    def monotonic(self) -> float:
+        return self._elapsed
+
+    def attach(self) -> None:
+        with self._cond:
+            self._threads[threading.get_ident()] = -1
+
+    def detach(self) -> None:
+        with self._cond:
+            self._threads.pop(threading.get_ident(), None)
+            self._cond.notify_all()
+
+    def sleep(self, seconds: float, wake: threading.Event) -> None:
+        me = threading.get_ident()
+        with self._cond:
+            deadline = self._elapsed + seconds
+            while not wake.is_set() and self._elapsed < deadline:
+                if me in self._threads:
+                    self._threads[me] = self._generation
+                    self._cond.notify_all()
+                self._cond.wait()
+            if me in self._threads:
+                self._threads[me] = -1
+
+    def interrupt(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward and wait until the attached threads have caught up."""
+        with self._cond:
+            self._elapsed += seconds
+            self._generation += 1
+            generation = self._generation
+            self._cond.notify_all()
+            settled = self._cond.wait_for(
+                lambda: all(g == generation for g in self._threads.values()),
+                timeout=self._settle_timeout,
+            )
+        if not settled:
+            raise RuntimeError(
+                f"a thread on the clock did not settle within {self._settle_timeout} s"
+            )
