@@ -195,7 +195,7 @@ class Scheduler:
 
     def backoff(self, failures: int) -> float:
         """Return the delay before retry number ``failures``: doubling, capped, jittered."""
-        ceiling = min(self.config.backoff_max, self.config.backoff_initial * 2 ** (failures - 1))
+        ceiling = min(self.config.backoff_max, self.config.backoff_initial * 2.0 ** (failures - 1))
         jitter: float = self._rng.random()
         return ceiling * (0.5 + 0.5 * jitter)
 
