@@ -97,6 +97,7 @@ class Scheduler:
         self._requests: list[tuple[Future[FlushResult], float]] = []
         self._requests_lock = threading.Lock()
         self._stopping = False
+        self._accepting = False  # whether the thread takes flush() requests
         self._thread: threading.Thread | None = None
         self._own_claims: set[str] = set()
         self._push_requested = False
@@ -281,6 +282,7 @@ class Scheduler:
     def start(self) -> None:
         """Start the daemon thread."""
         self._stopping = False
+        self._accepting = True
         self._thread = threading.Thread(
             target=self._run, name="analytics-sdk-scheduler", daemon=True
         )
@@ -291,9 +293,12 @@ class Scheduler:
         try:
             while True:
                 self._wake.clear()
-                self._serve_requests()
                 if self._stopping:
+                    with self._requests_lock:
+                        self._accepting = False  # later flush() calls run in their caller
+                    self._serve_requests()
                     return
+                self._serve_requests()
                 try:
                     self.run_pending()
                 except Exception:  # never let the thread die: counts would stop moving
@@ -306,6 +311,8 @@ class Scheduler:
                     delay = 0.0
                 self.clock.sleep(delay, self._wake)
         finally:
+            with self._requests_lock:
+                self._accepting = False
             self.clock.detach()
 
     def _serve_requests(self) -> None:
@@ -315,18 +322,24 @@ class Scheduler:
         requests = [(f, d) for f, d in requests if f.set_running_or_notify_cancel()]
         if not requests:
             return
-        result = self.flush_now(max(deadline for _, deadline in requests))
+        try:
+            result = self.flush_now(max(deadline for _, deadline in requests))
+        except Exception as exc:  # a bug must not leave callers waiting for their deadline
+            logger.exception("unexpected error in flush()")
+            result = FlushResult(error=f"unexpected error: {exc!r}")
         for future, _ in requests:
             future.set_result(result)
 
     def flush(self, timeout: float) -> FlushResult:
         """Push and flush now; return within ``timeout`` seconds whatever happens."""
         deadline = self.clock.monotonic() + timeout
-        if not self.running or threading.current_thread() is self._thread:
-            return self.flush_now(deadline)
         future: Future[FlushResult] = Future()
         with self._requests_lock:
-            self._requests.append((future, deadline))
+            queued = self._accepting and threading.current_thread() is not self._thread
+            if queued:
+                self._requests.append((future, deadline))
+        if not queued:
+            return self.flush_now(deadline)
         self._wake_thread()
         try:
             return future.result(timeout=timeout)

@@ -1,0 +1,200 @@
+"""The backend contract: every CounterStore and Sink in tests/utils.py passes all of this."""
+
+from __future__ import annotations
+
+import uuid
+
+from analytics_sdk.backends import Batch, CounterStore, Delta, Push, Sink
+from analytics_sdk.testing import ManualClock
+
+H = 490_000  # an hour bucket (2025-11-25)
+D = H // 24
+ODD = "ünïcode:{tag}|a=b,c\u65e5"  # every separator the key encoding must survive
+
+
+def push(store: CounterStore, hourly: dict, users: dict | None = None, push_id: str | None = None) -> Push:  # type: ignore[type-arg]
+    p = Push(id=push_id or uuid.uuid4().hex, delta=Delta(hourly=hourly, users=users or {}))
+    store.push(p)
+    return p
+
+
+def pending_total(store: CounterStore, event: str) -> int:
+    pending = store.pending_hourly(event, None, None, ())
+    return sum(pending.live.values()) + sum(sum(c.values()) for c in pending.claimed.values())
+
+
+# -- store ----------------------------------------------------------------------------------
+
+
+class TestStore:
+    def test_pushed_counts_are_pending_by_hour_and_user(self, store: CounterStore) -> None:
+        push(store, {("a", (), H): 3, ("a", (), H + 1): 4, ("b", (), H): 5}, {("a", "u1", D): 7})
+        assert store.pending_hourly("a", None, None, ()).live == {H: 3, H + 1: 4}
+        assert store.pending_hourly("a", H + 1, H + 2, ()).live == {H + 1: 4}
+        assert store.pending_users("a", D, D + 1, None).live == {"u1": 7}
+        assert store.pending_users("a", None, None, "u2").live == {}
+
+    def test_pushes_sum_per_key(self, store: CounterStore) -> None:
+        for _ in range(3):
+            push(store, {("a", (("k", "v"),), H): 2}, {("a", "u", D): 1})
+        assert store.pending_hourly("a", None, None, ()).live == {H: 6}
+        assert store.pending_users("a", None, None, None).live == {"u": 3}
+
+    def test_a_push_id_is_applied_once(self, store: CounterStore) -> None:
+        p = push(store, {("a", (), H): 5}, {("a", "u", D): 5})
+        store.push(p)
+        store.push(p)
+        assert store.has_push(p.id)
+        assert not store.has_push(uuid.uuid4().hex)
+        assert pending_total(store, "a") == 5
+        assert store.pending_users("a", None, None, None).live == {"u": 5}
+
+    def test_property_filter_is_a_subset_match(self, store: CounterStore) -> None:
+        push(
+            store,
+            {
+                ("a", (("plan", "pro"), ("path", "/")), H): 1,
+                ("a", (("plan", "pro"),), H): 2,
+                ("a", (("plan", "free"),), H): 4,
+            },
+        )
+        assert store.pending_hourly("a", None, None, (("plan", "pro"),)).live == {H: 3}
+        assert store.pending_hourly("a", None, None, (("path", "/"), ("plan", "pro"))).live == {H: 1}
+        assert store.pending_hourly("a", None, None, (("plan", "team"),)).live == {}
+
+    def test_names_with_separators_and_unicode_round_trip(self, store: CounterStore) -> None:
+        props = ((ODD, ODD), ("z", "1"))
+        p = push(store, {(ODD, props, H): 9}, {(ODD, ODD, D): 9})
+        assert store.pending_hourly(ODD, None, None, ((ODD, ODD),)).live == {H: 9}
+        assert store.pending_users(ODD, None, None, ODD).live == {ODD: 9}
+        [batch] = store.claim()
+        assert batch.delta.hourly == p.delta.hourly
+        assert batch.delta.users == p.delta.users
+
+    def test_claim_moves_live_counts_into_a_batch_still_pending(self, store: CounterStore) -> None:
+        p = push(store, {("a", (), H): 3, ("b", (("k", "v"),), H): 1}, {("a", "u", D): 3})
+        batches = store.claim()
+        assert batches
+        merged: dict = {}  # type: ignore[type-arg]
+        for b in batches:
+            for k, v in b.delta.hourly.items():
+                merged[k] = merged.get(k, 0) + v
+        assert merged == p.delta.hourly
+        assert len({b.id for b in batches}) == len(batches)
+        pending = store.pending_hourly("a", None, None, ())
+        assert pending.live == {}
+        assert sum(sum(c.values()) for c in pending.claimed.values()) == 3
+        assert store.claim() == []
+
+    def test_counts_pushed_after_a_claim_stay_live(self, store: CounterStore) -> None:
+        push(store, {("a", (), H): 1})
+        [batch] = store.claim()
+        push(store, {("a", (), H): 10})
+        assert store.pending_hourly("a", None, None, ()).live == {H: 10}
+        assert store.claimed()[0].delta.total == 1
+        store.ack(batch.id)
+        assert pending_total(store, "a") == 10
+
+    def test_ack_deletes_the_claim_and_ignores_unknown_ids(self, store: CounterStore) -> None:
+        push(store, {("a", (), H): 1}, {("a", "u", D): 1})
+        batches = store.claim()
+        for b in batches:
+            store.ack(b.id)
+        store.ack("no-such-batch")
+        assert store.claimed() == []
+        assert pending_total(store, "a") == 0
+        users = store.pending_users("a", None, None, None)
+        assert users.live == {}
+        assert users.claimed == {}
+
+    def test_claimed_finds_old_claims_only(self, store: CounterStore, clock: ManualClock) -> None:
+        push(store, {("a", (), H): 1})
+        batches = store.claim()
+        assert store.claimed(older_than=60) == []
+        assert {b.id for b in store.claimed()} == {b.id for b in batches}
+        clock.advance(61)
+        assert {b.id for b in store.claimed(older_than=60)} == {b.id for b in batches}
+
+
+# -- sink -----------------------------------------------------------------------------------
+
+
+def batch(hourly: dict, users: dict | None = None) -> Batch:  # type: ignore[type-arg]
+    return Batch(id=uuid.uuid4().hex, delta=Delta(hourly=hourly, users=users or {}), claimed_at=0.0)
+
+
+class TestSink:
+    def test_apply_then_query(self, sink: Sink) -> None:
+        assert sink.apply(batch({("a", (), H): 2, ("a", (("k", "v"),), H + 5): 3}, {("a", "u", D): 5}))
+        assert sink.hourly_counts("a", None, None, ()) == {H: 2, H + 5: 3}
+        assert sink.hourly_counts("a", H + 1, None, ()) == {H + 5: 3}
+        assert sink.hourly_counts("a", None, H + 5, ()) == {H: 2}
+        assert sink.hourly_counts("a", None, None, (("k", "v"),)) == {H + 5: 3}
+        assert sink.user_counts("a", D, D + 1, None) == {"u": 5}
+        assert sink.user_counts("a", D + 1, None, None) == {}
+        assert sink.hourly_counts("other", None, None, ()) == {}
+
+    def test_a_batch_id_is_applied_once(self, sink: Sink) -> None:
+        b = batch({("a", (), H): 2}, {("a", "u", D): 2})
+        assert sink.apply(b) is True
+        assert sink.apply(b) is False
+        assert sink.hourly_counts("a", None, None, ()) == {H: 2}
+        assert sink.user_counts("a", None, None, "u") == {"u": 2}
+        assert sink.applied([b.id, "unknown"]) == {b.id}
+
+    def test_batches_add_up(self, sink: Sink) -> None:
+        for n in (1, 2, 3):
+            sink.apply(batch({("a", (("p", "x"),), H): n}, {("a", "u", D): n, ("a", "v", D): 1}))
+        assert sink.hourly_counts("a", None, None, ()) == {H: 6}
+        assert sink.user_counts("a", None, None, None) == {"u": 6, "v": 3}
+
+    def test_separators_and_unicode_survive(self, sink: Sink) -> None:
+        sink.apply(batch({(ODD, ((ODD, ODD),), H): 4}, {(ODD, ODD, D): 4}))
+        assert sink.hourly_counts(ODD, None, None, ((ODD, ODD),)) == {H: 4}
+        assert sink.user_counts(ODD, None, None, ODD) == {ODD: 4}
+
+
+# -- the protocol between them ---------------------------------------------------------------
+
+
+def flush(store: CounterStore, sink: Sink) -> None:
+    for b in store.claim():
+        sink.apply(b)
+        store.ack(b.id)
+
+
+class TestExactlyOnce:
+    def test_push_claim_apply_ack(self, store: CounterStore, sink: Sink) -> None:
+        push(store, {("a", (), H): 3}, {("a", "u", D): 3})
+        flush(store, sink)
+        push(store, {("a", (), H): 4}, {("a", "u", D): 4})
+        flush(store, sink)
+        assert sink.hourly_counts("a", None, None, ()) == {H: 7}
+        assert sink.user_counts("a", None, None, None) == {"u": 7}
+        assert pending_total(store, "a") == 0
+
+    def test_a_flusher_dying_after_claim_loses_nothing(
+        self, store: CounterStore, sink: Sink, clock: ManualClock
+    ) -> None:
+        push(store, {("a", (), H): 5})
+        store.claim()  # ...and the flusher dies here
+        push(store, {("a", (), H): 1})
+        clock.advance(301)
+        for orphan in store.claimed(older_than=300):
+            sink.apply(orphan)
+            store.ack(orphan.id)
+        flush(store, sink)
+        assert sink.hourly_counts("a", None, None, ()) == {H: 6}
+
+    def test_a_flusher_dying_after_commit_counts_once(
+        self, store: CounterStore, sink: Sink, clock: ManualClock
+    ) -> None:
+        push(store, {("a", (), H): 5})
+        for b in store.claim():
+            sink.apply(b)  # ...committed, and the flusher dies before ack
+        clock.advance(301)
+        for orphan in store.claimed(older_than=300):
+            assert sink.apply(orphan) is False
+            store.ack(orphan.id)
+        assert sink.hourly_counts("a", None, None, ()) == {H: 5}
+        assert store.claimed() == []

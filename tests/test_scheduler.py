@@ -1,0 +1,199 @@
+"""The scheduler: timers driven by a manual clock, backoff, deadlines, failures without loss."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from analytics_sdk import Analytics
+from analytics_sdk.backends import MemoryCounterStore, MemorySink
+from analytics_sdk.testing import ManualClock
+
+from .faults import FaultySink, FaultyStore
+
+
+def pending(client: Analytics, event: str = "x") -> int:
+    p = client.store.pending_hourly(event, None, None, ())
+    return sum(p.live.values()) + sum(sum(c.values()) for c in p.claimed.values())
+
+
+def durable(client: Analytics, event: str = "x") -> int:
+    return sum(client.sink.hourly_counts(event, None, None, ()).values())
+
+
+@pytest.fixture
+def store(clock: ManualClock) -> FaultyStore:  # overrides the matrix fixture: faults needed
+    return FaultyStore(clock=clock.time)
+
+
+@pytest.fixture
+def sink(clock: ManualClock) -> FaultySink:
+    return FaultySink(clock=clock.time)
+
+
+@pytest.fixture
+def client(clock: ManualClock, store: FaultyStore, sink: FaultySink) -> Iterator[Analytics]:
+    c = Analytics(store=store, sink=sink, clock=clock, push_interval=1, flush_interval=10)
+    c.scheduler._rng = random.Random(7)
+    yield c
+    store.gate.set()
+    store.down = sink.down = False
+    c.shutdown(timeout=5)
+
+
+def test_the_thread_pushes_every_push_interval(client: Analytics, clock: ManualClock) -> None:
+    client.track("x")
+    clock.advance(0.5)
+    assert pending(client) == 0
+    clock.advance(0.5)
+    assert pending(client) == 1
+    assert durable(client) == 0
+
+
+def test_the_thread_flushes_every_flush_interval(client: Analytics, clock: ManualClock) -> None:
+    client.track("x", value=3)
+    for _ in range(9):
+        clock.advance(1)
+    assert (pending(client), durable(client)) == (3, 0)
+    clock.advance(1)
+    assert (pending(client), durable(client)) == (0, 3)
+    assert client.stats()["flushes_ok"] == 1
+
+
+def test_push_failures_back_off_exponentially_with_jitter(
+    client: Analytics, clock: ManualClock, store: FaultyStore
+) -> None:
+    store.down = True
+    client.track("x", value=7)
+    for _ in range(int(200 / 0.25)):
+        clock.advance(0.25)
+    attempts = store.push_attempts
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert len(gaps) >= 6
+    for n, gap in enumerate(gaps, start=1):
+        ceiling = min(60.0, 1.0 * 2 ** (n - 1))
+        # Equal jitter: between half the ceiling and the ceiling (plus one clock step).
+        assert ceiling / 2 - 0.25 <= gap <= ceiling + 0.25, (n, gap, gaps)
+    assert max(gaps) > 30  # it did reach the cap region
+    assert client.count("x") == 7  # still exact while the store is down
+
+    store.down = False
+    store.push_attempts.clear()
+    for _ in range(int(70 / 0.25)):
+        clock.advance(0.25)
+        if len(store.push_attempts) >= 4:
+            break
+    assert pending(client) + durable(client) == 7
+    recovered = [b - a for a, b in zip(store.push_attempts[1:], store.push_attempts[2:])]
+    assert all(abs(gap - 1.0) <= 0.25 for gap in recovered), recovered  # back to push_interval
+
+
+def test_flush_never_raises_and_keeps_the_counts(
+    client: Analytics, store: FaultyStore, sink: FaultySink
+) -> None:
+    client.track("x", value=2)
+    store.down = True
+    result = client.flush()
+    assert result.error is not None
+    assert "store is down" in result.error
+    assert not result.complete
+    client.track("x", value=3)  # track() never raises either
+    store.down = False
+    sink.down = True
+    result = client.flush()
+    assert "sink is down" in (result.error or "")
+    assert client.count("x") == 5  # pending in a claim, still counted, once
+    sink.down = False
+    result = client.flush()
+    assert result.complete, result
+    assert durable(client) == 5
+    assert client.count("x") == 5
+
+
+def test_a_push_whose_reply_was_lost_counts_once(client: Analytics, store: FaultyStore) -> None:
+    client.track("x", value=4, user_id="u")
+    store.lose_reply = 1
+    result = client.flush()
+    assert result.error is not None  # applied by the store, but the client never heard
+    assert client.count("x") == 4  # the outbox is not counted twice while in doubt
+    assert client.flush().complete
+    assert durable(client) == 4
+    assert client.count("x", user_id="u") == 4
+
+
+def test_a_commit_whose_ack_never_happened_counts_once(client: Analytics, sink: FaultySink) -> None:
+    client.track("x", value=6)
+    sink.fail_after_commit = 1
+    assert client.flush().error is not None
+    assert client.count("x") == 6  # in the sink and still claimed in the store: once
+    assert client.flush().complete
+    assert durable(client) == 6
+    assert client.store.claimed() == []
+
+
+def test_orphaned_claims_of_a_dead_flusher_are_applied_after_the_lease(clock: ManualClock) -> None:
+    store, sink = MemoryCounterStore(clock=clock.time), MemorySink(clock=clock.time)
+    with Analytics(store=store, sink=sink, clock=clock, background=False, claim_lease=30) as a:
+        a.track("x", value=5)
+        a.scheduler.push()
+        store.claim()  # another flusher claims, then dies
+        assert a.flush().flushed == 0
+        assert a.count("x") == 5
+        clock.advance(31)
+        assert a.flush().flushed == 5
+        assert durable(a) == 5
+        assert store.claimed() == []
+
+
+def test_flush_and_shutdown_honour_their_deadline_while_a_backend_hangs(
+    client: Analytics, store: FaultyStore
+) -> None:
+    client.track("x", value=9)
+    store.gate.clear()  # the next push hangs
+    started = time.monotonic()
+    result = client.flush(timeout=0.2)
+    assert result.timed_out
+    assert "within 0.2 s" in (result.error or "")
+    shut = client.shutdown(timeout=0.2)
+    assert shut.timed_out
+    assert time.monotonic() - started < 3  # two 0.2 s deadlines, not a hang
+    store.gate.set()
+    # The counts were never lost: the outbox is pushed once the backend answers.
+    assert client.flush(timeout=5).complete
+    assert durable(client) == 9
+
+
+def test_the_scheduler_thread_survives_unexpected_errors(
+    client: Analytics, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = []
+
+    def broken() -> list:  # type: ignore[type-arg]
+        calls.append(1)
+        raise RuntimeError("bug in a third-party store")
+
+    client.store.claim = broken  # type: ignore[method-assign]
+    client.track("x")
+    clock.advance(10)
+    assert calls
+    assert client.scheduler.running
+    assert client.stats()["flushes_failed"] == 1
+
+
+def test_a_full_buffer_triggers_an_early_push(clock: ManualClock) -> None:
+    with Analytics(clock=clock, max_buffered_keys=4, push_interval=60, flush_interval=600) as c:
+        pushed = threading.Event()
+        original = c.store.push
+
+        def watch(p):  # type: ignore[no-untyped-def]
+            original(p)
+            pushed.set()
+
+        c.store.push = watch  # type: ignore[method-assign]
+        for n in range(10):
+            c.track(f"e{n}")
+        assert pushed.wait(5), "no early push"
