@@ -78,7 +78,9 @@ def test_a_full_buffer_counts_what_it_cannot_hold_and_asks_for_a_push() -> None:
 
 
 def test_overflow_and_drops_are_visible_in_stats(clock: ManualClock) -> None:
-    with Analytics(clock=clock, background=False, max_property_sets=1, max_buffered_keys=3) as client:
+    with Analytics(
+        clock=clock, background=False, max_property_sets=1, max_buffered_keys=3
+    ) as client:
         client.track("x", properties={"a": "1"})
         client.track("x", properties={"a": "2"})
         client.track("x", properties={"a": "3"})

@@ -12,7 +12,9 @@ D = H // 24
 ODD = "ünïcode:{tag}|a=b,c\u65e5"  # every separator the key encoding must survive
 
 
-def push(store: CounterStore, hourly: dict, users: dict | None = None, push_id: str | None = None) -> Push:  # type: ignore[type-arg]
+def push(
+    store: CounterStore, hourly: dict, users: dict | None = None, push_id: str | None = None
+) -> Push:  # type: ignore[type-arg]
     p = Push(id=push_id or uuid.uuid4().hex, delta=Delta(hourly=hourly, users=users or {}))
     store.push(p)
     return p
@@ -59,7 +61,9 @@ class TestStore:
             },
         )
         assert store.pending_hourly("a", None, None, (("plan", "pro"),)).live == {H: 3}
-        assert store.pending_hourly("a", None, None, (("path", "/"), ("plan", "pro"))).live == {H: 1}
+        assert store.pending_hourly("a", None, None, (("path", "/"), ("plan", "pro"))).live == {
+            H: 1
+        }
         assert store.pending_hourly("a", None, None, (("plan", "team"),)).live == {}
 
     def test_names_with_separators_and_unicode_round_trip(self, store: CounterStore) -> None:
@@ -125,7 +129,9 @@ def batch(hourly: dict, users: dict | None = None) -> Batch:  # type: ignore[typ
 
 class TestSink:
     def test_apply_then_query(self, sink: Sink) -> None:
-        assert sink.apply(batch({("a", (), H): 2, ("a", (("k", "v"),), H + 5): 3}, {("a", "u", D): 5}))
+        assert sink.apply(
+            batch({("a", (), H): 2, ("a", (("k", "v"),), H + 5): 3}, {("a", "u", D): 5})
+        )
         assert sink.hourly_counts("a", None, None, ()) == {H: 2, H + 5: 3}
         assert sink.hourly_counts("a", H + 1, None, ()) == {H + 5: 3}
         assert sink.hourly_counts("a", None, H + 5, ()) == {H: 2}

@@ -21,7 +21,9 @@ from analytics_sdk.keys import (
 )
 
 # Text biased toward the characters that broke the seed's keys.
-tricky = st.text(alphabet=st.sampled_from(list(":{}|=,%\n\r ab7é日🎉")) | st.characters(), max_size=30)
+tricky = st.text(
+    alphabet=st.sampled_from(list(":{}|=,%\n\r ab7é日🎉")) | st.characters(), max_size=30
+)
 properties = st.dictionaries(tricky, tricky, max_size=5).map(lambda d: tuple(sorted(d.items())))
 hours = st.integers(min_value=-(10**6), max_value=10**7)
 
@@ -67,7 +69,13 @@ def test_malformed_keys_are_rejected(bad: str) -> None:
         decode_hour_key(bad)
 
 
-@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(timezone.utc)))
+@given(
+    st.datetimes(
+        min_value=datetime(1971, 1, 1),
+        max_value=datetime(2200, 1, 1),
+        timezones=st.just(timezone.utc),
+    )
+)
 def test_hour_buckets_contain_their_moment(moment: datetime) -> None:
     start = hour_start(hour_of(moment))
     assert start <= moment < start + timedelta(hours=1)

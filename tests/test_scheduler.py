@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_push_failures_back_off_exponentially_with_jitter(
     for _ in range(int(200 / 0.25)):
         clock.advance(0.25)
     attempts = store.push_attempts
-    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    gaps = [b - a for a, b in pairwise(attempts)]
     assert len(gaps) >= 6
     for n, gap in enumerate(gaps, start=1):
         ceiling = min(60.0, 1.0 * 2 ** (n - 1))
@@ -88,7 +89,7 @@ def test_push_failures_back_off_exponentially_with_jitter(
         if len(store.push_attempts) >= 4:
             break
     assert pending(client) + durable(client) == 7
-    recovered = [b - a for a, b in zip(store.push_attempts[1:], store.push_attempts[2:])]
+    recovered = [b - a for a, b in pairwise(store.push_attempts[1:])]
     assert all(abs(gap - 1.0) <= 0.25 for gap in recovered), recovered  # back to push_interval
 
 

@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from analytics_sdk import Analytics
-from analytics_sdk.events import MAX_NAME_LENGTH, MAX_VALUE, validate_event_name, validate_properties
+from analytics_sdk.events import (
+    MAX_NAME_LENGTH,
+    MAX_VALUE,
+    validate_event_name,
+    validate_properties,
+)
 
 
 class Event(str, Enum):
@@ -49,7 +54,11 @@ def test_bad_event_names(client: Analytics, event: object, error: type, message:
 @pytest.mark.parametrize(
     ("user_id", "error", "message"),
     [
-        (123, TypeError, r"user_id 123 is of type int; accepted: str \(convert ids with str\(user_id\)\)"),
+        (
+            123,
+            TypeError,
+            r"user_id 123 is of type int; accepted: str \(convert ids with str\(user_id\)\)",
+        ),
         ("", ValueError, "user_id '' has 0 characters"),
         ("u\x00", ValueError, "control"),
         ("u" * 257, ValueError, "accepted: 1 to 256"),
@@ -65,7 +74,11 @@ def test_bad_user_ids(client: Analytics, user_id: object, error: type, message: 
     [
         ([("a", "b")], TypeError, "accepted: a mapping of str to str, int or bool"),
         ({1: "a"}, TypeError, "property key 1 is of type int; accepted: str"),
-        ({"a": 1.5}, TypeError, r"property 'a' has value 1.5 of type float; accepted: str, int or bool \(properties are a flat mapping\)"),
+        (
+            {"a": 1.5},
+            TypeError,
+            r"property 'a' has value 1.5 of type float; accepted: str, int or bool \(properties are a flat mapping\)",
+        ),
         ({"a": {"nested": 1}}, TypeError, "of type dict"),
         ({"a": None}, TypeError, "of type NoneType"),
         ({"": "x"}, ValueError, "property key '' has 0 characters"),
@@ -130,7 +143,11 @@ def test_property_values_normalise_to_strings(client: Analytics) -> None:
 
 
 # Printable text without surrounding whitespace: always a valid event name.
-names = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Cf", "Co", "Cn", "Zs")), min_size=1, max_size=MAX_NAME_LENGTH)
+names = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Cf", "Co", "Cn", "Zs")),
+    min_size=1,
+    max_size=MAX_NAME_LENGTH,
+)
 
 
 @given(names)
@@ -158,11 +175,20 @@ def test_valid_properties_normalise_sorted_to_str(props: dict[str, object]) -> N
     assert [k for k, _ in result] == sorted(props)
     for key, text in result:
         original = props[key]
-        expected = ("true" if original else "false") if isinstance(original, bool) else str(original)
+        expected = (
+            ("true" if original else "false") if isinstance(original, bool) else str(original)
+        )
         assert text == expected
 
 
-@given(st.dictionaries(st.text(min_size=1, max_size=5), st.floats() | st.none() | st.lists(st.integers()), min_size=1, max_size=4))
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=5),
+        st.floats() | st.none() | st.lists(st.integers()),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_non_scalar_values_are_rejected(props: dict[str, object]) -> None:
     with pytest.raises((TypeError, ValueError)):
         validate_properties(props, 16)

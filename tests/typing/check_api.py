@@ -1,0 +1,28 @@
+"""Checked by mypy --strict (not run): the decorator keeps the wrapped function's types."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import analytics_sdk as analytics
+
+if TYPE_CHECKING:
+    from typing_extensions import assert_type
+
+
+@analytics.track_feature("export")
+def export(rows: int, *, fmt: str = "csv") -> str:
+    return f"{rows}.{fmt}"
+
+
+@analytics.track_feature("sync")
+async def sync_remote(n: int) -> int:
+    return n
+
+
+def check() -> None:
+    assert_type(export(1, fmt="json"), str)
+    coroutine = sync_remote(1)
+    assert_type(coroutine, "Coroutine[Any, Any, int]")
+    coroutine.close()
+    export("1")  # type: ignore[arg-type]  # the point: a wrong argument type is caught
