@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import analytics_sdk as analytics
 
@@ -23,6 +24,6 @@ async def sync_remote(n: int) -> int:
 def check() -> None:
     assert_type(export(1, fmt="json"), str)
     coroutine = sync_remote(1)
-    assert_type(coroutine, "Coroutine[Any, Any, int]")
+    assert_type(coroutine, Coroutine[Any, Any, int])
     coroutine.close()
     export("1")  # type: ignore[arg-type]  # the point: a wrong argument type is caught
