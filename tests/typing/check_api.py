@@ -23,7 +23,6 @@ async def sync_remote(n: int) -> int:
 
 def check() -> None:
     assert_type(export(1, fmt="json"), str)
-    coroutine = sync_remote(1)
-    assert_type(coroutine, Coroutine[Any, Any, int])
+    coroutine = assert_type(sync_remote(1), Coroutine[Any, Any, int])
     coroutine.close()
     export("1")  # type: ignore[arg-type]  # the point: a wrong argument type is caught
