@@ -69,6 +69,8 @@ class Analytics:
         self.scheduler = Scheduler(self.aggregator, self.store, self.sink, self.config)
         self._query = QueryEngine(self.aggregator, self.store, self.sink)
         self._add = self.aggregator.add
+        self._hour_cache: tuple[float, float, int] = (0.0, 0.0, 0)
+        self._enter_hour(self._now())
         self.closed = False
         _CLIENTS.add(self)
         if self.config.background:
@@ -124,10 +126,19 @@ class Analytics:
         if value.__class__ is not int or value < 1 or value > MAX_VALUE:
             validate_value(value)
         if timestamp is None:
-            hour = int(self._now() // 3600)
+            now = self._now()
+            start, end, hour = self._hour_cache  # one tuple: read atomically across threads
+            if not start <= now < end:
+                hour = self._enter_hour(now)
         else:
             hour = hour_of(validate_timestamp(timestamp, self._now()))
         self._add(name, props, hour, user_id, value)
+
+    def _enter_hour(self, now: float) -> int:
+        """Recompute the current hour bucket (once an hour, or when the clock jumps)."""
+        hour = int(now // 3600)
+        self._hour_cache = (hour * 3600.0, hour * 3600.0 + 3600.0, hour)
+        return hour
 
     def track_feature(self, name: str) -> FeatureTracker:
         """Return a decorator / context manager recording ``feature_used`` on this client."""
