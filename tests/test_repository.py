@@ -21,3 +21,16 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 
 def test_the_readme_demo_command_uses_the_console_script() -> None:
     assert any(c.endswith("analytics-sdk demo") for c in readme_commands())
+
+
+def test_importing_the_sdk_loads_no_driver_and_creates_no_client() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, analytics_sdk, analytics_sdk.api as api; "
+        "assert api._client is None; "
+        "loaded = {'redis', 'psycopg', 'psycopg_pool'} & set(sys.modules); "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
