@@ -99,8 +99,8 @@ def test_outbox_is_retried_before_the_buffer_drains_again() -> None:
     agg.add("x", (), 1, None, 5)
     assert agg.next_push() is first  # not acknowledged: the same push, same id
     assert first is not None
-    agg.push_done(first.id)
+    agg.push_done(first)
     second = agg.next_push()
     assert second is not None
-    assert second.id != first.id
+    assert (second.producer, second.sequence) == (first.producer, first.sequence + 1)
     assert second.delta.hourly == {("x", (), 1): 5}

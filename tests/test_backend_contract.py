@@ -12,10 +12,18 @@ D = H // 24
 ODD = "ünïcode:{tag}|a=b,c\u65e5"  # every separator the key encoding must survive
 
 
+Counts = dict  # type: ignore[type-arg]
+
+
 def push(
-    store: CounterStore, hourly: dict, users: dict | None = None, push_id: str | None = None
-) -> Push:  # type: ignore[type-arg]
-    p = Push(id=push_id or uuid.uuid4().hex, delta=Delta(hourly=hourly, users=users or {}))
+    store: CounterStore,
+    hourly: Counts,
+    users: Counts | None = None,
+    producer: str | None = None,
+    sequence: int = 1,
+) -> Push:
+    delta = Delta(hourly=hourly, users=users or {})
+    p = Push(producer=producer or uuid.uuid4().hex, sequence=sequence, delta=delta)
     store.push(p)
     return p
 
@@ -42,14 +50,23 @@ class TestStore:
         assert store.pending_hourly("a", None, None, ()).live == {H: 6}
         assert store.pending_users("a", None, None, None).live == {"u": 3}
 
-    def test_a_push_id_is_applied_once(self, store: CounterStore) -> None:
+    def test_a_push_is_applied_once(self, store: CounterStore) -> None:
         p = push(store, {("a", (), H): 5}, {("a", "u", D): 5})
         store.push(p)
         store.push(p)
-        assert store.has_push(p.id)
-        assert not store.has_push(uuid.uuid4().hex)
+        assert store.has_push(p)
+        assert not store.has_push(Push(producer="other", sequence=1, delta=p.delta))
         assert pending_total(store, "a") == 5
         assert store.pending_users("a", None, None, None).live == {"u": 5}
+
+    def test_sequences_are_per_producer(self, store: CounterStore) -> None:
+        first = push(store, {("a", (), H): 1}, producer="p1", sequence=1)
+        push(store, {("a", (), H): 2}, producer="p1", sequence=2)
+        push(store, {("a", (), H): 4}, producer="p2", sequence=1)
+        store.push(first)  # a late retry of an older push is a no-op
+        assert store.has_push(first)
+        assert not store.has_push(Push(producer="p1", sequence=3, delta=first.delta))
+        assert pending_total(store, "a") == 7
 
     def test_property_filter_is_a_subset_match(self, store: CounterStore) -> None:
         push(

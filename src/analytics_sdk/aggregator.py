@@ -52,6 +52,8 @@ class Aggregator:
         self.hourly: dict[HourKey, int] = {}
         self.users: dict[UserKey, int] = {}
         self._outbox: Push | None = None
+        self._producer = uuid.uuid4().hex  # a forked child is a new producer
+        self._sequence = 0
         self._property_sets: dict[str, set[Properties]] = {}
         self.overflowed = 0
         self.dropped = 0
@@ -119,15 +121,16 @@ class Aggregator:
         with self.lock:
             if self._outbox is None and (self.hourly or self.users):
                 delta = Delta(hourly=self.hourly, users=self.users)
-                self._outbox = Push(id=uuid.uuid4().hex, delta=delta)
+                self._sequence += 1
+                self._outbox = Push(producer=self._producer, sequence=self._sequence, delta=delta)
                 self.hourly = {}
                 self.users = {}
             return self._outbox
 
-    def push_done(self, push_id: str) -> None:
-        """Forget the outbox once the store has accepted push ``push_id``."""
+    def push_done(self, push: Push) -> None:
+        """Forget the outbox once the store has accepted ``push``."""
         with self.lock:
-            if self._outbox is not None and self._outbox.id == push_id:
+            if self._outbox is push:
                 self._outbox = None
 
     def local_counts(self) -> LocalCounts:

@@ -61,7 +61,7 @@ class QueryEngine:
         out = self._merge(durable, self.store.pending_hourly(event, start, end, properties))
         local = self.aggregator.local_counts()
         _add(out, hourly_of(local.buffer.hourly, event, start, end, properties))
-        if local.outbox is not None and not self.store.has_push(local.outbox.id):
+        if local.outbox is not None and not self.store.has_push(local.outbox):
             _add(out, hourly_of(local.outbox.delta.hourly, event, start, end, properties))
         return out
 
@@ -73,7 +73,7 @@ class QueryEngine:
         out = self._merge(durable, self.store.pending_users(event, start, end, user_id))
         local = self.aggregator.local_counts()
         _add(out, users_of(local.buffer.users, event, start, end, user_id))
-        if local.outbox is not None and not self.store.has_push(local.outbox.id):
+        if local.outbox is not None and not self.store.has_push(local.outbox):
             _add(out, users_of(local.outbox.delta.users, event, start, end, user_id))
         return out
 

@@ -124,7 +124,7 @@ class Scheduler:
                 raise
             except Exception as exc:
                 raise StoreError(f"push to {self.store!r} failed: {exc!r}") from exc
-            self.aggregator.push_done(push.id)
+            self.aggregator.push_done(push)
             pushed += push.delta.total
             self.stats.counts_pushed += push.delta.total
         return pushed

@@ -52,10 +52,22 @@ class Delta:
 
 @attrs.frozen(kw_only=True)
 class Push:
-    """A delta sent from one process to the store; the store applies an id only once."""
+    """A delta sent from one process (a *producer*) to the store.
 
-    id: str
+    A producer sends its pushes one at a time, retrying each until the store accepts it, so
+    its sequence numbers reach the store in order: a store applies a push only if its
+    sequence is above the last one it applied for that producer. A retried push is a no-op,
+    and the store keeps one number per producer instead of one record per push.
+    """
+
+    producer: str
+    sequence: int
     delta: Delta
+
+    @property
+    def id(self) -> str:
+        """``producer.sequence``: unique across processes and restarts."""
+        return f"{self.producer}.{self.sequence}"
 
 
 @attrs.frozen(kw_only=True)
@@ -114,11 +126,11 @@ class CounterStore(ABC):
 
     @abstractmethod
     def push(self, push: Push) -> None:
-        """Add ``push.delta`` to the live counters, once per ``push.id`` however often called."""
+        """Add ``push.delta`` to the live counters, once per push however often called."""
 
     @abstractmethod
-    def has_push(self, push_id: str) -> bool:
-        """Whether a push with this id was applied (within the dedup window)."""
+    def has_push(self, push: Push) -> bool:
+        """Whether ``push`` (or a later push of its producer) was applied."""
 
     @abstractmethod
     def claim(self) -> list[Batch]:

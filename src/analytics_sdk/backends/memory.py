@@ -32,9 +32,6 @@ __all__ = ["MemoryCounterStore", "MemorySink"]
 
 K = TypeVar("K")
 
-DEDUP_SECONDS = 24 * 3600.0
-"""How long a push id is remembered, far beyond any retry."""
-
 
 def _add(target: dict[K, int], counts: dict[K, int]) -> None:
     for key, value in counts.items():
@@ -49,25 +46,22 @@ class MemoryCounterStore(CounterStore):
         self._lock = threading.Lock()
         self._live = Delta()
         self._claims: dict[str, Batch] = {}
-        self._pushes: dict[str, float] = {}
+        self._sequences: dict[str, int] = {}  # producer -> last sequence applied
 
     def __repr__(self) -> str:
         return "MemoryCounterStore()"
 
     def push(self, push: Push) -> None:
-        now = self._clock()
         with self._lock:
-            if push.id in self._pushes:
+            if push.sequence <= self._sequences.get(push.producer, -1):
                 return
-            self._pushes[push.id] = now + DEDUP_SECONDS
+            self._sequences[push.producer] = push.sequence
             _add(self._live.hourly, push.delta.hourly)
             _add(self._live.users, push.delta.users)
-            if len(self._pushes) > 10_000:
-                self._pushes = {k: t for k, t in self._pushes.items() if t > now}
 
-    def has_push(self, push_id: str) -> bool:
+    def has_push(self, push: Push) -> bool:
         with self._lock:
-            return push_id in self._pushes
+            return push.sequence <= self._sequences.get(push.producer, -1)
 
     def claim(self) -> list[Batch]:
         now = self._clock()
