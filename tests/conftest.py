@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -8,7 +8,7 @@ from analytics_sdk import api
 from analytics_sdk.backends import CounterStore, Sink
 from analytics_sdk.testing import ManualClock
 
-from .utils import SINKS, STORES, unique_name
+from .utils import SINKS, STORES, make_sink, make_store, skip_or_fail
 
 
 @pytest.fixture
@@ -18,18 +18,31 @@ def clock() -> ManualClock:
 
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, clock: ManualClock) -> Iterator[CounterStore]:
-    factory: Callable[[str, Callable[[], float]], CounterStore] = request.param
-    backend = factory(unique_name("store"), clock.time)
-    yield backend
-    backend.close()
+    with make_store(request.param, request, clock.time) as backend:
+        yield backend
 
 
 @pytest.fixture(params=SINKS)
 def sink(request: pytest.FixtureRequest, clock: ManualClock) -> Iterator[Sink]:
-    factory: Callable[[str, Callable[[], float]], Sink] = request.param
-    backend = factory(unique_name("sink"), clock.time)
-    yield backend
-    backend.close()
+    with make_sink(request.param, request, clock.time) as backend:
+        yield backend
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A real 3-master Redis Cluster, started from redis-server for this test session."""
+    from .servers import redis_cluster
+
+    try:
+        cluster = redis_cluster()
+        url = cluster.__enter__()
+    except (RuntimeError, OSError) as exc:
+        skip_or_fail(f"cannot start a Redis Cluster: {exc}")
+        raise
+    try:
+        yield url
+    finally:
+        cluster.__exit__(None, None, None)
 
 
 @pytest.fixture(autouse=True)

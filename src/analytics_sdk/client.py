@@ -69,6 +69,8 @@ class Analytics:
         self.scheduler = Scheduler(self.aggregator, self.store, self.sink, self.config)
         self._query = QueryEngine(self.aggregator, self.store, self.sink)
         self._add = self.aggregator.add
+        if self.config.push_interval == 0:
+            self._add = self._add_write_through
         self._hour_cache: tuple[float, float, int] = (0.0, 0.0, 0)
         self._enter_hour(self._now())
         self.closed = False
@@ -133,6 +135,12 @@ class Analytics:
         else:
             hour = hour_of(validate_timestamp(timestamp, self._now()))
         self._add(name, props, hour, user_id, value)
+
+    def _add_write_through(
+        self, event: str, properties: Properties, hour: int, user_id: str | None, value: int
+    ) -> None:
+        self.aggregator.add(event, properties, hour, user_id, value)
+        self.scheduler.push_through()
 
     def _enter_hour(self, now: float) -> int:
         """Recompute the current hour bucket (once an hour, or when the clock jumps)."""

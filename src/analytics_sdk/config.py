@@ -22,6 +22,13 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> 
         )
 
 
+def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigurationError(
+            f"{attribute.name}={value!r} is not accepted; accepted: a number >= 0"
+        )
+
+
 def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not int or value < 1:
         raise ConfigurationError(
@@ -57,8 +64,10 @@ class Config:
     """Counter store URL (``memory://``) or instance. Env: ``ANALYTICS_STORE``."""
     sink: str | Sink = attrs.field(default="memory://", validator=_backend(Sink))
     """Sink URL (``memory://``) or instance. Env: ``ANALYTICS_SINK``."""
-    push_interval: float = attrs.field(default=1.0, validator=_positive)
-    """Seconds between pushes of the in-process buffer to the store."""
+    push_interval: float = attrs.field(default=1.0, validator=_non_negative)
+    """Seconds between pushes of the in-process buffer to the store; ``0`` is write-through:
+    every ``track()`` reaches the store before it returns (the buffer takes over while the
+    store is failing)."""
     flush_interval: float = attrs.field(default=60.0, validator=_positive)
     """Seconds between flushes of the store into the sink."""
     shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)

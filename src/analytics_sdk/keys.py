@@ -19,6 +19,7 @@ __all__ = [
     "UserKey",
     "day_of",
     "decode_hour_key",
+    "decode_properties",
     "decode_user_key",
     "encode_hour_key",
     "encode_properties",
@@ -59,7 +60,8 @@ def encode_properties(properties: Properties) -> str:
     return ",".join(f"{escape(k)}={escape(v)}" for k, v in properties)
 
 
-def _decode_properties(text: str) -> Properties:
+def decode_properties(text: str) -> Properties:
+    """Return the property pairs that :func:`encode_properties` turned into ``text``."""
     if not text:
         return ()
     pairs = []
@@ -82,7 +84,7 @@ def decode_hour_key(text: str) -> HourKey:
     parts = text.split("|")
     if len(parts) != 3:
         raise ValueError(f"malformed hourly key {text!r}; expected 'event|properties|hour'")
-    return unescape(parts[0]), _decode_properties(parts[1]), int(parts[2])
+    return unescape(parts[0]), decode_properties(parts[1]), int(parts[2])
 
 
 def encode_user_key(key: UserKey) -> str:

@@ -28,6 +28,9 @@ __all__ = ["FlushResult", "Scheduler", "SchedulerStats"]
 
 logger = logging.getLogger("analytics_sdk")
 
+WRITE_THROUGH_SWEEP = 1.0
+"""Seconds between the timer's pushes in write-through mode."""
+
 
 @attrs.frozen(kw_only=True)
 class FlushResult:
@@ -89,6 +92,9 @@ class Scheduler:
         self.clock = config.clock
         self.stats = SchedulerStats()
         self._rng = rng or random.Random()
+        # In write-through mode (push_interval=0) track() pushes; the timer only sweeps up
+        # what a failing store left in the buffer.
+        self._push_period = config.push_interval or WRITE_THROUGH_SWEEP
         self._init_state()
 
     def _init_state(self) -> None:
@@ -102,7 +108,7 @@ class Scheduler:
         self._own_claims: set[str] = set()
         self._push_requested = False
         now = self.clock.monotonic()
-        self.next_push = now + self.config.push_interval
+        self.next_push = now + self._push_period
         self.next_flush = now + self.config.flush_interval
         self.push_failures = 0
         self.flush_failures = 0
@@ -254,13 +260,19 @@ class Scheduler:
                 logger.info("push recovered after %d failures", self.push_failures)
             self.push_failures = 0
             self.stats.pushes_ok += 1
-            self.next_push = now + self.config.push_interval
+            self.next_push = now + self._push_period
         else:
             if self.flush_failures:
                 logger.info("flush recovered after %d failures", self.flush_failures)
             self.flush_failures = 0
             self.stats.flushes_ok += 1
             self.next_flush = now + self.config.flush_interval
+
+    def push_through(self) -> None:
+        """Push now, in the caller (write-through); while the store fails, leave it buffered."""
+        if self.push_failures:
+            return  # backing off: the buffer holds the counts and the timer retries
+        self._timed(self._push_step, "push")
 
     def request_push(self) -> None:
         """Ask for an early push (the buffer is full)."""

@@ -35,7 +35,24 @@ StoreFactory = Callable[[str, Clock], CounterStore]
 SinkFactory = Callable[[str, Clock], Sink]
 B = TypeVar("B")
 
-_STORES: dict[str, StoreFactory] = {"memory": lambda url, clock: MemoryCounterStore(clock=clock)}
+def _redis_store(url: str, clock: Clock) -> CounterStore:
+    try:
+        import redis  # noqa: F401 - the driver is an extra: fail here, with advice
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"store URL {redact_url(url)!r} needs the Redis driver: pip install 'analytics-sdk[redis]'"
+        ) from exc
+    from .redis import RedisCounterStore
+
+    return RedisCounterStore.from_url(url, clock)
+
+
+_STORES: dict[str, StoreFactory] = {
+    "memory": lambda url, clock: MemoryCounterStore(clock=clock),
+    "redis": _redis_store,
+    "rediss": _redis_store,
+    "redis+cluster": _redis_store,
+}
 _SINKS: dict[str, SinkFactory] = {"memory": lambda url, clock: MemorySink(clock=clock)}
 
 

@@ -1,0 +1,346 @@
+"""Redis counter store (``redis://``, ``rediss://``, ``redis+cluster://``).
+
+Key layout, for prefix ``P`` and shard ``s`` (every key of a shard shares the hash tag
+``{P:s}``, so each script touches one Redis Cluster slot)::
+
+    {P:s}:live:h:<event>          HASH  "<properties>|<hour>" -> count    live hourly counters
+    {P:s}:live:u:<event>          HASH  "<user_id>|<day>"     -> count    live per-user daily
+    {P:s}:idx                     SET   names of the live hashes (the pending marker)
+    {P:s}:seq:<producer>          STRING last push sequence applied from that producer
+    {P:s}:claims                  ZSET  batch id -> claim time
+    {P:s}:claim:<batch>           SET   names of the batch's hashes
+    {P:s}:claim:<batch>:h:<event> HASH  the claimed counters (renamed live hashes)
+
+Event names, properties and user ids are escaped (:mod:`analytics_sdk.keys`), so no
+character can break a key or a field. A push picks its shard from its id, so a retry lands
+on the same shard, and pushes from many processes spread over all shards.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import ConfigurationError, StoreError
+from ..keys import (
+    HourKey,
+    Properties,
+    UserKey,
+    decode_properties,
+    encode_properties,
+    escape,
+    unescape,
+)
+from . import redact_url
+from .base import Batch, CounterStore, Delta, Pending, Push, in_range, matches
+
+__all__ = ["RedisCounterStore"]
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "analytics"
+DEFAULT_TTL = 7 * 24 * 3600
+"""Live counters expire this long after creation: a safety net, far beyond any flush."""
+
+# KEYS[1] = {tag}:idx. ARGV: tag, producer, sequence, ttl, groups, then per group:
+# hash suffix, field count, field, delta, field, delta...
+PUSH = """
+local tag = ARGV[1]
+local seq_key = tag .. ':seq:' .. ARGV[2]
+local last = tonumber(redis.call('GET', seq_key) or '-1')
+if tonumber(ARGV[3]) <= last then return 0 end
+redis.call('SET', seq_key, ARGV[3], 'EX', ARGV[4])
+local ttl = tonumber(ARGV[4])
+local i = 6
+for g = 1, tonumber(ARGV[5]) do
+  local key = tag .. ':live:' .. ARGV[i]
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
+  for j = 1, n do
+    redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  redis.call('SADD', KEYS[1], key)
+  -- Expire once, at creation: a TTL refreshed on every push would never arrive.
+  if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+return 1
+"""
+
+# KEYS[1] = {tag}:idx. ARGV: tag, batch id, now. Renames every live hash into the batch.
+CLAIM = """
+local tag = ARGV[1]
+local live = redis.call('SMEMBERS', KEYS[1])
+local prefix = tag .. ':live:'
+local claim = tag .. ':claim:' .. ARGV[2]
+local out = {}
+for _, key in ipairs(live) do
+  if redis.call('EXISTS', key) == 1 then
+    local suffix = string.sub(key, #prefix + 1)
+    local dest = claim .. ':' .. suffix
+    redis.call('RENAME', key, dest)
+    redis.call('PERSIST', dest)  -- a claim never expires before its ack
+    redis.call('SADD', claim, dest)
+    table.insert(out, suffix)
+    table.insert(out, redis.call('HGETALL', dest))
+  end
+end
+redis.call('DEL', KEYS[1])
+if #out > 0 then redis.call('ZADD', tag .. ':claims', ARGV[3], ARGV[2]) end
+return out
+"""
+
+# KEYS[1] = {tag}:idx. ARGV: tag, cutoff. Returns batch, claimed_at, {suffix, fields...}...
+CLAIMED = """
+local tag = ARGV[1]
+local out = {}
+for _, batch in ipairs(redis.call('ZRANGEBYSCORE', tag .. ':claims', '-inf', ARGV[2])) do
+  local claim = tag .. ':claim:' .. batch
+  local hashes = {}
+  for _, key in ipairs(redis.call('SMEMBERS', claim)) do
+    table.insert(hashes, string.sub(key, #claim + 2))
+    table.insert(hashes, redis.call('HGETALL', key))
+  end
+  table.insert(out, batch)
+  table.insert(out, redis.call('ZSCORE', tag .. ':claims', batch))
+  table.insert(out, hashes)
+end
+return out
+"""
+
+# KEYS[1] = {tag}:idx. ARGV: tag, batch id.
+ACK = """
+local claim = ARGV[1] .. ':claim:' .. ARGV[2]
+for _, key in ipairs(redis.call('SMEMBERS', claim)) do redis.call('DEL', key) end
+redis.call('DEL', claim)
+return redis.call('ZREM', ARGV[1] .. ':claims', ARGV[2])
+"""
+
+# KEYS[1] = {tag}:idx. ARGV: tag, hash suffix. Returns live fields, then batch, fields...
+PENDING = """
+local tag = ARGV[1]
+local out = {redis.call('HGETALL', tag .. ':live:' .. ARGV[2])}
+for _, batch in ipairs(redis.call('ZRANGE', tag .. ':claims', 0, -1)) do
+  table.insert(out, batch)
+  table.insert(out, redis.call('HGETALL', tag .. ':claim:' .. batch .. ':' .. ARGV[2]))
+end
+return out
+"""
+
+_OPTIONS = {"prefix", "shards", "ttl", "cluster"}
+
+
+def _hour_field(properties: Properties, hour: int) -> str:
+    return f"{encode_properties(properties)}|{hour}"
+
+
+def _pairs(flat: list[str]) -> Iterable[tuple[str, str]]:
+    return zip(flat[::2], flat[1::2], strict=True)
+
+
+def _decode_hash(suffix: str, flat: list[str], delta: Delta) -> None:
+    """Add the fields of hash ``suffix`` (``h:<event>`` or ``u:<event>``) to ``delta``."""
+    kind, _, encoded_event = suffix.partition(":")
+    event = unescape(encoded_event)
+    for field, value in _pairs(flat):
+        head, _, bucket = field.rpartition("|")
+        if kind == "h":
+            hour_key: HourKey = (event, decode_properties(head), int(bucket))
+            delta.hourly[hour_key] = delta.hourly.get(hour_key, 0) + int(value)
+        else:
+            user_key: UserKey = (event, unescape(head), int(bucket))
+            delta.users[user_key] = delta.users.get(user_key, 0) + int(value)
+
+
+class RedisCounterStore(CounterStore):
+    """A counter store in Redis or Redis Cluster; see the module docstring for the keys."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        shards: int = 1,
+        ttl: int = DEFAULT_TTL,
+        clock: Callable[[], float] = time.time,
+        description: str = "redis",
+    ) -> None:
+        from redis.exceptions import RedisError
+
+        if not prefix or not prefix.isprintable():
+            raise ConfigurationError(f"Redis prefix {prefix!r} is not accepted; accepted: printable text")
+        if type(shards) is not int or not 1 <= shards <= 1024:
+            raise ConfigurationError(f"shards={shards!r} is not accepted; accepted: an int from 1 to 1024")
+        if type(ttl) is not int or ttl < 60:
+            raise ConfigurationError(f"ttl={ttl!r} is not accepted; accepted: an int >= 60 (seconds)")
+        self._redis = client
+        self._errors = RedisError
+        self.prefix = prefix
+        self.shards = shards
+        self.ttl = ttl
+        self._clock = clock
+        self._description = description
+        self._tags = [f"{{{escape(prefix)}:{s}}}" for s in range(shards)]
+        self._lua_push = client.register_script(PUSH)
+        self._lua_claim = client.register_script(CLAIM)
+        self._lua_claimed = client.register_script(CLAIMED)
+        self._lua_ack = client.register_script(ACK)
+        self._lua_pending = client.register_script(PENDING)
+
+    @classmethod
+    def from_url(cls, url: str, clock: Callable[[], float] = time.time) -> RedisCounterStore:
+        """Return a store for ``redis://``, ``rediss://`` or ``redis+cluster://`` URLs.
+
+        Query options: ``prefix`` (default ``analytics``), ``shards`` (default 1; 16 on a
+        cluster), ``ttl`` (seconds, default 7 days), ``cluster=true`` (same as
+        ``redis+cluster://``); the rest go to redis-py (e.g. ``socket_timeout``).
+        """
+        import redis
+        from redis.cluster import RedisCluster
+
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        options = {k: query.pop(k) for k in list(query) if k in _OPTIONS}
+        scheme = parts.scheme.lower()
+        cluster = scheme == "redis+cluster" or options.get("cluster", "").lower() in ("1", "true", "yes")
+        base_scheme = "redis" if scheme in ("redis", "redis+cluster") else "rediss"
+        driver_url = urlunsplit(parts._replace(scheme=base_scheme, query=urlencode(query)))
+        kwargs: dict[str, Any] = {"decode_responses": True}
+        if "socket_timeout" not in query:
+            kwargs["socket_timeout"] = 5.0
+        if "socket_connect_timeout" not in query:
+            kwargs["socket_connect_timeout"] = 2.0
+        try:
+            shards = int(options.get("shards", 16 if cluster else 1))
+            ttl = int(options.get("ttl", DEFAULT_TTL))
+        except ValueError as exc:
+            raise ConfigurationError(f"Redis URL {redact_url(url)!r}: {exc}; accepted: integers") from None
+        if cluster:
+            client: Any = RedisCluster.from_url(driver_url, **kwargs)
+        else:
+            client = redis.Redis.from_url(driver_url, **kwargs)
+        return cls(
+            client,
+            prefix=options.get("prefix", DEFAULT_PREFIX),
+            shards=shards,
+            ttl=ttl,
+            clock=clock,
+            description=redact_url(url),
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisCounterStore({self._description!r}, prefix={self.prefix!r}, shards={self.shards})"
+
+    def _call(self, what: str, script: Any, shard: int, *args: Any) -> Any:
+        tag = self._tags[shard]
+        try:
+            return script(keys=[f"{tag}:idx"], args=[tag, *args])
+        except self._errors as exc:
+            raise StoreError(f"Redis {self._description} {what} failed: {exc}") from exc
+
+    def _shard_of(self, push: Push) -> int:
+        return zlib.crc32(push.id.encode()) % self.shards
+
+    def push(self, push: Push) -> None:
+        groups: dict[str, list[str]] = {}
+        for (event, properties, hour), value in push.delta.hourly.items():
+            groups.setdefault(f"h:{escape(event)}", []).extend((_hour_field(properties, hour), str(value)))
+        for (event, user_id, day), value in push.delta.users.items():
+            groups.setdefault(f"u:{escape(event)}", []).extend((f"{escape(user_id)}|{day}", str(value)))
+        args: list[Any] = [push.producer, push.sequence, self.ttl, len(groups)]
+        for suffix, fields in groups.items():
+            args += [suffix, len(fields) // 2, *fields]
+        self._call("push", self._lua_push, self._shard_of(push), *args)
+
+    def has_push(self, push: Push) -> bool:
+        key = f"{self._tags[self._shard_of(push)]}:seq:{push.producer}"
+        try:
+            last = self._redis.get(key)
+        except self._errors as exc:
+            raise StoreError(f"Redis {self._description} read failed: {exc}") from exc
+        return last is not None and push.sequence <= int(last)
+
+    def claim(self) -> list[Batch]:
+        now = self._clock()
+        batches = []
+        for shard in range(self.shards):
+            batch_id = f"{shard}.{uuid.uuid4().hex}"
+            reply = self._call("claim", self._lua_claim, shard, batch_id, repr(now))
+            if reply:
+                delta = Delta()
+                for suffix, flat in _pairs(reply):
+                    _decode_hash(suffix, flat, delta)  # type: ignore[arg-type]
+                batches.append(Batch(id=batch_id, delta=delta, claimed_at=now))
+        return batches
+
+    def claimed(self, older_than: float = 0.0) -> list[Batch]:
+        cutoff = repr(self._clock() - older_than)
+        batches = []
+        for shard in range(self.shards):
+            reply = self._call("claimed", self._lua_claimed, shard, cutoff)
+            for i in range(0, len(reply), 3):
+                batch_id, claimed_at, hashes = reply[i : i + 3]
+                delta = Delta()
+                for suffix, flat in _pairs(hashes):
+                    _decode_hash(suffix, flat, delta)  # type: ignore[arg-type]
+                batches.append(Batch(id=batch_id, delta=delta, claimed_at=float(claimed_at)))
+        return batches
+
+    def ack(self, batch_id: str) -> None:
+        shard_text, _, _ = batch_id.partition(".")
+        if not shard_text.isdigit() or int(shard_text) >= self.shards:
+            return  # not one of ours: nothing to delete
+        self._call("ack", self._lua_ack, int(shard_text), batch_id)
+
+    def _read_pending(self, suffix: str, decode: Callable[[str, str], tuple[T, int] | None]) -> Pending[T]:
+        pending: Pending[T] = Pending()
+        for shard in range(self.shards):
+            reply = self._call("read", self._lua_pending, shard, suffix)
+            _add_fields(pending.live, reply[0], decode)
+            for batch_id, flat in _pairs(reply[1:]):
+                _add_fields(pending.claimed.setdefault(batch_id, {}), flat, decode)  # type: ignore[arg-type]
+        return pending
+
+    def pending_hourly(
+        self, event: str, start: int | None, end: int | None, properties: Properties
+    ) -> Pending[int]:
+        def decode(field: str, value: str) -> tuple[int, int] | None:
+            head, _, bucket = field.rpartition("|")
+            hour = int(bucket)
+            if in_range(hour, start, end) and matches(decode_properties(head), properties):
+                return hour, int(value)
+            return None
+
+        return self._read_pending(f"h:{escape(event)}", decode)
+
+    def pending_users(
+        self, event: str, start: int | None, end: int | None, user_id: str | None
+    ) -> Pending[str]:
+        def decode(field: str, value: str) -> tuple[str, int] | None:
+            head, _, bucket = field.rpartition("|")
+            user = unescape(head)
+            if in_range(int(bucket), start, end) and (user_id is None or user == user_id):
+                return user, int(value)
+            return None
+
+        return self._read_pending(f"u:{escape(event)}", decode)
+
+    def close(self) -> None:
+        try:
+            self._redis.close()
+        except self._errors:
+            pass
+
+
+def _add_fields(
+    target: dict[T, int], flat: list[str], decode: Callable[[str, str], tuple[T, int] | None]
+) -> None:
+    for field, value in _pairs(flat):
+        item = decode(field, value)
+        if item is not None:
+            target[item[0]] = target.get(item[0], 0) + item[1]
