@@ -17,7 +17,8 @@ def test_precedence() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "env", "message"),
     [
-        ({"push_interval": 0}, {}, "push_interval=0 is not accepted; accepted: a number > 0"),
+        ({"push_interval": -1}, {}, "push_interval=-1 is not accepted; accepted: a number >= 0"),
+        ({"flush_interval": 0}, {}, "flush_interval=0 is not accepted; accepted: a number > 0"),
         (
             {"max_buffered_keys": 1.5},
             {},
