@@ -84,6 +84,9 @@ class Config:
     """Longest retry delay."""
     claim_lease: float = attrs.field(default=300.0, validator=_positive)
     """Age after which another flusher's unacknowledged claim counts as orphaned."""
+    flusher: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    """Flush the store into the sink (on the timer and in ``flush()``); set false in
+    application processes when a worker process does the flushing."""
     background: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     """Run the scheduler thread; if false, counts move only on ``flush()``."""
     clock: Clock = attrs.field(factory=SystemClock, validator=attrs.validators.instance_of(Clock))
@@ -124,6 +127,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "backoff_initial": ("ANALYTICS_BACKOFF_INITIAL", float),
     "backoff_max": ("ANALYTICS_BACKOFF_MAX", float),
     "claim_lease": ("ANALYTICS_CLAIM_LEASE", float),
+    "flusher": ("ANALYTICS_FLUSHER", _bool),
     "background": ("ANALYTICS_BACKGROUND", _bool),
 }
 """Setting name -> (environment variable, parser)."""

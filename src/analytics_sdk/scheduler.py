@@ -187,7 +187,8 @@ class Scheduler:
         pushed = flushed = batches = 0
         try:
             pushed = self.push(deadline)
-            flushed, batches = self.flush_store(deadline)
+            if self.config.flusher:
+                flushed, batches = self.flush_store(deadline)
         except _Deadline:
             return FlushResult(pushed=pushed, flushed=flushed, batches=batches, timed_out=True)
         except BackendError as exc:
@@ -212,7 +213,7 @@ class Scheduler:
         if now >= self.next_push or (self._push_requested and not self.push_failures):
             self._push_requested = False
             self._timed(self._push_step, "push")
-        if now >= self.next_flush:
+        if now >= self.next_flush and self.config.flusher:
             self._timed(self._flush_step, "flush")
 
     def _push_step(self) -> None:
@@ -318,7 +319,8 @@ class Scheduler:
                 with self._requests_lock:
                     if self._requests or self._stopping:
                         continue
-                delay = min(self.next_push, self.next_flush) - self.clock.monotonic()
+                due = min(self.next_push, self.next_flush) if self.config.flusher else self.next_push
+                delay = due - self.clock.monotonic()
                 if self._push_requested and not self.push_failures:
                     delay = 0.0
                 self.clock.sleep(delay, self._wake)
