@@ -52,7 +52,7 @@ def test_memory_grows_with_keys_not_events() -> None:
     for _ in range(10_000):
         agg.add("x", (("p", "1"),), 5, "u", 1)
     assert agg.buffered_keys == 2
-    assert agg.hourly == {("x", (("p", "1"),), 5): 10_000}
+    assert agg.local_counts().buffer.hourly == {("x", (("p", "1"),), 5): 10_000}
 
 
 def test_excess_property_sets_fold_into_overflow_and_are_counted() -> None:
@@ -60,10 +60,10 @@ def test_excess_property_sets_fold_into_overflow_and_are_counted() -> None:
     for i in range(10):
         agg.add("x", (("id", str(i)),), 5, None, 2)
     agg.add("x", (("id", "0"),), 5, None, 1)  # a known set is still accepted
-    assert agg.hourly[("x", OVERFLOW_PROPERTIES, 5)] == 14
-    assert agg.hourly[("x", (("id", "0"),), 5)] == 3
+    assert agg.local_counts().buffer.hourly[("x", OVERFLOW_PROPERTIES, 5)] == 14
+    assert agg.local_counts().buffer.hourly[("x", (("id", "0"),), 5)] == 3
     assert agg.overflowed == 14
-    assert sum(agg.hourly.values()) == 21  # nothing lost: the total is exact
+    assert sum(agg.local_counts().buffer.hourly.values()) == 21  # nothing lost: the total is exact
 
 
 def test_a_full_buffer_counts_what_it_cannot_hold_and_asks_for_a_push() -> None:

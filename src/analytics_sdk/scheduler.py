@@ -319,7 +319,9 @@ class Scheduler:
                 with self._requests_lock:
                     if self._requests or self._stopping:
                         continue
-                due = min(self.next_push, self.next_flush) if self.config.flusher else self.next_push
+                due = (
+                    min(self.next_push, self.next_flush) if self.config.flusher else self.next_push
+                )
                 delay = due - self.clock.monotonic()
                 if self._push_requested and not self.push_failures:
                     delay = 0.0

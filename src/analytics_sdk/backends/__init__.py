@@ -35,6 +35,7 @@ StoreFactory = Callable[[str, Clock], CounterStore]
 SinkFactory = Callable[[str, Clock], Sink]
 B = TypeVar("B")
 
+
 def _redis_store(url: str, clock: Clock) -> CounterStore:
     try:
         import redis  # noqa: F401 - the driver is an extra: fail here, with advice

@@ -173,11 +173,17 @@ class RedisCounterStore(CounterStore):
         from redis.exceptions import RedisError
 
         if not prefix or not prefix.isprintable():
-            raise ConfigurationError(f"Redis prefix {prefix!r} is not accepted; accepted: printable text")
+            raise ConfigurationError(
+                f"Redis prefix {prefix!r} is not accepted; accepted: printable text"
+            )
         if type(shards) is not int or not 1 <= shards <= 1024:
-            raise ConfigurationError(f"shards={shards!r} is not accepted; accepted: an int from 1 to 1024")
+            raise ConfigurationError(
+                f"shards={shards!r} is not accepted; accepted: an int from 1 to 1024"
+            )
         if type(ttl) is not int or ttl < 60:
-            raise ConfigurationError(f"ttl={ttl!r} is not accepted; accepted: an int >= 60 (seconds)")
+            raise ConfigurationError(
+                f"ttl={ttl!r} is not accepted; accepted: an int >= 60 (seconds)"
+            )
         self._redis = client
         self._errors = RedisError
         self.prefix = prefix
@@ -207,7 +213,11 @@ class RedisCounterStore(CounterStore):
         query = dict(parse_qsl(parts.query))
         options = {k: query.pop(k) for k in list(query) if k in _OPTIONS}
         scheme = parts.scheme.lower()
-        cluster = scheme == "redis+cluster" or options.get("cluster", "").lower() in ("1", "true", "yes")
+        cluster = scheme == "redis+cluster" or options.get("cluster", "").lower() in (
+            "1",
+            "true",
+            "yes",
+        )
         base_scheme = "redis" if scheme in ("redis", "redis+cluster") else "rediss"
         driver_url = urlunsplit(parts._replace(scheme=base_scheme, query=urlencode(query)))
         kwargs: dict[str, Any] = {"decode_responses": True}
@@ -219,7 +229,9 @@ class RedisCounterStore(CounterStore):
             shards = int(options.get("shards", 16 if cluster else 1))
             ttl = int(options.get("ttl", DEFAULT_TTL))
         except ValueError as exc:
-            raise ConfigurationError(f"Redis URL {redact_url(url)!r}: {exc}; accepted: integers") from None
+            raise ConfigurationError(
+                f"Redis URL {redact_url(url)!r}: {exc}; accepted: integers"
+            ) from None
         if cluster:
             client: Any = RedisCluster.from_url(driver_url, **kwargs)
         else:
@@ -249,9 +261,13 @@ class RedisCounterStore(CounterStore):
     def push(self, push: Push) -> None:
         groups: dict[str, list[str]] = {}
         for (event, properties, hour), value in push.delta.hourly.items():
-            groups.setdefault(f"h:{escape(event)}", []).extend((_hour_field(properties, hour), str(value)))
+            groups.setdefault(f"h:{escape(event)}", []).extend(
+                (_hour_field(properties, hour), str(value))
+            )
         for (event, user_id, day), value in push.delta.users.items():
-            groups.setdefault(f"u:{escape(event)}", []).extend((f"{escape(user_id)}|{day}", str(value)))
+            groups.setdefault(f"u:{escape(event)}", []).extend(
+                (f"{escape(user_id)}|{day}", str(value))
+            )
         args: list[Any] = [push.producer, push.sequence, self.ttl, len(groups)]
         for suffix, fields in groups.items():
             args += [suffix, len(fields) // 2, *fields]
@@ -297,7 +313,9 @@ class RedisCounterStore(CounterStore):
             return  # not one of ours: nothing to delete
         self._call("ack", self._lua_ack, int(shard_text), batch_id)
 
-    def _read_pending(self, suffix: str, decode: Callable[[str, str], tuple[T, int] | None]) -> Pending[T]:
+    def _read_pending(
+        self, suffix: str, decode: Callable[[str, str], tuple[T, int] | None]
+    ) -> Pending[T]:
         pending: Pending[T] = Pending()
         for shard in range(self.shards):
             reply = self._call("read", self._lua_pending, shard, suffix)
