@@ -20,7 +20,7 @@ REQUIRE_SERVICES = os.environ.get("ANALYTICS_REQUIRE_SERVICES", "") not in ("", 
 """Set by CI: a test that needs a real server fails instead of skipping."""
 
 STORES = ["memory", "redis", "redis-cluster"]
-SINKS = ["memory"]
+SINKS = ["memory", "postgres"]
 
 
 def skip_or_fail(reason: str) -> None:
@@ -33,6 +33,31 @@ def skip_or_fail(reason: str) -> None:
 def unique_name(prefix: str = "t") -> str:
     """Return a name no other test uses (a key prefix or schema)."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+POSTGRES_URL = os.environ.get(
+    "ANALYTICS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def postgres_url_or_skip() -> str:
+    """Return the test PostgreSQL URL, or skip/fail when no server answers there."""
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URL, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        skip_or_fail(f"no PostgreSQL server answers at {POSTGRES_URL}: {exc}")
+    return POSTGRES_URL
+
+
+def drop_schema(url: str, schema: str) -> None:
+    """Drop a test schema and everything in it."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def redis_url_or_skip() -> str:
@@ -82,4 +107,15 @@ def make_sink(
     if kind == "memory":
         yield MemorySink(clock=clock)
         return
-    raise AssertionError(kind)
+    if kind != "postgres":
+        raise AssertionError(kind)
+    from analytics_sdk.backends.postgres import PostgresSink
+
+    url = postgres_url_or_skip()
+    schema = unique_name("test")
+    sink = PostgresSink.from_url(f"{url}?schema={schema}", clock)
+    try:
+        yield sink
+    finally:
+        sink.close()
+        drop_schema(url, schema)

@@ -54,7 +54,26 @@ _STORES: dict[str, StoreFactory] = {
     "rediss": _redis_store,
     "redis+cluster": _redis_store,
 }
-_SINKS: dict[str, SinkFactory] = {"memory": lambda url, clock: MemorySink(clock=clock)}
+
+
+def _postgres_sink(url: str, clock: Clock) -> Sink:
+    try:
+        import psycopg  # noqa: F401 - the driver is an extra: fail here, with advice
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"sink URL {redact_url(url)!r} needs the PostgreSQL driver: pip install 'analytics-sdk[postgres]'"
+        ) from exc
+    from .postgres import PostgresSink
+
+    return PostgresSink.from_url(url, clock)
+
+
+_SINKS: dict[str, SinkFactory] = {
+    "memory": lambda url, clock: MemorySink(clock=clock),
+    "postgresql": _postgres_sink,
+    "postgres": _postgres_sink,
+}
 
 
 def redact_url(url: str) -> str:

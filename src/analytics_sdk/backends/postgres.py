@@ -1,0 +1,432 @@
+"""PostgreSQL sink (``postgresql://``, ``postgres://``) on psycopg 3 and psycopg_pool.
+
+A batch is applied in one transaction: insert its id into the ledger (a conflict means it
+was applied already: do nothing), COPY its counters into temporary tables, then upsert them
+with ``INSERT ... SELECT ... ORDER BY <primary key> ... ON CONFLICT DO UPDATE``. The ORDER BY
+makes concurrent flushers lock rows in the same order, so they never deadlock.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import ConfigurationError, SinkError
+from ..keys import Properties, encode_properties
+from . import redact_url
+from .base import Batch, Sink
+
+__all__ = ["PostgresSink", "migrate"]
+
+DEFAULT_SCHEMA = "analytics"
+_OPTIONS = {
+    "schema",
+    "pool_min",
+    "pool_max",
+    "pool_timeout",
+    "statement_timeout",
+    "migrate",
+    "hourly_retention_days",
+    "user_retention_days",
+    "ledger_retention_days",
+}
+_MAINTAIN_EVERY = 3600.0
+# Pools a forked child must never close: their sockets belong to the parent.
+_INHERITED_POOLS: list[Any] = []
+
+
+def migrations() -> list[tuple[int, str]]:
+    """Return the shipped migrations as ``(version, SQL with {schema})``, oldest first."""
+    folder = resources.files("analytics_sdk.backends") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def migrate(conn: Any, schema: str) -> list[int]:
+    """Apply the migrations ``conn``'s database lacks in ``schema``; return their versions.
+
+    Idempotent and safe to run from several processes at once (an advisory lock serialises
+    them). Commits.
+    """
+    from psycopg import sql
+
+    ident = sql.Identifier(schema)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"analytics_sdk:{schema}"])
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.schema_version ("
+                "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(ident)
+        )
+        row = conn.execute(
+            sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_version").format(ident)
+        ).fetchone()
+        current = row[0] if row else 0
+        applied = []
+        for version, text in migrations():
+            if version <= current:
+                continue
+            conn.execute(sql.SQL(text).format(schema=ident))  # the shipped migration files
+            conn.execute(
+                sql.SQL("INSERT INTO {}.schema_version (version) VALUES (%s)").format(ident),
+                [version],
+            )
+            applied.append(version)
+    return applied
+
+
+def _option(url: str, options: dict[str, str], name: str, kind: type, default: Any) -> Any:
+    if name not in options:
+        return default
+    try:
+        return kind(options[name])
+    except ValueError:
+        raise ConfigurationError(
+            f"sink URL {redact_url(url)!r}: {name}={options[name]!r} is not accepted; "
+            f"accepted: {'a number' if kind is float else 'an integer'}"
+        ) from None
+
+
+class PostgresSink(Sink):
+    """A sink in PostgreSQL; see the module docstring and ``docs/backends/postgres.md``."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        pool_min: int = 1,
+        pool_max: int = 4,
+        pool_timeout: float = 10.0,
+        statement_timeout: float = 30.0,
+        application_name: str = "analytics_sdk",
+        auto_migrate: bool = True,
+        hourly_retention_days: int | None = None,
+        user_retention_days: int | None = None,
+        ledger_retention_days: int = 30,
+        clock: Callable[[], float] = time.time,
+        description: str | None = None,
+    ) -> None:
+        import psycopg
+        from psycopg import sql
+
+        if not schema or not schema.isprintable():
+            raise ConfigurationError(f"schema {schema!r} is not accepted; accepted: printable text")
+        for name, days in (
+            ("hourly_retention_days", hourly_retention_days),
+            ("user_retention_days", user_retention_days),
+            ("ledger_retention_days", ledger_retention_days),
+        ):
+            if days is not None and (type(days) is not int or days < 1):
+                raise ConfigurationError(f"{name}={days!r} is not accepted; accepted: an int >= 1")
+        if not 1 <= pool_min <= pool_max:
+            raise ConfigurationError(
+                f"pool_min={pool_min}, pool_max={pool_max} are not accepted; accepted: 1 <= pool_min <= pool_max"
+            )
+        self._conninfo = conninfo
+        self._errors: tuple[type[Exception], ...] = (psycopg.Error,)
+        self.schema = schema
+        self._pool_min, self._pool_max, self._pool_timeout = pool_min, pool_max, pool_timeout
+        self._statement_timeout_ms = int(statement_timeout * 1000)
+        self._application_name = application_name
+        self._auto_migrate = auto_migrate
+        self.hourly_retention_days = hourly_retention_days
+        self.user_retention_days = user_retention_days
+        self.ledger_retention_days = ledger_retention_days
+        self._clock = clock
+        self._description = description or redact_url(conninfo)
+        self._migrated = False
+        self._next_maintenance = 0.0
+        self._lock = threading.Lock()
+        self._pool: Any = None
+        s = sql.Identifier(schema)
+        self._sql = {name: sql.SQL(text).format(s=s) for name, text in _STATEMENTS.items()}
+
+    @classmethod
+    def from_url(cls, url: str, clock: Callable[[], float] = time.time) -> PostgresSink:
+        """Return a sink for a ``postgresql://`` (or ``postgres://``) URL.
+
+        Query options: ``schema`` (default ``analytics``), ``pool_min`` / ``pool_max``,
+        ``pool_timeout`` and ``statement_timeout`` (seconds), ``migrate`` (apply migrations
+        on first use, default true), ``hourly_retention_days``, ``user_retention_days``,
+        ``ledger_retention_days`` (default 30); the rest go to libpq (e.g.
+        ``application_name``, ``sslmode``).
+        """
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        options = {k: query.pop(k) for k in list(query) if k in _OPTIONS}
+        application_name = query.pop("application_name", "analytics_sdk")
+        conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
+        return cls(
+            conninfo,
+            schema=options.get("schema", DEFAULT_SCHEMA),
+            pool_min=_option(url, options, "pool_min", int, 1),
+            pool_max=_option(url, options, "pool_max", int, 4),
+            pool_timeout=_option(url, options, "pool_timeout", float, 10.0),
+            statement_timeout=_option(url, options, "statement_timeout", float, 30.0),
+            application_name=application_name,
+            auto_migrate=options.get("migrate", "true").lower() not in ("0", "false", "no", "off"),
+            hourly_retention_days=_option(url, options, "hourly_retention_days", int, None),
+            user_retention_days=_option(url, options, "user_retention_days", int, None),
+            ledger_retention_days=_option(url, options, "ledger_retention_days", int, 30),
+            clock=clock,
+            description=redact_url(url),
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresSink({self._description!r}, schema={self.schema!r})"
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _configure(self, conn: Any) -> None:
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false)", [str(self._statement_timeout_ms)]
+        )
+        conn.commit()
+
+    def _get_pool(self) -> Any:
+        with self._lock:
+            if self._pool is None:
+                from psycopg_pool import ConnectionPool
+
+                self._pool = ConnectionPool(
+                    self._conninfo,
+                    kwargs={"application_name": self._application_name},
+                    configure=self._configure,
+                    check=ConnectionPool.check_connection,  # a terminated backend is replaced
+                    open=False,
+                    name=f"analytics_sdk:{self.schema}",
+                    min_size=self._pool_min,
+                    max_size=self._pool_max,
+                    timeout=self._pool_timeout,
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    def _connection(self, what: str) -> Any:
+        from contextlib import contextmanager
+
+        @contextmanager
+        def connect() -> Any:
+            try:
+                with self._get_pool().connection() as conn:
+                    if not self._migrated and self._auto_migrate:
+                        migrate(conn, self.schema)
+                        self._migrated = True
+                    yield conn
+            except self._errors as exc:  # PoolTimeout is a psycopg.Error too
+                raise SinkError(f"PostgreSQL {self._description} {what} failed: {exc}") from exc
+
+        return connect()
+
+    def migrate(self) -> list[int]:
+        """Apply missing migrations now; return the versions applied."""
+        with self._connection("migrate") as conn:
+            applied = migrate(conn, self.schema)
+            self._migrated = True
+            return applied
+
+    # -- the protocol -----------------------------------------------------------------------
+
+    def apply(self, batch: Batch) -> bool:
+        with self._connection("apply") as conn, conn.transaction():
+            counters = len(batch.delta.hourly) + len(batch.delta.users)
+            claimed = conn.execute(self._sql["ledger_insert"], [batch.id, counters]).fetchone()
+            if claimed is None:
+                return False  # already in the ledger: applied by this or another flusher
+            if batch.delta.hourly:
+                conn.execute(self._sql["tmp_hourly"])
+                with conn.cursor().copy(self._sql["copy_hourly"]) as copy:
+                    for row in _hourly_rows(batch):
+                        copy.write_row(row)
+                conn.execute(self._sql["upsert_hourly"])
+                conn.execute(self._sql["upsert_daily"])
+            if batch.delta.users:
+                conn.execute(self._sql["tmp_users"])
+                with conn.cursor().copy(self._sql["copy_users"]) as copy:
+                    for (event, user_id, day), value in batch.delta.users.items():
+                        copy.write_row((event, day, user_id, value))
+                conn.execute(self._sql["upsert_users"])
+        self._maybe_maintain()
+        return True
+
+    def applied(self, batch_ids: Iterable[str]) -> set[str]:
+        ids = list(batch_ids)
+        if not ids:
+            return set()
+        with self._connection("ledger read") as conn:
+            return {row[0] for row in conn.execute(self._sql["ledger_select"], [ids])}
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def _hourly_cutoff_day(self) -> int | None:
+        """First day (since the epoch) still kept at hourly resolution, or None (all)."""
+        if self.hourly_retention_days is None:
+            return None
+        return int(self._clock() // 86400) - self.hourly_retention_days
+
+    def hourly_counts(
+        self, event: str, start: int | None, end: int | None, properties: Properties
+    ) -> dict[int, int]:
+        cutoff = self._hourly_cutoff_day()
+        wanted = json.dumps(dict(properties)) if properties else None
+        low = start if cutoff is None else max(start or cutoff * 24, cutoff * 24)
+        params: dict[str, Any] = {"event": event, "start": low, "end": end, "props": wanted}
+        out: dict[int, int] = {}
+        with self._connection("query") as conn:
+            for hour, total in conn.execute(self._sql["query_hourly"], params):
+                out[int(hour)] = int(total)
+            if cutoff is not None and (start is None or start < cutoff * 24):
+                # Older than the hourly retention: daily totals, at each day's first hour.
+                first_day = None if start is None else -(-start // 24)
+                last_day = cutoff if end is None else min(cutoff, -(-end // 24))
+                daily = {"event": event, "start": first_day, "end": last_day, "props": wanted}
+                for day, total in conn.execute(self._sql["query_daily"], daily):
+                    out[int(day) * 24] = out.get(int(day) * 24, 0) + int(total)
+        return out
+
+    def user_counts(
+        self, event: str, start: int | None, end: int | None, user_id: str | None
+    ) -> dict[str, int]:
+        params = {"event": event, "start": start, "end": end, "user": user_id}
+        with self._connection("query") as conn:
+            return {u: int(n) for u, n in conn.execute(self._sql["query_users"], params)}
+
+    # -- upkeep -----------------------------------------------------------------------------
+
+    def _maybe_maintain(self) -> None:
+        now = self._clock()
+        if now < self._next_maintenance:
+            return
+        self._next_maintenance = now + _MAINTAIN_EVERY
+        try:
+            self.prune()
+        except SinkError as exc:  # upkeep must never fail a flush that committed
+            import logging
+
+            logging.getLogger("analytics_sdk").warning("retention pruning failed: %s", exc)
+
+    def prune(self) -> dict[str, int]:
+        """Delete rows past their retention; return how many per table."""
+        today = int(self._clock() // 86400)
+        deleted = {}
+        with self._connection("prune") as conn, conn.transaction():
+            ledger_cutoff = datetime.fromtimestamp(self._clock(), timezone.utc) - timedelta(
+                days=self.ledger_retention_days
+            )
+            deleted["flush_ledger"] = conn.execute(
+                self._sql["prune_ledger"], [ledger_cutoff]
+            ).rowcount
+            if self.hourly_retention_days is not None:
+                cutoff = today - self.hourly_retention_days
+                deleted["hourly_counts"] = conn.execute(
+                    self._sql["prune_hourly"], [cutoff * 24]
+                ).rowcount
+            if self.user_retention_days is not None:
+                cutoff = today - self.user_retention_days
+                deleted["user_daily_counts"] = conn.execute(
+                    self._sql["prune_users"], [cutoff]
+                ).rowcount
+        return deleted
+
+    def after_fork_in_child(self) -> None:
+        # The parent's connections must not be closed from here: keep the pool alive, unused.
+        if self._pool is not None:
+            _INHERITED_POOLS.append(self._pool)
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=5.0)
+
+
+def _hourly_rows(batch: Batch) -> Iterable[tuple[str, int, str, str, int]]:
+    """Rows ``(event, hour, props_key, properties_json, count)`` with each set encoded once."""
+    encoded: dict[Properties, tuple[str, str]] = {}
+    for (event, properties, hour), value in batch.delta.hourly.items():
+        texts = encoded.get(properties)
+        if texts is None:
+            texts = encoded[properties] = (
+                encode_properties(properties),
+                json.dumps(dict(properties)),
+            )
+        yield event, hour, texts[0], texts[1], value
+
+
+_STATEMENTS = {
+    "ledger_insert": (
+        "INSERT INTO {s}.flush_ledger (batch_id, counters) VALUES (%s, %s) "
+        "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id"
+    ),
+    "ledger_select": "SELECT batch_id FROM {s}.flush_ledger WHERE batch_id = ANY(%s)",
+    "tmp_hourly": (
+        "CREATE TEMP TABLE analytics_tmp_hourly (event text, hour bigint, props_key text, "
+        "properties text, count bigint) ON COMMIT DROP"
+    ),
+    "copy_hourly": "COPY analytics_tmp_hourly (event, hour, props_key, properties, count) FROM STDIN",
+    "upsert_hourly": (
+        "INSERT INTO {s}.hourly_counts AS t (event, hour, props_hash, properties, count) "
+        "SELECT event, to_timestamp(hour * 3600), md5(props_key)::uuid, properties::jsonb, count "
+        "FROM analytics_tmp_hourly ORDER BY 1, 2, 3 "
+        "ON CONFLICT (event, hour, props_hash) DO UPDATE SET count = t.count + EXCLUDED.count"
+    ),
+    "upsert_daily": (
+        "INSERT INTO {s}.daily_counts AS t (event, day, props_hash, properties, count) "
+        "SELECT event, date '1970-01-01' + (hour / 24)::integer, md5(props_key)::uuid, "
+        "min(properties)::jsonb, sum(count) "
+        "FROM analytics_tmp_hourly GROUP BY event, hour / 24, props_key ORDER BY 1, 2, 3 "
+        "ON CONFLICT (event, day, props_hash) DO UPDATE SET count = t.count + EXCLUDED.count"
+    ),
+    "tmp_users": (
+        "CREATE TEMP TABLE analytics_tmp_users (event text, day integer, user_id text, "
+        "count bigint) ON COMMIT DROP"
+    ),
+    "copy_users": "COPY analytics_tmp_users (event, day, user_id, count) FROM STDIN",
+    "upsert_users": (
+        "INSERT INTO {s}.user_daily_counts AS t (event, day, user_id, count) "
+        "SELECT event, date '1970-01-01' + day, user_id, count "
+        "FROM analytics_tmp_users ORDER BY 1, 2, 3 "
+        "ON CONFLICT (event, day, user_id) DO UPDATE SET count = t.count + EXCLUDED.count"
+    ),
+    "query_hourly": (
+        "SELECT (extract(epoch FROM hour) / 3600)::bigint, sum(count) FROM {s}.hourly_counts "
+        "WHERE event = %(event)s "
+        "AND (%(start)s::bigint IS NULL OR hour >= to_timestamp(%(start)s::bigint * 3600)) "
+        "AND (%(end)s::bigint IS NULL OR hour < to_timestamp(%(end)s::bigint * 3600)) "
+        "AND (%(props)s::jsonb IS NULL OR properties @> %(props)s::jsonb) "
+        "GROUP BY hour"
+    ),
+    "query_daily": (
+        "SELECT day - date '1970-01-01', sum(count) FROM {s}.daily_counts "
+        "WHERE event = %(event)s "
+        "AND (%(start)s::integer IS NULL OR day >= date '1970-01-01' + %(start)s::integer) "
+        "AND (%(end)s::integer IS NULL OR day < date '1970-01-01' + %(end)s::integer) "
+        "AND (%(props)s::jsonb IS NULL OR properties @> %(props)s::jsonb) "
+        "GROUP BY day"
+    ),
+    "query_users": (
+        "SELECT user_id, sum(count) FROM {s}.user_daily_counts "
+        "WHERE event = %(event)s "
+        "AND (%(start)s::integer IS NULL OR day >= date '1970-01-01' + %(start)s::integer) "
+        "AND (%(end)s::integer IS NULL OR day < date '1970-01-01' + %(end)s::integer) "
+        "AND (%(user)s::text IS NULL OR user_id = %(user)s::text) "
+        "GROUP BY user_id"
+    ),
+    "prune_ledger": "DELETE FROM {s}.flush_ledger WHERE applied_at < %s",
+    "prune_hourly": "DELETE FROM {s}.hourly_counts WHERE hour < to_timestamp(%s::bigint * 3600)",
+    "prune_users": "DELETE FROM {s}.user_daily_counts WHERE day < date '1970-01-01' + %s::integer",
+}
