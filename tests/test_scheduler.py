@@ -38,7 +38,9 @@ def sink(clock: ManualClock) -> FaultySink:
 
 @pytest.fixture
 def client(clock: ManualClock, store: FaultyStore, sink: FaultySink) -> Iterator[Analytics]:
-    c = Analytics(store=store, sink=sink, clock=clock, push_interval=1, flush_interval=10)
+    c = Analytics(
+        store=store, sink=sink, clock=clock, push_interval=1, flush_interval=10, schedule_jitter=0
+    )
     c.scheduler._rng = random.Random(7)
     yield c
     store.gate.set()

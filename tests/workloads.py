@@ -26,8 +26,26 @@ def _base() -> datetime:
     return today - timedelta(days=1)
 
 
-def produce(store_url: str, seed: int, threads: int, calls: int, report: str) -> None:
-    """Track ``threads`` x ``calls`` random events with ``threads`` threads; report the truth."""
+def _pick(rng: random.Random, mode: str) -> tuple[str, dict[str, str]]:
+    """An event and its properties: random names, a few overlapping keys, or rare keys."""
+    if mode == "overlap":  # every producer hits the same handful of keys
+        return rng.choice(EVENTS[:2]), {"k": rng.choice("ab")}
+    if mode == "rare":  # the seed's race: keys that are incremented once or twice, ever
+        return f"rare:{rng.randrange(10**9)}", {}
+    return rng.choice(EVENTS), {"k": rng.choice("ab")}
+
+
+def produce(
+    store_url: str,
+    seed: int,
+    threads: int,
+    calls: int,
+    report: str,
+    mode: str = "random",
+    pace: float = 0.0,
+) -> None:
+    """Track ``threads`` x ``calls`` events with ``threads`` threads, pausing ``pace`` seconds
+    every 20 calls; report the truth."""
     client = Analytics(store=store_url, flusher=False, push_interval=0.05)
     base = _base()
     truths: list[tuple[Counter[str], Counter[str]]] = []
@@ -36,14 +54,14 @@ def produce(store_url: str, seed: int, threads: int, calls: int, report: str) ->
         rng = random.Random(seed * 1000 + n)
         hourly: Counter[str] = Counter()
         users: Counter[str] = Counter()
-        for _ in range(calls):
-            event = rng.choice(EVENTS)
+        for i in range(calls):
+            if pace and i % 20 == 0:
+                time.sleep(pace)
+            event, properties = _pick(rng, mode)
             when = base + timedelta(minutes=rng.uniform(-150, 150))
             value = rng.choice((1, 1, 1, 2, 5))
             user = rng.choice(USERS) if rng.random() < 0.7 else None
-            client.track(
-                event, user_id=user, value=value, timestamp=when, properties={"k": rng.choice("ab")}
-            )
+            client.track(event, user_id=user, value=value, timestamp=when, properties=properties)
             hourly[json.dumps([event, hour_of(when)])] += value
             if user is not None:
                 users[json.dumps([event, user, day_of(when.date())])] += value
@@ -65,14 +83,23 @@ def produce(store_url: str, seed: int, threads: int, calls: int, report: str) ->
         json.dump({"hourly": hourly_total, "users": users_total}, f)
 
 
-def flush_until(store_url: str, stop_file: str, report: str) -> None:
-    """Flush every 50 ms until ``stop_file`` exists; report what this process's sink holds."""
+def flush_until(
+    store_url: str, stop_file: str, report: str, sink_url: str = "memory://", interval: float = 0.05
+) -> None:
+    """Flush every ``interval`` s until ``stop_file`` exists; report what this process's sink
+    holds (a memory sink: this process's share; a shared sink: only its stats)."""
     import os
 
-    client = Analytics(store=store_url, flush_interval=0.05, push_interval=0.05)
+    client = Analytics(store=store_url, sink=sink_url, flush_interval=interval, push_interval=0.05)
+    with open(report + ".ready", "w"):
+        pass
     while not os.path.exists(stop_file):
         time.sleep(0.02)
     client.shutdown(timeout=30)
+    if sink_url != "memory://":
+        with open(report, "w") as f:
+            json.dump({"stats": client.stats()}, f)
+        return
     sink = client.sink
     hourly: Counter[str] = Counter()
     users: Counter[str] = Counter()
@@ -85,3 +112,41 @@ def flush_until(store_url: str, stop_file: str, report: str) -> None:
                 users[json.dumps([event, user, day])] += n
     with open(report, "w") as f:
         json.dump({"hourly": hourly, "users": users, "stats": client.stats()}, f)
+
+
+def flush_and_die(store_url: str, sink_url: str, step: str) -> None:
+    """Flush once and SIGKILL this process at ``step``: after_claim, during_apply (in the
+    middle of the COPY, transaction open) or after_commit (before the ack)."""
+    import os
+    import signal
+
+    from analytics_sdk.backends import postgres
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    client = Analytics(store=store_url, sink=sink_url, background=False)
+    if step == "after_claim":
+        claim = client.store.claim
+
+        def claim_then_die():  # type: ignore[no-untyped-def]
+            claim()
+            die()
+
+        client.store.claim = claim_then_die  # type: ignore[method-assign]
+    elif step == "during_apply":
+        rows = postgres._hourly_rows
+
+        def rows_then_die(batch):  # type: ignore[no-untyped-def]
+            for n, row in enumerate(rows(batch)):
+                if n == 10:
+                    die()
+                yield row
+
+        postgres._hourly_rows = rows_then_die  # type: ignore[assignment]
+    elif step == "after_commit":
+        client.store.ack = lambda batch_id: die()  # type: ignore[method-assign]
+    else:
+        raise ValueError(step)
+    client.flush(timeout=60)
+    raise AssertionError(f"the flush should have died at {step}")

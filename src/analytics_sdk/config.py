@@ -82,6 +82,9 @@ class Config:
     """First retry delay after a failed push or flush; it doubles per failure."""
     backoff_max: float = attrs.field(default=60.0, validator=_positive)
     """Longest retry delay."""
+    schedule_jitter: float = attrs.field(default=0.1, validator=_non_negative)
+    """Each push and flush interval varies by up to this fraction, at random, so processes
+    started together (a deploy) do not push and flush in lockstep."""
     claim_lease: float = attrs.field(default=300.0, validator=_positive)
     """Age after which another flusher's unacknowledged claim counts as orphaned."""
     flusher: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
@@ -126,6 +129,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_properties": ("ANALYTICS_MAX_PROPERTIES", int),
     "backoff_initial": ("ANALYTICS_BACKOFF_INITIAL", float),
     "backoff_max": ("ANALYTICS_BACKOFF_MAX", float),
+    "schedule_jitter": ("ANALYTICS_SCHEDULE_JITTER", float),
     "claim_lease": ("ANALYTICS_CLAIM_LEASE", float),
     "flusher": ("ANALYTICS_FLUSHER", _bool),
     "background": ("ANALYTICS_BACKGROUND", _bool),

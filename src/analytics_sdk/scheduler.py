@@ -108,8 +108,8 @@ class Scheduler:
         self._own_claims: set[str] = set()
         self._push_requested = False
         now = self.clock.monotonic()
-        self.next_push = now + self._push_period
-        self.next_flush = now + self.config.flush_interval
+        self.next_push = now + self._jittered(self._push_period)
+        self.next_flush = now + self._jittered(self.config.flush_interval)
         self.push_failures = 0
         self.flush_failures = 0
 
@@ -207,6 +207,13 @@ class Scheduler:
         jitter: float = self._rng.random()
         return ceiling * (0.5 + 0.5 * jitter)
 
+    def _jittered(self, interval: float) -> float:
+        jitter = self.config.schedule_jitter
+        if not jitter:
+            return interval
+        spread: float = self._rng.uniform(-jitter, jitter)
+        return interval * (1.0 + spread)
+
     def run_pending(self) -> None:
         """Push and flush if their time has come (the thread calls this; tests may too)."""
         now = self.clock.monotonic()
@@ -261,13 +268,13 @@ class Scheduler:
                 logger.info("push recovered after %d failures", self.push_failures)
             self.push_failures = 0
             self.stats.pushes_ok += 1
-            self.next_push = now + self._push_period
+            self.next_push = now + self._jittered(self._push_period)
         else:
             if self.flush_failures:
                 logger.info("flush recovered after %d failures", self.flush_failures)
             self.flush_failures = 0
             self.stats.flushes_ok += 1
-            self.next_flush = now + self.config.flush_interval
+            self.next_flush = now + self._jittered(self.config.flush_interval)
 
     def push_through(self) -> None:
         """Push now, in the caller (write-through); while the store fails, leave it buffered."""

@@ -1,0 +1,266 @@
+"""Fault injection against real Redis and PostgreSQL: each case ends with the sink holding
+exactly the ground truth, and the store holding nothing."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from analytics_sdk import Analytics, SinkError
+from analytics_sdk.backends import Batch
+from analytics_sdk.backends.postgres import PostgresSink
+from analytics_sdk.backends.redis import RedisCounterStore
+
+from . import workloads
+from .utils import drop_schema, postgres_url_or_skip, redis_url_or_skip, unique_name
+
+EVENTS = ["signup", "checkout:paid", "ページ"]
+
+
+@pytest.fixture
+def urls() -> Iterator[tuple[str, str]]:
+    """A Redis store URL and a PostgreSQL sink URL, both private to the test."""
+    redis_url, pg_url = redis_url_or_skip(), postgres_url_or_skip()
+    prefix, schema = unique_name("fault"), unique_name("fault")
+    store_url = f"{redis_url}?prefix={prefix}&shards=3"
+    yield store_url, f"{pg_url}?schema={schema}&application_name={schema}"
+    store = RedisCounterStore.from_url(store_url)
+    keys = list(store._redis.scan_iter(match=f"{{{prefix}:*", count=1000))
+    if keys:
+        store._redis.delete(*keys)
+    store.close()
+    drop_schema(pg_url, schema)
+
+
+def sink_totals(sink_url: str, events: list[str]) -> tuple[Counter[str], Counter[str]]:
+    """Every hourly and per-user count in the sink, keyed like the workloads' truth."""
+    sink = PostgresSink.from_url(sink_url)
+    hourly: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    try:
+        for event in events:
+            for hour, n in sink.hourly_counts(event, None, None, ()).items():
+                hourly[json.dumps([event, hour])] += n
+            with sink._connection("test") as conn:
+                rows = conn.execute(
+                    f"SELECT user_id, day - date '1970-01-01', count FROM \"{sink.schema}\".user_daily_counts WHERE event = %s",
+                    [event],
+                ).fetchall()
+            for user, day, n in rows:
+                users[json.dumps([event, user, day])] += n
+    finally:
+        sink.close()
+    return hourly, users
+
+
+def store_is_empty(store_url: str) -> bool:
+    """Whether the store holds no live counter and no claim at all."""
+    store = RedisCounterStore.from_url(store_url)
+    try:
+        live = list(store._redis.scan_iter(match=f"{{{store.prefix}:*:live:*", count=1000))
+        return store.claimed() == [] and live == []
+    finally:
+        store.close()
+
+
+class FlakySink(PostgresSink):
+    """Fails a fraction of applies: before the commit, or after it (the reply lost)."""
+
+    def __init__(self, *args, rng: random.Random, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.rng = rng
+        self.on = True
+        self.failures = Counter[str]()
+
+    def apply(self, batch: Batch) -> bool:
+        roll = self.rng.random()
+        if self.on and roll < 0.3:
+            self.failures["before commit"] += 1
+            raise SinkError("injected: connection lost before commit")
+        applied = super().apply(batch)
+        if self.on and roll < 0.45:
+            self.failures["after commit"] += 1
+            raise SinkError("injected: connection lost after commit")
+        return applied
+
+
+def test_sink_writes_failing_on_a_fraction_of_flushes(urls: tuple[str, str]) -> None:
+    store_url, sink_url = urls
+    rng = random.Random(42)
+    sink = PostgresSink.from_url(sink_url)
+    flaky = FlakySink(sink._conninfo, schema=sink.schema, rng=rng)
+    client = Analytics(store=store_url, sink=flaky, background=False)
+    truth: Counter[str] = Counter()
+    try:
+        for _ in range(60):
+            for _ in range(rng.randrange(1, 30)):
+                event, value = rng.choice(EVENTS), rng.randrange(1, 4)
+                client.track(event, value=value)
+                truth[event] += value
+            client.flush()
+        assert flaky.failures["before commit"] > 5
+        assert flaky.failures["after commit"] > 5
+        flaky.on = False
+        assert client.flush().complete
+        for event in EVENTS:
+            assert sum(flaky.hourly_counts(event, None, None, ()).values()) == truth[event]
+            assert client.count(event) == truth[event]
+        assert store_is_empty(store_url)
+    finally:
+        client.shutdown(timeout=10)
+        sink.close()
+
+
+def _fill_store(store_url: str, rng: random.Random) -> tuple[Counter[str], Counter[str]]:
+    """Push random counts into the store (no flushing); return the truth."""
+    from analytics_sdk.keys import day_of, hour_of
+
+    client = Analytics(store=store_url, flusher=False, background=False)
+    hourly: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime.now(timezone.utc)
+    for _ in range(500):
+        event = rng.choice(EVENTS)
+        user = f"u{rng.randrange(20)}"
+        when = now - timedelta(hours=rng.randrange(48))
+        client.track(event, user_id=user, timestamp=when, properties={"n": rng.randrange(30)})
+        hourly[json.dumps([event, hour_of(when)])] += 1
+        users[json.dumps([event, user, day_of(when.date())])] += 1
+    assert client.flush().complete
+    client.shutdown()
+    return hourly, users
+
+
+@pytest.mark.parametrize("step", ["after_claim", "during_apply", "after_commit"])
+def test_a_flusher_killed_at_each_step(urls: tuple[str, str], step: str) -> None:
+    store_url, sink_url = urls
+    truth_hourly, truth_users = _fill_store(store_url, random.Random(step))
+    PostgresSink.from_url(sink_url).migrate()
+    spawn = multiprocessing.get_context("spawn")
+    doomed = spawn.Process(target=workloads.flush_and_die, args=(store_url, sink_url, step))
+    doomed.start()
+    doomed.join(120)
+    assert doomed.exitcode == -9, (
+        f"the flusher should have been SIGKILLed, exit code {doomed.exitcode}"
+    )
+    # A flusher that starts later finds the dead one's claim (lease 0 s here) and applies it.
+    with Analytics(store=store_url, sink=sink_url, background=False, claim_lease=0.001) as rescuer:
+        result = rescuer.flush(timeout=60)
+        assert result.complete, result
+        if step == "after_commit":
+            assert result.flushed == 0  # committed before the kill: the ledger makes it a no-op
+    assert sink_totals(sink_url, EVENTS) == (truth_hourly, truth_users)
+    assert store_is_empty(store_url)
+
+
+def test_backend_terminated_mid_flush(
+    urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg
+
+    from analytics_sdk.backends import postgres
+
+    store_url, sink_url = urls
+    truth_hourly, truth_users = _fill_store(store_url, random.Random(7))
+    app_name = sink_url.rsplit("application_name=", 1)[1]
+    rows = postgres._hourly_rows
+    terminated = []
+
+    def rows_with_termination(batch):  # type: ignore[no-untyped-def]
+        for n, row in enumerate(rows(batch)):
+            if n == 20 and not terminated:
+                with psycopg.connect(postgres_url_or_skip(), autocommit=True) as admin:
+                    killed = admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = %s AND state <> 'idle'",
+                        [app_name],
+                    ).fetchall()
+                terminated.append(killed)
+            yield row
+
+    monkeypatch.setattr(postgres, "_hourly_rows", rows_with_termination)
+    with Analytics(store=store_url, sink=sink_url, background=False) as client:
+        first = client.flush(timeout=60)
+        assert terminated == [[(True,)]], terminated  # the applying backend was killed
+        assert first.error is not None
+        assert not first.complete
+        second = client.flush(timeout=60)
+        assert second.complete, second
+    assert sink_totals(sink_url, EVENTS) == (truth_hourly, truth_users)
+    assert store_is_empty(store_url)
+
+
+def _deadlocks() -> int:
+    import psycopg
+
+    with psycopg.connect(postgres_url_or_skip(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+@pytest.mark.parametrize(("flushers", "mode"), [(2, "overlap"), (4, "overlap"), (2, "rare")])
+def test_concurrent_flushers(
+    urls: tuple[str, str], tmp_path: Path, flushers: int, mode: str
+) -> None:
+    """Producers push overlapping (or rare) keys while several flushers flush the same store
+    into the same PostgreSQL: exact totals, and no deadlock."""
+    store_url, sink_url = urls
+    PostgresSink.from_url(sink_url).migrate()
+    deadlocks_before = _deadlocks()
+    spawn = multiprocessing.get_context("spawn")
+    stop = tmp_path / "stop"
+    flush_procs = [
+        spawn.Process(
+            target=workloads.flush_until,
+            args=(store_url, str(stop), str(tmp_path / f"f{n}.json"), sink_url),
+        )
+        for n in range(flushers)
+    ]
+    producers = [
+        spawn.Process(
+            target=workloads.produce,
+            args=(store_url, n, 2, 2000, str(tmp_path / f"p{n}.json"), mode, 0.01),
+        )
+        for n in range(3)
+    ]
+    for p in flush_procs:
+        p.start()
+    for n in range(flushers):  # every flusher is up before the first count arrives
+        ready = tmp_path / f"f{n}.json.ready"
+        for _ in range(600):
+            if ready.exists():
+                break
+            time.sleep(0.05)
+    for p in producers:
+        p.start()
+    for p in producers:
+        p.join(300)
+        assert p.exitcode == 0
+    stop.touch()
+    for p in flush_procs:
+        p.join(300)
+        assert p.exitcode == 0
+    truth_hourly: Counter[str] = Counter()
+    truth_users: Counter[str] = Counter()
+    for n in range(3):
+        report = json.loads((tmp_path / f"p{n}.json").read_text())
+        truth_hourly.update(report["hourly"])
+        truth_users.update(report["users"])
+    events = sorted({json.loads(k)[0] for k in truth_hourly})
+    assert sink_totals(sink_url, events) == (truth_hourly, truth_users)
+    assert store_is_empty(store_url)
+    stats = [json.loads((tmp_path / f"f{n}.json").read_text())["stats"] for n in range(flushers)]
+    assert all(s["flushes_failed"] == 0 for s in stats), stats
+    assert sum(1 for s in stats if s["counts_flushed"] > 0) >= 2, json.dumps(stats)
+    assert _deadlocks() == deadlocks_before
