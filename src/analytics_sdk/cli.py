@@ -11,10 +11,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta, timezone
 from enum import Enum
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import __version__, api
 from .clock import Clock
+from .errors import AnalyticsError, BackendError
 from .scope import context
 
 __all__ = ["main"]
@@ -243,6 +244,100 @@ def _report(
     )
 
 
+def _when(text: str) -> date | datetime:
+    """Parse --from/--to: a date (2026-11-01) or an ISO datetime with an offset."""
+    try:
+        if "T" in text or " " in text:
+            moment = datetime.fromisoformat(text)
+            if moment.tzinfo is None:
+                raise argparse.ArgumentTypeError(
+                    f"{text!r} has no UTC offset; accepted: a date (2026-11-01) or a datetime "
+                    "with an offset (2026-11-01T09:00+00:00)"
+                )
+            return moment
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date; accepted: 2026-11-01 or 2026-11-01T09:00+00:00"
+        ) from None
+
+
+def _property(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not key=value")
+    return key, value
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[int]) -> str:
+    """Return one block character per value, scaled to the largest."""
+    peak = max(values, default=0)
+    if peak <= 0:
+        return SPARKS[0] * len(values)
+    return "".join(SPARKS[min(7, round(v / peak * 7))] for v in values)
+
+
+def query(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the series of an event from the configured sink (and store); return 0."""
+    import json as json_module
+
+    from .client import Analytics
+
+    settings: dict[str, Any] = {"background": False, "flusher": False}
+    if args.sink:
+        settings["sink"] = args.sink
+    if args.store:
+        settings["store"] = args.store
+    with Analytics(**settings) as client:
+        series = client.series(
+            args.event,
+            args.start,
+            args.end,
+            granularity=args.by,
+            tz=args.tz,
+            properties=dict(args.property) or None,
+        )
+    fmt = "%Y-%m-%d %H:%M" if args.by == "hour" else "%Y-%m-%d"
+    if args.format == "json":
+        rows = [{"period": label.isoformat(), "count": n} for label, n in series]
+        out.write(json_module.dumps(rows, indent=2) + "\n")
+    elif args.format == "csv":
+        out.write("period,count\n")
+        for label, n in series:
+            out.write(f"{label.isoformat()},{n}\n")
+    else:
+        counts = [n for _, n in series]
+        peak = max(counts, default=0)
+        out.write(f"{args.event} by {args.by} ({args.tz})  {sparkline(counts)}\n")
+        for label, n in series:
+            out.write(f"  {label.strftime(fmt):<16}{n:>12,}  {_bar(n, peak, 30)}\n")
+        out.write(f"  {'total':<16}{sum(counts):>12,}\n")
+    return 0
+
+
+def migrate(sink_url: str, out: TextIO) -> int:
+    """Apply the sink's schema migrations; return 0."""
+    from .backends import sink_from_url
+    from .backends.postgres import PostgresSink
+
+    sink = sink_from_url(sink_url, time.time)
+    try:
+        if not isinstance(sink, PostgresSink):
+            out.write(f"{sink!r} has no schema to migrate\n")
+            return 0
+        applied = sink.migrate()
+    finally:
+        sink.close()
+    if applied:
+        out.write(f"applied migrations {', '.join(map(str, applied))} to schema {sink.schema!r}\n")
+    else:
+        out.write(f"schema {sink.schema!r} is up to date\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``analytics-sdk`` command."""
     parser = argparse.ArgumentParser(
@@ -258,12 +353,51 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--users", type=_count_arg(1, 100_000), default=200, help="distinct users (default 200)"
     )
+
+    mig = commands.add_parser("migrate", help="create or upgrade the sink's schema")
+    mig.add_argument(
+        "--sink", required=True, help="sink URL, e.g. postgresql://host/db?schema=analytics"
+    )
+
+    q = commands.add_parser("query", help="print an event's time series")
+    q.add_argument("event", help="event name")
+    q.add_argument(
+        "--from", dest="start", type=_when, required=True, help="first date (or datetime)"
+    )
+    q.add_argument(
+        "--to", dest="end", type=_when, required=True, help="last date (or datetime), included"
+    )
+    q.add_argument(
+        "--by", choices=["hour", "day", "week", "month"], default="day", help="period (default day)"
+    )
+    q.add_argument("--tz", default="UTC", help="time zone of the periods (default UTC)")
+    q.add_argument(
+        "--property",
+        type=_property,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="filter; repeatable",
+    )
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("--sink", help="sink URL (default: ANALYTICS_SINK)")
+    q.add_argument(
+        "--store", help="store URL, to include pending counts (default: ANALYTICS_STORE)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        return demo(args.seconds, args.threads, args.users, sys.stdout, sys.stderr)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return demo(args.seconds, args.threads, args.users, sys.stdout, sys.stderr)
+        if args.command == "migrate":
+            return migrate(args.sink, sys.stdout)
+        if args.command == "query":
+            return query(args, sys.stdout)
+    except (ValueError, TypeError, AnalyticsError) as exc:
+        parser.exit(2 if not isinstance(exc, BackendError) else 1, f"analytics-sdk: error: {exc}\n")
     raise AssertionError(args.command)  # argparse rejects unknown commands

@@ -121,8 +121,11 @@ class PostgresSink(Sink):
         import psycopg
         from psycopg import sql
 
-        if not schema or not schema.isprintable():
-            raise ConfigurationError(f"schema {schema!r} is not accepted; accepted: printable text")
+        if not schema or not schema.isprintable() or schema.lower().startswith("pg_"):
+            raise ConfigurationError(
+                f"schema {schema!r} is not accepted; accepted: printable text not starting "
+                "with 'pg_' (reserved by PostgreSQL)"
+            )
         for name, days in (
             ("hourly_retention_days", hourly_retention_days),
             ("user_retention_days", user_retention_days),
@@ -214,14 +217,14 @@ class PostgresSink(Sink):
                 self._pool.open(wait=False)
             return self._pool
 
-    def _connection(self, what: str) -> Any:
+    def _connection(self, what: str, *, migrate_first: bool = True) -> Any:
         from contextlib import contextmanager
 
         @contextmanager
         def connect() -> Any:
             try:
                 with self._get_pool().connection() as conn:
-                    if not self._migrated and self._auto_migrate:
+                    if migrate_first and not self._migrated and self._auto_migrate:
                         migrate(conn, self.schema)
                         self._migrated = True
                     yield conn
@@ -232,7 +235,7 @@ class PostgresSink(Sink):
 
     def migrate(self) -> list[int]:
         """Apply missing migrations now; return the versions applied."""
-        with self._connection("migrate") as conn:
+        with self._connection("migrate", migrate_first=False) as conn:
             applied = migrate(conn, self.schema)
             self._migrated = True
             return applied

@@ -1,0 +1,240 @@
+"""PostgreSQL specifics: migrations, retention, timeouts, outages, fork, the CLI.
+
+The protocol itself is covered by the contract suite (test_backend_contract.py); exactness
+under faults by test_faults.py.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from analytics_sdk import Analytics, ConfigurationError
+from analytics_sdk.backends import Batch, Delta, sink_from_url
+from analytics_sdk.backends.postgres import PostgresSink, migrations
+from analytics_sdk.cli import main
+from analytics_sdk.keys import day_of, hour_of
+from analytics_sdk.testing import ManualClock
+
+from .servers import Proxy
+from .utils import drop_schema, postgres_url_or_skip, unique_name
+
+NOW = datetime(2026, 11, 26, 12, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def pg_url() -> str:
+    return postgres_url_or_skip()
+
+
+@pytest.fixture
+def schema(pg_url: str) -> Iterator[str]:
+    name = unique_name("sink")
+    yield name
+    drop_schema(pg_url, name)
+
+
+def batch(hourly: dict, users: dict | None = None) -> Batch:  # type: ignore[type-arg]
+    return Batch(id=unique_name("b"), delta=Delta(hourly=hourly, users=users or {}), claimed_at=0.0)
+
+
+def test_migrations_are_idempotent_and_concurrent_safe(pg_url: str, schema: str) -> None:
+    sinks = [PostgresSink.from_url(f"{pg_url}?schema={schema}") for _ in range(4)]
+    results: list[list[int]] = []
+    threads = [threading.Thread(target=lambda s=s: results.append(s.migrate())) for s in sinks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    versions = [v for v, _ in migrations()]
+    assert sorted(results) == [[], [], [], versions]  # exactly one of them applied them
+    assert sinks[0].migrate() == []
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(f'SELECT version FROM "{schema}".schema_version').fetchall()
+    assert [r[0] for r in rows] == versions
+    for s in sinks:
+        s.close()
+
+
+def test_an_odd_schema_name_is_quoted_safely(pg_url: str) -> None:
+    schema = f'odd "name"; drop {unique_name()}'
+    sink = PostgresSink.from_url(f"{pg_url}?schema={schema}")
+    try:
+        assert sink.apply(batch({("e", (), 10): 1}))
+        assert sink.hourly_counts("e", None, None, ()) == {10: 1}
+    finally:
+        sink.close()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("DROP SCHEMA {} CASCADE").format(psycopg.sql.Identifier(schema))
+            )
+
+
+def test_retention_keeps_daily_totals(pg_url: str, schema: str) -> None:
+    clock = ManualClock(start=NOW)
+    sink = PostgresSink.from_url(
+        f"{pg_url}?schema={schema}&hourly_retention_days=7&user_retention_days=30&ledger_retention_days=1",
+        clock.time,
+    )
+    old = NOW - timedelta(days=20)
+    recent = NOW - timedelta(days=2)
+    sink.apply(
+        batch(
+            {
+                ("e", (("p", "1"),), hour_of(old)): 3,
+                ("e", (), hour_of(old) + 1): 4,
+                ("e", (), hour_of(recent)): 5,
+            },
+            {("e", "u", day_of(old.date()) - 40): 1, ("e", "u", day_of(recent.date())): 2},
+        )
+    )
+    # The apply ran the first pruning: old hourly rows and old per-user rows are gone...
+    with psycopg.connect(pg_url) as conn:
+        hourly_rows = conn.execute(f'SELECT count(*) FROM "{schema}".hourly_counts').fetchone()
+        user_rows = conn.execute(f'SELECT count(*) FROM "{schema}".user_daily_counts').fetchone()
+    assert (hourly_rows, user_rows) == ((1,), (1,))
+    # ...but every count is still there: old hours come from the daily totals.
+    counts = sink.hourly_counts("e", None, None, ())
+    assert counts == {day_of(old.date()) * 24: 7, hour_of(recent): 5}
+    assert sink.hourly_counts("e", None, None, (("p", "1"),)) == {day_of(old.date()) * 24: 3}
+    assert sink.user_counts("e", None, None, None) == {"u": 2}
+    clock.advance(2 * 86400)
+    assert sink.prune() == {"flush_ledger": 1, "hourly_counts": 0, "user_daily_counts": 0}
+    assert sum(sink.hourly_counts("e", None, None, ()).values()) == 12
+    sink.close()
+
+
+def test_a_statement_timeout_keeps_the_claim_and_the_retry_counts_once(
+    pg_url: str, schema: str
+) -> None:
+    url = f"{pg_url}?schema={schema}&statement_timeout=0.2"
+    with Analytics(sink=url, background=False) as client:
+        client.track("e", value=3)
+        assert client.flush().complete
+        client.track("e", value=4)
+        with psycopg.connect(pg_url) as locker:
+            locker.execute(f'LOCK TABLE "{schema}".hourly_counts IN EXCLUSIVE MODE')
+            result = client.flush()  # the upsert waits on the lock, then times out
+            assert result.error is not None
+            assert "statement timeout" in result.error
+            assert client.count("e") == 7  # the claim is pending in the store: still exact
+        assert client.flush().complete
+        assert sum(client.sink.hourly_counts("e", None, None, ()).values()) == 7
+
+
+def test_postgres_down_then_back(pg_url: str, schema: str) -> None:
+    parts = urlsplit(pg_url)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    url = pg_url.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
+    try:
+        with Analytics(
+            sink=f"{url}?schema={schema}&pool_timeout=1&connect_timeout=1", background=False
+        ) as client:
+            client.track("e", value=2)
+            assert client.flush().complete
+            proxy.refuse = True
+            proxy.drop()
+            client.track("e", value=5)
+            result = client.flush()
+            assert result.error is not None
+            proxy.refuse = False
+            for _ in range(3):
+                if client.flush().complete:
+                    break
+            assert sum(client.sink.hourly_counts("e", None, None, ()).values()) == 7
+    finally:
+        proxy.close()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_uses_its_own_connections(pg_url: str, schema: str) -> None:
+    with Analytics(sink=f"{pg_url}?schema={schema}", background=False) as client:
+        client.track("e")
+        assert client.flush().complete  # the parent's pool is open
+        pid = os.fork()
+        if pid == 0:
+            try:
+                client.track("e", value=10)
+                ok = client.flush(timeout=30).complete
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        client.track("e", value=100)
+        assert client.flush().complete  # the parent's connections survived the child
+        assert sum(client.sink.hourly_counts("e", None, None, ()).values()) == 111
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("pool_max=0", "accepted: 1 <= pool_min <= pool_max"),
+        ("statement_timeout=soon", "statement_timeout='soon' is not accepted; accepted: a number"),
+        ("hourly_retention_days=0", "hourly_retention_days=0 is not accepted"),
+    ],
+)
+def test_bad_url_options(query: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        sink_from_url(f"postgresql://u:secret@localhost/db?{query}", ManualClock().time)
+
+
+def test_passwords_stay_out_of_reprs_and_errors(schema: str) -> None:
+    sink = sink_from_url(
+        f"postgresql://app:s3cr3t@127.0.0.1:1/db?schema={schema}&pool_timeout=0.5",
+        ManualClock().time,
+    )
+    assert "s3cr3t" not in repr(sink)
+    with pytest.raises(Exception) as info:  # noqa: PT011 - any error: what matters is its text
+        sink.apply(batch({("e", (), 1): 1}))
+    assert "s3cr3t" not in str(info.value)
+    sink.close()
+
+
+def test_cli_migrate_and_query(
+    pg_url: str, schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"{pg_url}?schema={schema}"
+    assert main(["migrate", "--sink", url]) == 0
+    assert "applied migrations 1" in capsys.readouterr().out
+    assert main(["migrate", "--sink", url]) == 0
+    assert "is up to date" in capsys.readouterr().out
+    sink = PostgresSink.from_url(url)
+    day0 = date(2026, 11, 20)
+    rng = random.Random(3)
+    counts = {}
+    for d in range(5):
+        n = rng.randrange(1, 50)
+        counts[d] = n
+        hour = day_of(day0 + timedelta(days=d)) * 24 + 9
+        sink.apply(
+            batch(
+                {("signup", (("plan", "pro"),), hour): n, ("signup", (("plan", "free"),), hour): 1}
+            )
+        )
+    sink.close()
+    args = ["query", "signup", "--from", "2026-11-20", "--to", "2026-11-24", "--sink", url]
+    assert main([*args, "--format", "json", "--property", "plan=pro"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["count"] for r in rows] == [counts[d] for d in range(5)]
+    assert main([*args, "--format", "csv"]) == 0
+    csv = capsys.readouterr().out.splitlines()
+    assert csv[0] == "period,count"
+    assert csv[1] == f"2026-11-20T00:00:00+00:00,{counts[0] + 1}"
+    assert main([*args, "--by", "week"]) == 0
+    table = capsys.readouterr().out
+    assert "signup by week (UTC)" in table
+    assert f"{sum(counts.values()) + 5:,}" in table
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", "signup", "--from", "yesterday", "--to", "2026-11-24"])
+    assert exit_info.value.code == 2
+    assert "'yesterday' is not a date" in capsys.readouterr().err
