@@ -172,20 +172,25 @@ def test_backend_terminated_mid_flush(
     store_url, sink_url = urls
     truth_hourly, truth_users = _fill_store(store_url, random.Random(7))
     app_name = sink_url.rsplit("application_name=", 1)[1]
-    rows = postgres._hourly_rows
+    hourly_rows = postgres._hourly_rows
     terminated = []
 
     def rows_with_termination(batch):  # type: ignore[no-untyped-def]
-        for n, row in enumerate(rows(batch)):
-            if n == 20 and not terminated:
-                with psycopg.connect(postgres_url_or_skip(), autocommit=True) as admin:
-                    killed = admin.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = %s AND state <> 'idle'",
-                        [app_name],
-                    ).fetchall()
-                terminated.append(killed)
-            yield row
+        rows, sets = hourly_rows(batch)
+
+        def terminating():  # type: ignore[no-untyped-def]
+            for n, row in enumerate(rows):
+                if n == 20 and not terminated:  # mid-COPY: kill the backend doing it
+                    with psycopg.connect(postgres_url_or_skip(), autocommit=True) as admin:
+                        killed = admin.execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = %s AND state <> 'idle'",
+                            [app_name],
+                        ).fetchall()
+                    terminated.append(killed)
+                yield row
+
+        return terminating(), sets
 
     monkeypatch.setattr(postgres, "_hourly_rows", rows_with_termination)
     with Analytics(store=store_url, sink=sink_url, background=False) as client:

@@ -135,13 +135,18 @@ def flush_and_die(store_url: str, sink_url: str, step: str) -> None:
 
         client.store.claim = claim_then_die  # type: ignore[method-assign]
     elif step == "during_apply":
-        rows = postgres._hourly_rows
+        hourly_rows = postgres._hourly_rows
 
         def rows_then_die(batch):  # type: ignore[no-untyped-def]
-            for n, row in enumerate(rows(batch)):
-                if n == 10:
-                    die()
-                yield row
+            rows, sets = hourly_rows(batch)
+
+            def dying():  # type: ignore[no-untyped-def]
+                for n, row in enumerate(rows):
+                    if n == 10:  # the COPY is under way, the transaction open
+                        die()
+                    yield row
+
+            return dying(), sets
 
         postgres._hourly_rows = rows_then_die  # type: ignore[assignment]
     elif step == "after_commit":

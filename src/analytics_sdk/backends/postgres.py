@@ -248,10 +248,14 @@ class PostgresSink(Sink):
             claimed = conn.execute(self._sql["ledger_insert"], [batch.id, counters]).fetchone()
             if claimed is None:
                 return False  # already in the ledger: applied by this or another flusher
+            conn.execute("SET LOCAL work_mem = '64MB'")  # sort a large batch in memory
             if batch.delta.hourly:
+                rows, sets = _hourly_rows(batch)
+                keys = sorted(sets)
+                conn.execute(self._sql["upsert_sets"], [keys, [sets[k] for k in keys]])
                 conn.execute(self._sql["tmp_hourly"])
                 with conn.cursor().copy(self._sql["copy_hourly"]) as copy:
-                    for row in _hourly_rows(batch):
+                    for row in rows:
                         copy.write_row(row)
                 conn.execute(self._sql["upsert_hourly"])
                 conn.execute(self._sql["upsert_daily"])
@@ -357,18 +361,26 @@ class PostgresSink(Sink):
             pool.close(timeout=5.0)
 
 
-def _hourly_rows(batch: Batch) -> Iterable[tuple[str, int, str, str, int]]:
-    """Rows ``(event, hour, props_key, properties_json, count)`` with each set encoded once."""
-    encoded: dict[Properties, tuple[str, str]] = {}
+def _hourly_rows(batch: Batch) -> tuple[list[tuple[str, int, str, int]], dict[str, str]]:
+    """Return rows ``(event, hour, props_key, count)`` and the batch's property sets as
+    ``{props_key: properties JSON}``, each set encoded once."""
+    keys: dict[Properties, str] = {}
+    sets: dict[str, str] = {}
+    rows = []
     for (event, properties, hour), value in batch.delta.hourly.items():
-        texts = encoded.get(properties)
-        if texts is None:
-            texts = encoded[properties] = (
-                encode_properties(properties),
-                json.dumps(dict(properties)),
-            )
-        yield event, hour, texts[0], texts[1], value
+        key = keys.get(properties)
+        if key is None:
+            key = keys[properties] = encode_properties(properties)
+            sets[key] = json.dumps(dict(properties))
+        rows.append((event, hour, key, value))
+    return rows, sets
 
+
+# Rows whose property set contains the filter (the GIN index on property_sets finds them).
+_MATCHING_SETS = (
+    "(%(props)s::jsonb IS NULL OR props_hash IN "
+    "(SELECT props_hash FROM {s}.property_sets WHERE properties @> %(props)s::jsonb))"
+)
 
 _STATEMENTS = {
     "ledger_insert": (
@@ -376,21 +388,25 @@ _STATEMENTS = {
         "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id"
     ),
     "ledger_select": "SELECT batch_id FROM {s}.flush_ledger WHERE batch_id = ANY(%s)",
+    "upsert_sets": (
+        "INSERT INTO {s}.property_sets (props_hash, properties) "
+        "SELECT md5(k)::uuid, p::jsonb FROM unnest(%s::text[], %s::text[]) AS u (k, p) ORDER BY 1 "
+        "ON CONFLICT (props_hash) DO NOTHING"
+    ),
     "tmp_hourly": (
         "CREATE TEMP TABLE analytics_tmp_hourly (event text, hour bigint, props_key text, "
-        "properties text, count bigint) ON COMMIT DROP"
+        "count bigint) ON COMMIT DROP"
     ),
-    "copy_hourly": "COPY analytics_tmp_hourly (event, hour, props_key, properties, count) FROM STDIN",
+    "copy_hourly": "COPY analytics_tmp_hourly (event, hour, props_key, count) FROM STDIN",
     "upsert_hourly": (
-        "INSERT INTO {s}.hourly_counts AS t (event, hour, props_hash, properties, count) "
-        "SELECT event, to_timestamp(hour * 3600), md5(props_key)::uuid, properties::jsonb, count "
+        "INSERT INTO {s}.hourly_counts AS t (event, hour, props_hash, count) "
+        "SELECT event, to_timestamp(hour * 3600), md5(props_key)::uuid, count "
         "FROM analytics_tmp_hourly ORDER BY 1, 2, 3 "
         "ON CONFLICT (event, hour, props_hash) DO UPDATE SET count = t.count + EXCLUDED.count"
     ),
     "upsert_daily": (
-        "INSERT INTO {s}.daily_counts AS t (event, day, props_hash, properties, count) "
-        "SELECT event, date '1970-01-01' + (hour / 24)::integer, md5(props_key)::uuid, "
-        "min(properties)::jsonb, sum(count) "
+        "INSERT INTO {s}.daily_counts AS t (event, day, props_hash, count) "
+        "SELECT event, date '1970-01-01' + (hour / 24)::integer, md5(props_key)::uuid, sum(count) "
         "FROM analytics_tmp_hourly GROUP BY event, hour / 24, props_key ORDER BY 1, 2, 3 "
         "ON CONFLICT (event, day, props_hash) DO UPDATE SET count = t.count + EXCLUDED.count"
     ),
@@ -410,7 +426,7 @@ _STATEMENTS = {
         "WHERE event = %(event)s "
         "AND (%(start)s::bigint IS NULL OR hour >= to_timestamp(%(start)s::bigint * 3600)) "
         "AND (%(end)s::bigint IS NULL OR hour < to_timestamp(%(end)s::bigint * 3600)) "
-        "AND (%(props)s::jsonb IS NULL OR properties @> %(props)s::jsonb) "
+        f"AND {_MATCHING_SETS} "
         "GROUP BY hour"
     ),
     "query_daily": (
@@ -418,7 +434,7 @@ _STATEMENTS = {
         "WHERE event = %(event)s "
         "AND (%(start)s::integer IS NULL OR day >= date '1970-01-01' + %(start)s::integer) "
         "AND (%(end)s::integer IS NULL OR day < date '1970-01-01' + %(end)s::integer) "
-        "AND (%(props)s::jsonb IS NULL OR properties @> %(props)s::jsonb) "
+        f"AND {_MATCHING_SETS} "
         "GROUP BY day"
     ),
     "query_users": (
