@@ -13,7 +13,9 @@ import logging
 import math
 import random
 import threading
+import time
 from collections.abc import Callable
+from typing import TypeVar, cast
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -23,10 +25,12 @@ from .aggregator import Aggregator
 from .backends.base import Batch, CounterStore, Sink
 from .config import Config
 from .errors import BackendError, SinkError, StoreError
+from .stats import PipelineStats
 
-__all__ = ["FlushResult", "Scheduler", "SchedulerStats"]
+__all__ = ["FlushResult", "Scheduler"]
 
 logger = logging.getLogger("analytics_sdk")
+T = TypeVar("T")
 
 WRITE_THROUGH_SWEEP = 1.0
 """Seconds between the timer's pushes in write-through mode."""
@@ -48,21 +52,6 @@ class FlushResult:
     """True if the deadline passed first; the rest goes on in the background."""
     error: str | None = None
     """The backend failure that stopped the flush, if any; the counts are kept."""
-
-
-@attrs.define
-class SchedulerStats:
-    """Counters of the scheduler's own work (exported to Prometheus)."""
-
-    pushes_ok: int = 0
-    pushes_failed: int = 0
-    flushes_ok: int = 0
-    flushes_failed: int = 0
-    counts_pushed: int = 0
-    counts_flushed: int = 0
-    batches_flushed: int = 0
-    last_flush_success: float | None = None
-    """Wall-clock time of the last flush that completed."""
 
 
 class _Deadline(Exception):
@@ -90,7 +79,9 @@ class Scheduler:
         self.sink = sink
         self.config = config
         self.clock = config.clock
-        self.stats = SchedulerStats()
+        self.stats = PipelineStats()
+        self.on_flush: Callable[[tuple[int, int], float], None] | None = None
+        """Called after each flush that succeeded with ``((counts, batches), seconds)``."""
         self._rng = rng or random.Random()
         # In write-through mode (push_interval=0) track() pushes; the timer only sweeps up
         # what a failing store left in the buffer.
@@ -186,16 +177,15 @@ class Scheduler:
             return FlushResult(timed_out=True, error="another flush is still running")
         pushed = flushed = batches = 0
         try:
-            pushed = self.push(deadline)
+            pushed = self._measured("push", lambda: self.push(deadline))
             if self.config.flusher:
-                flushed, batches = self.flush_store(deadline)
+                flushed, batches = self._measured("flush", lambda: self.flush_store(deadline))
         except _Deadline:
             return FlushResult(pushed=pushed, flushed=flushed, batches=batches, timed_out=True)
         except BackendError as exc:
             return FlushResult(pushed=pushed, flushed=flushed, batches=batches, error=str(exc))
         finally:
             self._work.release()
-        self.stats.last_flush_success = self.clock.time()
         complete = self.aggregator.is_empty() and not self._own_claims
         return FlushResult(pushed=pushed, flushed=flushed, batches=batches, complete=complete)
 
@@ -223,12 +213,36 @@ class Scheduler:
         if now >= self.next_flush and self.config.flusher:
             self._timed(self._flush_step, "flush")
 
+    def _measured(self, kind: str, step: Callable[[], T]) -> T:
+        """Run a push or flush step, recording its duration and result in the stats."""
+        stats = self.stats
+        started = time.perf_counter()
+        try:
+            result = step()
+        except BackendError:
+            if kind == "push":
+                stats.pushes_failed += 1
+            else:
+                stats.flushes_failed += 1
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            (stats.push_durations if kind == "push" else stats.flush_durations).observe(elapsed)
+        if kind == "push":
+            stats.pushes_ok += 1
+            stats.last_push_success = self.clock.time()
+        else:
+            stats.flushes_ok += 1
+            stats.last_flush_success = self.clock.time()
+            if self.on_flush is not None:
+                self.on_flush(cast(tuple[int, int], result), elapsed)  # a flush step's result
+        return result
+
     def _push_step(self) -> None:
-        self.push()
+        self._measured("push", self.push)
 
     def _flush_step(self) -> None:
-        self.flush_store()
-        self.stats.last_flush_success = self.clock.time()
+        self._measured("flush", self.flush_store)
 
     def _timed(self, step: Callable[[], None], kind: str) -> None:
         with self._work:
@@ -243,13 +257,11 @@ class Scheduler:
     def _failed(self, kind: str, now: float, exc: BackendError) -> None:
         if kind == "push":
             self.push_failures += 1
-            self.stats.pushes_failed += 1
             delay = self.backoff(self.push_failures)
             self.next_push = now + delay
             failures = self.push_failures
         else:
             self.flush_failures += 1
-            self.stats.flushes_failed += 1
             delay = self.backoff(self.flush_failures)
             self.next_flush = now + delay
             failures = self.flush_failures
@@ -267,13 +279,11 @@ class Scheduler:
             if self.push_failures:
                 logger.info("push recovered after %d failures", self.push_failures)
             self.push_failures = 0
-            self.stats.pushes_ok += 1
             self.next_push = now + self._jittered(self._push_period)
         else:
             if self.flush_failures:
                 logger.info("flush recovered after %d failures", self.flush_failures)
             self.flush_failures = 0
-            self.stats.flushes_ok += 1
             self.next_flush = now + self._jittered(self.config.flush_interval)
 
     def push_through(self) -> None:
