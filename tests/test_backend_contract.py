@@ -221,3 +221,16 @@ class TestExactlyOnce:
             store.ack(orphan.id)
         assert sink.hourly_counts("a", None, None, ()) == {H: 5}
         assert store.claimed() == []
+
+
+class TestFleetTotals:
+    def test_pending_and_durable_totals_per_event(self, store: CounterStore, sink: Sink) -> None:
+        push(store, {("a", (("k", "1"),), H): 2, ("a", (), H + 30): 3, (ODD, (), H): 4}, {("a", "u", D): 9})
+        flush(store, sink)
+        push(store, {("a", (), H): 1}, producer="p2")
+        store.claim()  # a batch in flight
+        push(store, {("b", (), H): 7}, producer="p3")
+        assert sink.event_totals() == {"a": 5, ODD: 4}
+        pending = store.pending_event_totals()
+        assert pending.live == {"b": 7}
+        assert sorted(pending.claimed.values(), key=str) == [{"a": 1}]

@@ -66,10 +66,12 @@ class Aggregator:
         max_property_sets: int,
         max_buffered_keys: int,
         on_full: Callable[[], None] = lambda: None,
+        on_drain: Callable[[Delta], None] = lambda delta: None,
     ) -> None:
         self.max_property_sets = max_property_sets
         self.max_buffered_keys = max_buffered_keys
         self._on_full = on_full
+        self._on_drain = on_drain
         self._property_sets: dict[str, set[Properties]] = {}
         self._reset()
 
@@ -201,6 +203,7 @@ class Aggregator:
             if self._outbox is None:
                 delta = self._take()
                 if delta:
+                    self._on_drain(delta)
                     self._sequence += 1
                     self._outbox = Push(
                         producer=self._producer, sequence=self._sequence, delta=delta

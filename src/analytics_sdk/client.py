@@ -9,7 +9,7 @@ import weakref
 from collections.abc import Mapping
 from datetime import date, datetime, tzinfo
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .aggregator import Aggregator
 from .backends import sink_from_url, store_from_url
@@ -29,6 +29,10 @@ from .query import (
 )
 from .scheduler import FlushResult, Scheduler
 from .scope import current_scope, merge_properties
+from .stats import EventTotals, FeatureStats
+
+if TYPE_CHECKING:
+    from .prometheus import MetricsServer
 
 __all__ = ["Analytics"]
 
@@ -61,10 +65,13 @@ class Analytics:
         self._names = self._validator.names
         self._property_sets = self._validator.property_sets
         self._user_ids = self._validator.user_ids
+        self.event_totals = EventTotals(self.config.prometheus_labels)
+        self.features = FeatureStats()
         self.aggregator = Aggregator(
             max_property_sets=self.config.max_property_sets,
             max_buffered_keys=self.config.max_buffered_keys,
             on_full=self._buffer_full,
+            on_drain=self.event_totals.account,
         )
         self.scheduler = Scheduler(self.aggregator, self.store, self.sink, self.config)
         self._query = QueryEngine(self.aggregator, self.store, self.sink)
@@ -77,6 +84,13 @@ class Analytics:
         _CLIENTS.add(self)
         if self.config.background:
             self.scheduler.start()
+        self.metrics_server: MetricsServer | None = None
+        if self.config.metrics_port is not None:
+            from .prometheus import start_http_server
+
+            self.metrics_server = start_http_server(
+                self.config.metrics_port, self.config.metrics_addr, client=self
+            )
 
     def __repr__(self) -> str:
         return f"Analytics(store={self.store!r}, sink={self.sink!r})"
@@ -159,6 +173,7 @@ class Analytics:
             user_id = scope.user_id
             outcome = merge_properties(scope.properties, outcome)
         self._add(FEATURE_EVENT, outcome, int(self._now() // 3600), user_id, 1)
+        self.features.observe(name, ok, duration)
 
     def _buffer_full(self) -> None:
         self.scheduler.request_push()
@@ -181,6 +196,8 @@ class Analytics:
             self.scheduler.stop(deadline - clock.monotonic())
             self.store.close()
             self.sink.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
         if not result.complete:
             logger.warning("shutdown flush incomplete: %s", result)
         return result

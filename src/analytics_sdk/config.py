@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -47,6 +48,26 @@ def _backend(kind: type) -> Callable[[object, attrs.Attribute[Any], Any], None]:
     return check
 
 
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_RESERVED_LABELS = {"event", "user_id", "feature", "outcome", "le"}
+
+
+def _label_names(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    for name in value:
+        if not isinstance(name, str) or not _LABEL.match(name) or name in _RESERVED_LABELS:
+            raise ConfigurationError(
+                f"prometheus_labels entry {name!r} is not accepted; accepted: property names that "
+                f"are valid Prometheus label names, other than {', '.join(sorted(_RESERVED_LABELS))}"
+            )
+
+
+def _optional_port(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (type(value) is not int or not 0 <= value <= 65535):
+        raise ConfigurationError(
+            f"{attribute.name}={value!r} is not accepted; accepted: a port from 0 to 65535, or None"
+        )
+
+
 def _bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -87,6 +108,17 @@ class Config:
     started together (a deploy) do not push and flush in lockstep."""
     claim_lease: float = attrs.field(default=300.0, validator=_positive)
     """Age after which another flusher's unacknowledged claim counts as orphaned."""
+    prometheus_labels: tuple[str, ...] = attrs.field(
+        default=(), converter=tuple, validator=_label_names
+    )
+    """Properties that become labels of ``analytics_events_total`` (``user_id`` never does).
+    Env: comma-separated."""
+    metrics_port: int | None = attrs.field(default=None, validator=_optional_port)
+    """If set, serve ``/metrics`` and ``/healthz`` for this client on this port."""
+    metrics_addr: str = attrs.field(
+        default="127.0.0.1", validator=attrs.validators.instance_of(str)
+    )
+    """Address the metrics server binds to; all interfaces need an explicit ``"0.0.0.0"``."""
     flusher: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     """Flush the store into the sink (on the timer and in ``flush()``); set false in
     application processes when a worker process does the flushing."""
@@ -131,6 +163,12 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "backoff_max": ("ANALYTICS_BACKOFF_MAX", float),
     "schedule_jitter": ("ANALYTICS_SCHEDULE_JITTER", float),
     "claim_lease": ("ANALYTICS_CLAIM_LEASE", float),
+    "prometheus_labels": (
+        "ANALYTICS_PROMETHEUS_LABELS",
+        lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
+    ),
+    "metrics_port": ("ANALYTICS_METRICS_PORT", int),
+    "metrics_addr": ("ANALYTICS_METRICS_ADDR", str),
     "flusher": ("ANALYTICS_FLUSHER", _bool),
     "background": ("ANALYTICS_BACKGROUND", _bool),
 }

@@ -77,6 +77,15 @@ class QueryEngine:
             _add(out, users_of(local.outbox.delta.users, event, start, end, user_id))
         return out
 
+    def fleet_totals(self) -> dict[str, int]:
+        """Return the all-time count of every event that reached the store or the sink.
+
+        Counts still in some process's buffer are not included (they arrive within a push
+        interval); the same read order as the other queries keeps it from exceeding the truth.
+        """
+        durable = self.sink.event_totals()
+        return self._merge(durable, self.store.pending_event_totals())
+
 
 def resolve_tz(tz: str | tzinfo) -> tzinfo:
     """Return the ``tzinfo`` for an IANA name (``"Europe/Paris"``) or pass one through."""

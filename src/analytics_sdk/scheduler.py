@@ -15,9 +15,9 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar, cast
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TypeVar, cast
 
 import attrs
 

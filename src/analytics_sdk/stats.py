@@ -12,9 +12,32 @@ from bisect import bisect_left
 
 import attrs
 
-__all__ = ["DURATION_BUCKETS", "Histogram", "HistogramSnapshot", "PipelineStats"]
+from .backends.base import Delta
 
-DURATION_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+__all__ = [
+    "DURATION_BUCKETS",
+    "EventTotals",
+    "FeatureStats",
+    "Histogram",
+    "HistogramSnapshot",
+    "PipelineStats",
+]
+
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 """Upper bounds (seconds) of the duration histograms; a last bucket takes the rest."""
 
 
@@ -49,7 +72,9 @@ class Histogram:
     def snapshot(self) -> HistogramSnapshot:
         """Return a consistent copy."""
         with self._lock:
-            return HistogramSnapshot(buckets=tuple(self._buckets), total=self._total, count=self._count)
+            return HistogramSnapshot(
+                buckets=tuple(self._buckets), total=self._total, count=self._count
+            )
 
 
 @attrs.define
@@ -69,3 +94,60 @@ class PipelineStats:
     """Wall-clock time of the last flush that completed."""
     push_durations: Histogram = attrs.field(factory=Histogram)
     flush_durations: Histogram = attrs.field(factory=Histogram)
+
+
+class EventTotals:
+    """Events tracked in this process, per event (and allowlisted property labels).
+
+    Counted when the scheduler drains the buffer, so ``track()`` pays nothing for it; the
+    totals lag the buffer by at most one push interval.
+    """
+
+    def __init__(self, labels: tuple[str, ...] = ()) -> None:
+        self.labels = labels
+        self._lock = threading.Lock()
+        self._totals: dict[tuple[str, tuple[str, ...]], int] = {}
+
+    def account(self, delta: Delta) -> None:
+        """Add a drained delta."""
+        labels = self.labels
+        with self._lock:
+            totals = self._totals
+            for (event, properties, _hour), value in delta.hourly.items():
+                if labels:
+                    values = dict(properties)
+                    key = (event, tuple(values.get(name, "") for name in labels))
+                else:
+                    key = (event, ())
+                totals[key] = totals.get(key, 0) + value
+
+    def snapshot(self) -> dict[tuple[str, tuple[str, ...]], int]:
+        """Return a copy of the totals."""
+        with self._lock:
+            return dict(self._totals)
+
+
+class FeatureStats:
+    """Calls of each feature by outcome, and their durations."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[tuple[str, str], int] = {}
+        self._durations: dict[str, Histogram] = {}
+
+    def observe(self, feature: str, ok: bool, duration: float) -> None:
+        """Record one call of ``feature``."""
+        key = (feature, "ok" if ok else "error")
+        with self._lock:
+            self._calls[key] = self._calls.get(key, 0) + 1
+            histogram = self._durations.get(feature)
+            if histogram is None:
+                histogram = self._durations[feature] = Histogram()
+        histogram.observe(duration)
+
+    def snapshot(self) -> tuple[dict[tuple[str, str], int], dict[str, HistogramSnapshot]]:
+        """Return copies of the call counts and the duration histograms."""
+        with self._lock:
+            calls = dict(self._calls)
+            histograms = dict(self._durations)
+        return calls, {feature: h.snapshot() for feature, h in histograms.items()}

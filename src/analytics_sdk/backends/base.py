@@ -158,6 +158,10 @@ class CounterStore(ABC):
         """Return pending counts of ``event`` by user over days ``[start, end)`` (one user if
         ``user_id`` is given)."""
 
+    @abstractmethod
+    def pending_event_totals(self) -> Pending[str]:
+        """Return every pending count summed per event (for fleet totals)."""
+
     def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Drop what a forked child must not share with its parent (connections, locks)."""
 
@@ -188,6 +192,10 @@ class Sink(ABC):
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> dict[str, int]:
         """Return counts of ``event`` by user over days ``[start, end)``."""
+
+    @abstractmethod
+    def event_totals(self) -> dict[str, int]:
+        """Return the all-time count of every event (for fleet totals)."""
 
     def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Drop what a forked child must not share with its parent (connections, locks)."""

@@ -106,8 +106,24 @@ class MemoryCounterStore(CounterStore):
                 },
             )
 
+    def pending_event_totals(self) -> Pending[str]:
+        with self._lock:
+            return Pending(
+                live=_per_event(self._live),
+                claimed={
+                    batch_id: _per_event(batch.delta) for batch_id, batch in self._claims.items()
+                },
+            )
+
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
+
+
+def _per_event(delta: Delta) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (event, _, _), value in delta.hourly.items():
+        out[event] = out.get(event, 0) + value
+    return out
 
 
 class MemorySink(Sink):
@@ -159,6 +175,10 @@ class MemorySink(Sink):
                 if in_range(day, start, end) and (user_id is None or user == user_id):
                     out[user] = out.get(user, 0) + value
         return out
+
+    def event_totals(self) -> dict[str, int]:
+        with self._lock:
+            return {event: sum(rows.values()) for event, rows in self._hourly.items() if rows}
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()

@@ -310,6 +310,10 @@ class PostgresSink(Sink):
         with self._connection("query") as conn:
             return {u: int(n) for u, n in conn.execute(self._sql["query_users"], params)}
 
+    def event_totals(self) -> dict[str, int]:
+        with self._connection("query") as conn:
+            return {event: int(n) for event, n in conn.execute(self._sql["event_totals"])}
+
     # -- upkeep -----------------------------------------------------------------------------
 
     def _maybe_maintain(self) -> None:
@@ -445,6 +449,8 @@ _STATEMENTS = {
         "AND (%(user)s::text IS NULL OR user_id = %(user)s::text) "
         "GROUP BY user_id"
     ),
+    # Daily totals hold every count (hourly rows may be pruned), in fewer rows.
+    "event_totals": "SELECT event, sum(count) FROM {s}.daily_counts GROUP BY event",
     "prune_ledger": "DELETE FROM {s}.flush_ledger WHERE applied_at < %s",
     "prune_hourly": "DELETE FROM {s}.hourly_counts WHERE hour < to_timestamp(%s::bigint * 3600)",
     "prune_users": "DELETE FROM {s}.user_daily_counts WHERE day < date '1970-01-01' + %s::integer",

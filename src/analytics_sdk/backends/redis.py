@@ -132,6 +132,33 @@ end
 return out
 """
 
+# KEYS[1] = {tag}:idx. ARGV: tag. Returns batch ("" for live), hash suffix, total, ... for
+# every hourly hash of the shard: the pending counts per event, for fleet totals.
+EVENT_TOTALS = """
+local tag = ARGV[1]
+local out = {}
+local function add(batch, key, suffix)
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', key)) do total = total + tonumber(v) end
+  table.insert(out, batch)
+  table.insert(out, suffix)
+  table.insert(out, tostring(total))
+end
+local live = tag .. ':live:'
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local suffix = string.sub(key, #live + 1)
+  if string.sub(suffix, 1, 2) == 'h:' then add('', key, suffix) end
+end
+for _, batch in ipairs(redis.call('ZRANGE', tag .. ':claims', 0, -1)) do
+  local claim = tag .. ':claim:' .. batch
+  for _, key in ipairs(redis.call('SMEMBERS', claim)) do
+    local suffix = string.sub(key, #claim + 2)
+    if string.sub(suffix, 1, 2) == 'h:' then add(batch, key, suffix) end
+  end
+end
+return out
+"""
+
 _OPTIONS = {"prefix", "shards", "ttl", "cluster"}
 
 
@@ -197,6 +224,7 @@ class RedisCounterStore(CounterStore):
         self._lua_claimed = client.register_script(CLAIMED)
         self._lua_ack = client.register_script(ACK)
         self._lua_pending = client.register_script(PENDING)
+        self._lua_event_totals = client.register_script(EVENT_TOTALS)
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float] = time.time) -> RedisCounterStore:
@@ -347,6 +375,17 @@ class RedisCounterStore(CounterStore):
             return None
 
         return self._read_pending(f"u:{escape(event)}", decode)
+
+    def pending_event_totals(self) -> Pending[str]:
+        pending: Pending[str] = Pending()
+        for shard in range(self.shards):
+            reply = self._call("read", self._lua_event_totals, shard)
+            for i in range(0, len(reply), 3):
+                batch_id, suffix, total = reply[i : i + 3]
+                target = pending.claimed.setdefault(batch_id, {}) if batch_id else pending.live
+                event = unescape(suffix[2:])
+                target[event] = target.get(event, 0) + int(total)
+        return pending
 
     def close(self) -> None:
         try:
