@@ -212,3 +212,50 @@ class Proxy:
         self._closed = True
         self.listener.close()
         self.drop()
+
+
+@contextmanager
+def prometheus_server(targets: dict[str, str], scrape_interval: str = "500ms") -> Iterator[str]:
+    """Start a real Prometheus scraping ``{job: "host:port"}`` on a free loopback port; yield
+    its URL. Needs Debian's ``prometheus`` package."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise RuntimeError("the prometheus binary is not installed (Debian package 'prometheus')")
+    workdir = tempfile.mkdtemp(prefix="analytics-prometheus-")
+    jobs = "\n".join(
+        f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']"
+        for job, target in targets.items()
+    )
+    config = f"global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: 1s\nscrape_configs:\n{jobs}\n"
+    with open(os.path.join(workdir, "prometheus.yml"), "w") as f:
+        f.write(config)
+    port = cluster_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={workdir}/prometheus.yml",
+            f"--storage.tsdb.path={workdir}/data",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: _http_ok(f"{url}/-/ready"), "prometheus did not become ready", timeout=60)
+        yield url
+    finally:
+        process.terminate()
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

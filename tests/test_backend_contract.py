@@ -225,7 +225,11 @@ class TestExactlyOnce:
 
 class TestFleetTotals:
     def test_pending_and_durable_totals_per_event(self, store: CounterStore, sink: Sink) -> None:
-        push(store, {("a", (("k", "1"),), H): 2, ("a", (), H + 30): 3, (ODD, (), H): 4}, {("a", "u", D): 9})
+        push(
+            store,
+            {("a", (("k", "1"),), H): 2, ("a", (), H + 30): 3, (ODD, (), H): 4},
+            {("a", "u", D): 9},
+        )
         flush(store, sink)
         push(store, {("a", (), H): 1}, producer="p2")
         store.claim()  # a batch in flight

@@ -338,6 +338,34 @@ def migrate(sink_url: str, out: TextIO) -> int:
     return 0
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not host:port; accepted: e.g. 127.0.0.1:9464"
+        )
+    return host.strip("[]"), int(port)
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Run a flush worker until SIGTERM or SIGINT; return its exit code."""
+    import logging
+
+    from .worker import Worker
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    w = Worker(
+        store=args.store,
+        sink=args.sink,
+        flush_interval=args.flush_interval,
+        shutdown_timeout=args.shutdown_timeout,
+        metrics_addr=None if args.no_metrics else args.metrics_addr,
+    )
+    return w.run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``analytics-sdk`` command."""
     parser = argparse.ArgumentParser(
@@ -384,6 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--store", help="store URL, to include pending counts (default: ANALYTICS_STORE)"
     )
+
+    w = commands.add_parser(
+        "worker", help="flush the store into the sink, with /metrics and /healthz"
+    )
+    w.add_argument("--store", required=True, help="counter store URL, e.g. redis://host:6379/0")
+    w.add_argument("--sink", required=True, help="sink URL, e.g. postgresql://host/db")
+    w.add_argument(
+        "--metrics-addr", type=_address, default=("127.0.0.1", 9464), help="default 127.0.0.1:9464"
+    )
+    w.add_argument("--no-metrics", action="store_true", help="serve no /metrics or /healthz")
+    w.add_argument(
+        "--flush-interval", type=_positive_seconds, default=10.0, help="seconds (default 10)"
+    )
+    w.add_argument(
+        "--shutdown-timeout", type=_positive_seconds, default=30.0, help="final flush deadline"
+    )
     return parser
 
 
@@ -398,6 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return migrate(args.sink, sys.stdout)
         if args.command == "query":
             return query(args, sys.stdout)
+        if args.command == "worker":
+            return worker(args)
     except (ValueError, TypeError, AnalyticsError) as exc:
         parser.exit(2 if not isinstance(exc, BackendError) else 1, f"analytics-sdk: error: {exc}\n")
+    except OSError as exc:  # e.g. the metrics port is taken
+        parser.exit(1, f"analytics-sdk: error: {exc}\n")
     raise AssertionError(args.command)  # argparse rejects unknown commands

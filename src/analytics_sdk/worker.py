@@ -1,0 +1,103 @@
+"""The flush worker: a process that flushes the store into the sink and exports metrics.
+
+Application processes push to the store (``flusher=False``); one or more workers claim and
+apply. Several workers may run at once: claims are disjoint and the ledger makes a batch
+applied twice count once. On SIGTERM or SIGINT a worker flushes a last time within its
+deadline, then exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from .client import Analytics
+from .prometheus import MetricsServer, make_wsgi_app, registry_for
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger("analytics_sdk.worker")
+
+
+class Worker:
+    """A flusher with ``/metrics`` (pipeline health and fleet totals) and ``/healthz``."""
+
+    def __init__(
+        self,
+        *,
+        store: str,
+        sink: str,
+        flush_interval: float = 10.0,
+        shutdown_timeout: float = 30.0,
+        metrics_addr: tuple[str, int] | None = ("127.0.0.1", 9464),
+        fleet_cache_seconds: float = 10.0,
+        **settings: Any,
+    ) -> None:
+        self.client = Analytics(
+            store=store,
+            sink=sink,
+            flush_interval=flush_interval,
+            shutdown_timeout=shutdown_timeout,
+            **settings,
+        )
+        self.client.scheduler.on_flush = self._log_flush
+        self.started = time.time()
+        self.stop_requested = threading.Event()
+        self.registry = registry_for(self.client, fleet=True, cache_seconds=fleet_cache_seconds)
+        self.server: MetricsServer | None = None
+        if metrics_addr is not None:
+            self.server = MetricsServer(
+                make_wsgi_app(self.registry, self.health), metrics_addr[1], metrics_addr[0]
+            )
+
+    def _log_flush(self, moved: tuple[int, int], seconds: float) -> None:
+        counts, batches = moved
+        if batches:
+            logger.info(
+                "flushed %d counts in %d batches in %.1f ms", counts, batches, seconds * 1000
+            )
+
+    def health(self) -> tuple[bool, str]:
+        """Healthy while flushes succeed: the last success is recent (or the worker is new)."""
+        if self.client.closed:
+            return False, "shut down"
+        stats = self.client.scheduler.stats
+        window = max(3 * self.client.config.flush_interval, 30.0)
+        last = stats.last_flush_success or self.started
+        age = time.time() - last
+        if age > window:
+            return False, f"no successful flush for {age:.0f} s (failures: {stats.flushes_failed})"
+        return True, "ok"
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """Ask the worker to stop (the signal handlers call this)."""
+        self.stop_requested.set()
+
+    def run(self) -> int:
+        """Run until a stop is requested; flush a last time; return the exit code."""
+        previous = {
+            sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        where = f" with metrics on {self.server.url}" if self.server else ""
+        logger.info("worker started: %r%s", self.client, where)
+        try:
+            self.stop_requested.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.stop()
+
+    def stop(self) -> int:
+        """Flush a last time within the shutdown deadline and stop serving; 0 if complete."""
+        result = self.client.shutdown()
+        if self.server is not None:
+            self.server.close()
+        if result.complete:
+            logger.info("worker stopped after a final flush of %d counts", result.flushed)
+            return 0
+        logger.error("worker stopped with counts left in the store: %s", result)
+        return 1

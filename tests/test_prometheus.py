@@ -1,0 +1,408 @@
+"""Prometheus export: collectors, exposition, promtool, the worker, and a real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import prometheus_client
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import analytics_sdk as analytics
+from analytics_sdk import Analytics, ConfigurationError
+from analytics_sdk.backends import MemoryCounterStore, MemorySink
+from analytics_sdk.backends.redis import RedisCounterStore
+from analytics_sdk.prometheus import FleetCollector, make_asgi_app, make_wsgi_app, registry_for
+from analytics_sdk.query import QueryEngine
+
+from .servers import _wait_for, cluster_port, prometheus_server
+from .utils import drop_schema, postgres_url_or_skip, redis_url_or_skip, skip_or_fail, unique_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[s.name, tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    if binary is None:
+        skip_or_fail("promtool is not installed (Debian package 'prometheus')")
+    return subprocess.run([binary, *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+
+# -- collectors ------------------------------------------------------------------------------
+
+
+def test_nothing_touches_the_global_registry() -> None:
+    with Analytics(background=False, metrics_port=0) as client:
+        client.track("x")
+        client.flush()
+        registry_for(client, fleet=True)
+    names = [
+        n for n in prometheus_client.REGISTRY._names_to_collectors if n.startswith("analytics")
+    ]
+    assert names == []
+
+
+def test_registering_never_queries_a_backend() -> None:
+    class Exploding(MemoryCounterStore):
+        def pending_event_totals(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("queried at registration")
+
+    with Analytics(store=Exploding(), background=False) as client:
+        registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        registry.register(FleetCollector(client._query))  # describe() only
+
+
+def test_process_counters_features_and_health() -> None:
+    with Analytics(background=False, prometheus_labels=["plan"]) as client:
+        client.track("signup", user_id="u1", properties={"plan": "pro", "path": "/a"}, value=3)
+        client.track("signup", properties={"plan": "free"})
+        client.track("page_view")
+
+        @client.track_feature("export")
+        def export(fail: bool) -> None:
+            if fail:
+                raise ValueError
+
+        export(False)
+        with pytest.raises(ValueError):
+            export(True)
+        client.flush()
+        s = samples(generate_latest(registry_for(client)).decode())
+    assert s["analytics_events_total", (("event", "signup"), ("plan", "pro"))] == 3
+    assert s["analytics_events_total", (("event", "signup"), ("plan", "free"))] == 1
+    assert s["analytics_events_total", (("event", "page_view"), ("plan", ""))] == 1
+    assert not any("user_id" in dict(labels) or "path" in dict(labels) for _, labels in s)
+    assert s["analytics_feature_calls_total", (("feature", "export"), ("outcome", "ok"))] == 1
+    assert s["analytics_feature_calls_total", (("feature", "export"), ("outcome", "error"))] == 1
+    assert s["analytics_feature_duration_seconds_count", (("feature", "export"),)] == 2
+    assert s["analytics_pushes_total", (("result", "ok"),)] == 1
+    assert s["analytics_flushes_total", (("result", "ok"),)] == 1
+    assert s["analytics_flushed_events_total", ()] == 7
+    assert s["analytics_last_flush_success_timestamp_seconds", ()] > 0
+
+
+def test_failures_show_in_health_metrics() -> None:
+    from .faults import FaultyStore
+
+    store = FaultyStore()
+    store.down = True
+    with Analytics(store=store, background=False, max_buffered_keys=2) as client:
+        for n in range(4):
+            client.track(f"e{n}")
+        client.flush()
+        s = samples(generate_latest(registry_for(client)).decode())
+        store.down = False
+    assert s["analytics_pushes_total", (("result", "error"),)] == 1
+    assert s["analytics_retries_total", (("operation", "push"),)] == 1
+    assert s["analytics_dropped_events_total", (("reason", "buffer_full"),)] == 2
+    assert s["analytics_buffer_capacity_series", ()] == 2
+
+
+def test_user_id_can_never_become_a_label() -> None:
+    with pytest.raises(
+        ConfigurationError, match="prometheus_labels entry 'user_id' is not accepted"
+    ):
+        Analytics(background=False, prometheus_labels=["user_id"])
+
+
+def test_fleet_totals_are_exact_cached_and_monotonic() -> None:
+    store, sink = MemoryCounterStore(), MemorySink()
+    now = [0.0]
+    with Analytics(store=store, sink=sink, background=False) as app:
+        fleet = FleetCollector(
+            QueryEngine(app.aggregator, store, sink), cache_seconds=10, clock=lambda: now[0]
+        )
+        app.track("x", value=5)
+        app.flush()
+        app.track("x", value=2)
+        app.scheduler.push()  # pending in the store
+        assert (
+            samples(generate_latest(_registry(fleet)).decode())[
+                "analytics_fleet_events_total", (("event", "x"),)
+            ]
+            == 7
+        )
+        app.track("x")
+        app.scheduler.push()
+        assert fleet.refreshes == 1
+        generate_latest(_registry(fleet))
+        assert fleet.refreshes == 1  # cached
+        now[0] = 11
+        text = generate_latest(_registry(fleet)).decode()
+        assert fleet.refreshes == 2
+        assert samples(text)["analytics_fleet_events_total", (("event", "x"),)] == 8
+        store.claim()  # a lagging read (here: the claim hidden) must not lower the total
+        fleet._totals["x"] = 9
+        now[0] = 30
+        assert (
+            samples(generate_latest(_registry(fleet)).decode())[
+                "analytics_fleet_events_total", (("event", "x"),)
+            ]
+            == 9
+        )
+
+
+def _registry(collector: FleetCollector) -> prometheus_client.CollectorRegistry:
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+# -- exposition ------------------------------------------------------------------------------
+
+
+def test_configure_metrics_port_serves_metrics_and_health_on_loopback() -> None:
+    client = analytics.configure(metrics_port=0, background=False)
+    server = client.metrics_server
+    assert server is not None
+    assert server.addr == "127.0.0.1"
+    analytics.track("x")
+    analytics.flush()
+    status, text = get(f"{server.url}/metrics")
+    assert status == 200
+    assert samples(text)["analytics_events_total", (("event", "x"),)] == 1
+    assert get(f"{server.url}/healthz") == (200, "ok\n")
+    assert get(f"{server.url}/nope")[0] == 404
+    assert promtool("check", "metrics", stdin=text).returncode == 0
+    analytics.shutdown()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{server.url}/metrics", timeout=2)
+
+
+def test_wsgi_and_asgi_apps() -> None:
+    import asyncio
+    from wsgiref.util import setup_testing_defaults
+
+    with Analytics(background=False) as client:
+        client.track("x")
+        client.flush()
+        registry = registry_for(client)
+        environ: dict = {}  # type: ignore[type-arg]
+        setup_testing_defaults(environ)
+        environ["PATH_INFO"] = "/metrics"
+        statuses = []
+        body = b"".join(
+            make_wsgi_app(registry)(environ, lambda status, headers: statuses.append(status))
+        )
+        assert statuses == ["200 OK"]
+        assert b"analytics_events_total" in body
+
+        sent: list[dict] = []  # type: ignore[type-arg]
+
+        async def call(path: str) -> None:
+            async def receive() -> dict:  # type: ignore[type-arg]
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict) -> None:  # type: ignore[type-arg]
+                sent.append(message)
+
+            scope = {
+                "type": "http",
+                "path": path,
+                "method": "GET",
+                "headers": [],
+                "query_string": b"",
+            }
+            await make_asgi_app(registry, lambda: (False, "degraded"))(scope, receive, send)
+
+        asyncio.run(call("/healthz"))
+        assert sent[0]["status"] == 503
+        assert sent[1]["body"] == b"degraded\n"
+        sent.clear()
+        asyncio.run(call("/metrics"))
+        assert sent[0]["status"] == 200
+        assert b"analytics_flushes_total" in b"".join(m.get("body", b"") for m in sent)
+
+
+def test_alert_rules_pass_promtool() -> None:
+    done = promtool("check", "rules", str(ROOT / "ops/prometheus/alerts.yml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_scrape_config_example_passes_promtool() -> None:
+    done = promtool("check", "config", "--syntax-only", str(ROOT / "ops/prometheus/prometheus.yml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_grafana_dashboard_is_valid_json_with_both_sources() -> None:
+    dashboard = json.loads((ROOT / "ops/grafana/analytics-dashboard.json").read_text())
+    sources = {p["datasource"]["type"] for p in dashboard["panels"]}
+    assert sources == {"prometheus", "grafana-postgresql-datasource"}
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def backends() -> Iterator[tuple[str, str]]:
+    redis_url, pg_url = redis_url_or_skip(), postgres_url_or_skip()
+    prefix, schema = unique_name("worker"), unique_name("worker")
+    store_url = f"{redis_url}?prefix={prefix}"
+    yield store_url, f"{pg_url}?schema={schema}"
+    store = RedisCounterStore.from_url(store_url)
+    keys = list(store._redis.scan_iter(match=f"{{{prefix}:*", count=1000))
+    if keys:
+        store._redis.delete(*keys)
+    store.close()
+    drop_schema(pg_url, schema)
+
+
+class WorkerProcess:
+    def __init__(self, store_url: str, sink_url: str, flush_interval: float) -> None:
+        self.port = cluster_port()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "analytics_sdk",
+                "worker",
+                "--store",
+                store_url,
+                "--sink",
+                sink_url,
+                "--metrics-addr",
+                f"127.0.0.1:{self.port}",
+                "--flush-interval",
+                str(flush_interval),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        _wait_for(lambda: self._healthy(), "the worker did not become healthy", timeout=60)
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(
+                f"worker exited: {self.process.stdout.read() if self.process.stdout else ''}"
+            )
+        try:
+            return get(f"{self.url}/healthz")[0] == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, text = get(f"{self.url}/metrics")
+        assert status == 200
+        return samples(text)
+
+    def terminate(self) -> tuple[int, str]:
+        self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=60)
+        return self.process.returncode, out
+
+
+def push_counts(store_url: str, event: str, n: int) -> None:
+    with Analytics(store=store_url, flusher=False, background=False) as app:
+        app.track(event, value=n)
+        assert app.flush().complete
+
+
+def test_a_worker_flushes_on_sigterm_before_it_exits(backends: tuple[str, str]) -> None:
+    store_url, sink_url = backends
+    worker = WorkerProcess(store_url, sink_url, flush_interval=3600)  # only the final flush
+    push_counts(store_url, "signup", 42)
+    code, log = worker.terminate()
+    assert code == 0, log
+    assert "final flush of 42 counts" in log
+    from analytics_sdk.backends.postgres import PostgresSink
+
+    sink = PostgresSink.from_url(sink_url)
+    assert sink.event_totals() == {"signup": 42}
+    sink.close()
+
+
+def test_the_worker_endpoint_passes_promtool_and_fleet_totals_survive_a_restart(
+    backends: tuple[str, str],
+) -> None:
+    store_url, sink_url = backends
+    first = WorkerProcess(store_url, sink_url, flush_interval=0.2)
+    push_counts(store_url, "signup", 10)
+    _wait_for(
+        lambda: first.metrics().get(("analytics_fleet_events_total", (("event", "signup"),))) == 10,
+        "fleet total never reached 10",
+        timeout=30,
+    )
+    status, text = get(f"{first.url}/metrics")
+    done = promtool("check", "metrics", stdin=text)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert first.terminate()[0] == 0
+    push_counts(store_url, "signup", 5)  # while no worker runs: pending in the store
+    second = WorkerProcess(store_url, sink_url, flush_interval=0.2)
+    try:
+        values = []
+        for _ in range(20):
+            values.append(
+                second.metrics().get(("analytics_fleet_events_total", (("event", "signup"),)), 0)
+            )
+            time.sleep(0.1)
+        assert values[0] == 15  # the flushed 10 and the pending 5, from the first scrape on
+        assert values == sorted(values)  # monotonic
+        assert values[-1] == 15
+    finally:
+        assert second.terminate()[0] == 0
+
+
+def test_a_real_prometheus_scrapes_the_worker_and_an_app(backends: tuple[str, str]) -> None:
+    store_url, sink_url = backends
+    worker = WorkerProcess(store_url, sink_url, flush_interval=0.3)
+    app = Analytics(store=store_url, flusher=False, push_interval=0.2, metrics_port=0)
+    try:
+        assert app.metrics_server is not None
+        for _ in range(7):
+            app.track("checkout", properties={"plan": "pro"})
+        app.track("signup", value=3)
+        targets = {
+            "analytics-worker": f"127.0.0.1:{worker.port}",
+            "analytics-app": f"127.0.0.1:{app.metrics_server.port}",
+        }
+        with prometheus_server(targets) as prom:
+
+            def value(query: str) -> float | None:
+                url = f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+                result = json.loads(get(url)[1])["data"]["result"]
+                return float(result[0]["value"][1]) if result else None
+
+            _wait_for(
+                lambda: value('analytics_fleet_events_total{event="checkout"}') == 7,
+                "Prometheus never saw the fleet total",
+                timeout=60,
+            )
+            _wait_for(
+                lambda: value('analytics_events_total{job="analytics-app",event="checkout"}') == 7,
+                "Prometheus never saw the app's counter",
+                timeout=60,
+            )
+            assert value('analytics_fleet_events_total{event="signup"}') == 3
+            assert value('sum(up{job=~"analytics-.*"})') == 2
+    finally:
+        app.shutdown()
+        worker.terminate()
