@@ -11,7 +11,7 @@ from pathlib import Path
 from analytics_sdk.backends.redis import RedisCounterStore
 
 from . import workloads
-from .utils import redis_url_or_skip, unique_name
+from .utils import delete_redis_prefix, redis_url_or_skip, unique_name
 
 PRODUCERS, THREADS, CALLS, FLUSHERS = 4, 4, 3000, 2
 
@@ -69,10 +69,8 @@ def test_processes_and_threads_into_redis_with_two_flushers(tmp_path: Path) -> N
             users = store.pending_users(event, None, None, None)
             assert not users.live, "per-user counts left unflushed"
     finally:
-        keys = list(store._redis.scan_iter(match=f"{{{store.prefix}:*", count=1000))
-        if keys:
-            store._redis.delete(*keys)
         store.close()
+        delete_redis_prefix(url, store.prefix)
 
     assert seen_hourly == truth_hourly  # per event, per hour: exact
     assert seen_users == truth_users  # per event, per user, per day: exact

@@ -19,7 +19,7 @@ from analytics_sdk.backends.postgres import PostgresSink
 from analytics_sdk.backends.redis import RedisCounterStore
 
 from . import workloads
-from .utils import drop_schema, postgres_url_or_skip, redis_url_or_skip, unique_name
+from .utils import postgres_url_or_skip, redis_and_postgres
 
 EVENTS = ["signup", "checkout:paid", "ページ"]
 
@@ -27,16 +27,8 @@ EVENTS = ["signup", "checkout:paid", "ページ"]
 @pytest.fixture
 def urls() -> Iterator[tuple[str, str]]:
     """A Redis store URL and a PostgreSQL sink URL, both private to the test."""
-    redis_url, pg_url = redis_url_or_skip(), postgres_url_or_skip()
-    prefix, schema = unique_name("fault"), unique_name("fault")
-    store_url = f"{redis_url}?prefix={prefix}&shards=3"
-    yield store_url, f"{pg_url}?schema={schema}&application_name={schema}"
-    store = RedisCounterStore.from_url(store_url)
-    keys = list(store._redis.scan_iter(match=f"{{{prefix}:*", count=1000))
-    if keys:
-        store._redis.delete(*keys)
-    store.close()
-    drop_schema(pg_url, schema)
+    with redis_and_postgres("fault") as pair:
+        yield pair
 
 
 def sink_totals(sink_url: str, events: list[str]) -> tuple[Counter[str], Counter[str]]:

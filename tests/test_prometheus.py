@@ -21,12 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 import analytics_sdk as analytics
 from analytics_sdk import Analytics, ConfigurationError
 from analytics_sdk.backends import MemoryCounterStore, MemorySink
-from analytics_sdk.backends.redis import RedisCounterStore
 from analytics_sdk.prometheus import FleetCollector, make_asgi_app, make_wsgi_app, registry_for
 from analytics_sdk.query import QueryEngine
 
 from .servers import _wait_for, cluster_port, prometheus_server
-from .utils import drop_schema, postgres_url_or_skip, redis_url_or_skip, skip_or_fail, unique_name
+from .utils import redis_and_postgres, skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -261,16 +260,8 @@ def test_the_grafana_dashboard_is_valid_json_with_both_sources() -> None:
 
 @pytest.fixture
 def backends() -> Iterator[tuple[str, str]]:
-    redis_url, pg_url = redis_url_or_skip(), postgres_url_or_skip()
-    prefix, schema = unique_name("worker"), unique_name("worker")
-    store_url = f"{redis_url}?prefix={prefix}"
-    yield store_url, f"{pg_url}?schema={schema}"
-    store = RedisCounterStore.from_url(store_url)
-    keys = list(store._redis.scan_iter(match=f"{{{prefix}:*", count=1000))
-    if keys:
-        store._redis.delete(*keys)
-    store.close()
-    drop_schema(pg_url, schema)
+    with redis_and_postgres("worker", shards=1) as pair:
+        yield pair
 
 
 class WorkerProcess:

@@ -18,7 +18,7 @@ from analytics_sdk.backends.redis import RedisCounterStore
 from analytics_sdk.testing import ManualClock
 
 from .servers import Proxy
-from .utils import redis_url_or_skip, unique_name
+from .utils import delete_redis_prefix, redis_url_or_skip, unique_name
 
 H = 490_000
 
@@ -30,14 +30,9 @@ def redis_url() -> str:
 
 @pytest.fixture
 def prefix(redis_url: str) -> Iterator[str]:
-    import redis
-
     name = unique_name("test")
     yield name
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{{{name}:*", count=1000))
-    if keys:
-        client.delete(*keys)
+    delete_redis_prefix(redis_url, name)
 
 
 @pytest.fixture

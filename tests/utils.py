@@ -60,6 +60,32 @@ def drop_schema(url: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def delete_redis_prefix(url: str, prefix: str) -> None:
+    """Delete every key a store with ``prefix`` wrote at ``url`` (a single Redis)."""
+    import redis
+
+    client = redis.Redis.from_url(url.split("?", 1)[0])
+    keys = list(client.scan_iter(match=f"{{{prefix}:*", count=1000))
+    for i in range(0, len(keys), 1000):
+        client.delete(*keys[i : i + 1000])
+    client.close()
+
+
+@contextmanager
+def redis_and_postgres(tag: str, shards: int = 3) -> Iterator[tuple[str, str]]:
+    """Yield a store URL (Redis) and a sink URL (PostgreSQL) private to the caller."""
+    redis_url, pg_url = redis_url_or_skip(), postgres_url_or_skip()
+    prefix, schema = unique_name(tag), unique_name(tag)
+    try:
+        yield (
+            f"{redis_url}?prefix={prefix}&shards={shards}",
+            f"{pg_url}?schema={schema}&application_name={schema}",
+        )
+    finally:
+        delete_redis_prefix(redis_url, prefix)
+        drop_schema(pg_url, schema)
+
+
 def redis_url_or_skip() -> str:
     """Return the test Redis URL, or skip/fail when no server answers there."""
     from .servers import REDIS_URL, redis_answers
@@ -91,12 +117,9 @@ def make_store(
     try:
         yield store
     finally:
-        if kind == "redis":
-            client = store._redis
-            keys = list(client.scan_iter(match=f"{{{prefix}:*", count=1000))
-            if keys:
-                client.delete(*keys)
         store.close()
+        if kind == "redis":
+            delete_redis_prefix(url, prefix)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ with :func:`register_store` or :func:`register_sink`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -36,16 +37,29 @@ SinkFactory = Callable[[str, Clock], Sink]
 B = TypeVar("B")
 
 
+def _require(url: str, kind: str, extra: str, *modules: str) -> None:
+    """Import a driver that is an extra, or say which extra to install."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"{kind} URL {redact_url(url)!r} needs {module}: pip install 'analytics-sdk[{extra}]'"
+            ) from exc
+
+
 def _redis_store(url: str, clock: Clock) -> CounterStore:
-    try:
-        import redis  # noqa: F401 - the driver is an extra: fail here, with advice
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"store URL {redact_url(url)!r} needs the Redis driver: pip install 'analytics-sdk[redis]'"
-        ) from exc
+    _require(url, "store", "redis", "redis")
     from .redis import RedisCounterStore
 
     return RedisCounterStore.from_url(url, clock)
+
+
+def _postgres_sink(url: str, clock: Clock) -> Sink:
+    _require(url, "sink", "postgres", "psycopg", "psycopg_pool")
+    from .postgres import PostgresSink
+
+    return PostgresSink.from_url(url, clock)
 
 
 _STORES: dict[str, StoreFactory] = {
@@ -54,21 +68,6 @@ _STORES: dict[str, StoreFactory] = {
     "rediss": _redis_store,
     "redis+cluster": _redis_store,
 }
-
-
-def _postgres_sink(url: str, clock: Clock) -> Sink:
-    try:
-        import psycopg  # noqa: F401 - the driver is an extra: fail here, with advice
-        import psycopg_pool  # noqa: F401
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"sink URL {redact_url(url)!r} needs the PostgreSQL driver: pip install 'analytics-sdk[postgres]'"
-        ) from exc
-    from .postgres import PostgresSink
-
-    return PostgresSink.from_url(url, clock)
-
-
 _SINKS: dict[str, SinkFactory] = {
     "memory": lambda url, clock: MemorySink(clock=clock),
     "postgresql": _postgres_sink,
