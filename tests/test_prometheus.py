@@ -396,3 +396,14 @@ def test_a_real_prometheus_scrapes_the_worker_and_an_app(backends: tuple[str, st
     finally:
         app.shutdown()
         worker.terminate()
+
+
+def test_a_taken_metrics_port_fails_clearly_and_leaves_no_thread() -> None:
+    import threading
+
+    with Analytics(background=False, metrics_port=0) as first:
+        assert first.metrics_server is not None
+        before = threading.active_count()
+        with pytest.raises(OSError, match="in use"):
+            Analytics(metrics_port=first.metrics_server.port)
+        assert threading.active_count() == before

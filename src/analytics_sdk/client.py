@@ -88,9 +88,13 @@ class Analytics:
         if self.config.metrics_port is not None:
             from .prometheus import start_http_server
 
-            self.metrics_server = start_http_server(
-                self.config.metrics_port, self.config.metrics_addr, client=self
-            )
+            try:
+                self.metrics_server = start_http_server(
+                    self.config.metrics_port, self.config.metrics_addr, client=self
+                )
+            except OSError:  # the port is taken: leave no thread behind
+                self.shutdown(timeout=1.0)
+                raise
 
     def __repr__(self) -> str:
         return f"Analytics(store={self.store!r}, sink={self.sink!r})"
