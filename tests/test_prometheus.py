@@ -407,3 +407,17 @@ def test_a_taken_metrics_port_fails_clearly_and_leaves_no_thread() -> None:
         with pytest.raises(OSError, match="in use"):
             Analytics(metrics_port=first.metrics_server.port)
         assert threading.active_count() == before
+
+
+def test_apps_default_to_the_global_client() -> None:
+    from wsgiref.util import setup_testing_defaults
+
+    analytics.configure(background=False)
+    analytics.track("global_event")
+    analytics.flush()
+    environ: dict = {}  # type: ignore[type-arg]
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = "/metrics"
+    body = b"".join(make_wsgi_app()(environ, lambda status, headers: None))
+    assert b'analytics_events_total{event="global_event"} 1.0' in body
+    assert callable(make_asgi_app())

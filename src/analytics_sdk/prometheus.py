@@ -252,8 +252,23 @@ def _client_health(client: Analytics) -> Health:
     return health
 
 
-def make_wsgi_app(registry: CollectorRegistry, health: Health | None = None) -> Callable[..., Any]:
-    """Return a WSGI app serving ``/metrics`` from ``registry`` and ``/healthz``."""
+def _default(
+    registry: CollectorRegistry | None, health: Health | None
+) -> tuple[CollectorRegistry, Health | None]:
+    """The global client's registry and health, when no registry is given."""
+    if registry is not None:
+        return registry, health
+    from .api import get_client
+
+    client = get_client()
+    return registry_for(client), health or _client_health(client)
+
+
+def make_wsgi_app(
+    registry: CollectorRegistry | None = None, health: Health | None = None
+) -> Callable[..., Any]:
+    """Return a WSGI app serving ``/metrics`` and ``/healthz`` (default: the global client)."""
+    registry, health = _default(registry, health)
     metrics = _prometheus_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -273,8 +288,11 @@ def make_wsgi_app(registry: CollectorRegistry, health: Health | None = None) -> 
     return app
 
 
-def make_asgi_app(registry: CollectorRegistry, health: Health | None = None) -> Callable[..., Any]:
-    """Return an ASGI app serving ``/metrics`` from ``registry`` and ``/healthz``."""
+def make_asgi_app(
+    registry: CollectorRegistry | None = None, health: Health | None = None
+) -> Callable[..., Any]:
+    """Return an ASGI app serving ``/metrics`` and ``/healthz`` (default: the global client)."""
+    registry, health = _default(registry, health)
     metrics = _prometheus_asgi_app(registry)
 
     async def app(
@@ -341,10 +359,6 @@ def start_http_server(
     Exports ``registry``, or else a registry for ``client`` (default: the global client).
     Port 0 picks a free port; read it from the returned server's ``port``.
     """
-    if registry is None:
-        from .api import get_client
-
-        client = client or get_client()
-        registry = registry_for(client)
-        health = health or _client_health(client)
+    if registry is None and client is not None:
+        registry, health = registry_for(client), health or _client_health(client)
     return MetricsServer(make_wsgi_app(registry, health), port, addr)
