@@ -240,7 +240,8 @@ def _report(
     w(f"  tracked/counted {tracked:>12,} / {counted:,} ({verdict})\n")
     w(
         f"  pushes          {stats['pushes_ok']:>12,} ok, {stats['pushes_failed']} failed; "
-        f"flushes {stats['flushes_ok']} on schedule + final ({'complete' if flushed else 'INCOMPLETE'})\n"
+        f"flushes {stats['flushes_ok']} ok, {stats['flushes_failed']} failed; "
+        f"final flush {'complete' if flushed else 'INCOMPLETE'}\n"
     )
 
 
