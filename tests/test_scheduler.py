@@ -200,3 +200,69 @@ def test_a_full_buffer_triggers_an_early_push(clock: ManualClock) -> None:
         for n in range(10):
             c.track(f"e{n}")
         assert pushed.wait(5), "no early push"
+
+
+def test_write_through_never_waits_for_a_flush_or_a_push_in_progress(clock: ManualClock) -> None:
+    store, sink = FaultyStore(clock=clock.time), FaultySink(clock=clock.time)
+    entered, release = threading.Event(), threading.Event()
+    apply = sink.apply
+
+    def slow_apply(batch):  # type: ignore[no-untyped-def]
+        entered.set()
+        release.wait(10)
+        return apply(batch)
+
+    sink.apply = slow_apply  # type: ignore[method-assign]
+    with Analytics(store=store, sink=sink, clock=clock, push_interval=0, background=False) as c:
+        c.track("x")
+        flusher = threading.Thread(target=c.flush)
+        flusher.start()
+        assert entered.wait(5)  # a flush is applying (slowly) to the sink
+        started = time.monotonic()
+        c.track("x", value=2)  # write-through: pushes without waiting for the flush
+        assert time.monotonic() - started < 1
+        assert sum(c.store.pending_hourly("x", None, None, ()).live.values()) == 2
+        store.gate.clear()  # now a push hangs in another thread
+        pusher = threading.Thread(target=c.track, args=("x",))
+        pusher.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        c.track("x", value=4)  # the push lock is taken: buffered, not waiting
+        assert time.monotonic() - started < 1
+        store.gate.set()
+        release.set()
+        pusher.join(5)
+        flusher.join(5)
+        assert c.flush().complete
+        assert c.count("x") == 8
+
+
+def test_a_logging_handler_that_tracks_cannot_deadlock_the_scheduler(clock: ManualClock) -> None:
+    import logging
+
+    sink = FaultySink(clock=clock.time)
+    sink.down = True  # flushes fail, and each failure is logged
+    client = Analytics(sink=sink, clock=clock, push_interval=0, flush_interval=5)
+
+    class Tracking(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            client.track("log_record")  # runs on the scheduler thread, mid-retry
+
+    handler = Tracking(level=logging.DEBUG)
+    logger = logging.getLogger("analytics_sdk")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        client.track("x")
+        for _ in range(30):
+            clock.advance(1)  # would hang (advance() waits for the thread) on a deadlock
+        assert client.stats()["flushes_failed"] >= 2
+        sink.down = False
+        assert client.flush().complete
+        assert client.count("x") == 1
+        assert client.count("log_record") >= 2
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        client.shutdown(timeout=5)

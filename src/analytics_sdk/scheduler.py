@@ -14,15 +14,17 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TypeVar, cast
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import attrs
 
 from .aggregator import Aggregator
 from .backends.base import Batch, CounterStore, Sink
+from .clock import Clock
 from .config import Config
 from .errors import BackendError, SinkError, StoreError
 from .stats import PipelineStats
@@ -58,6 +60,17 @@ class _Deadline(Exception):
     """The deadline passed between two steps of a flush."""
 
 
+@contextmanager
+def _holding(lock: threading.Lock, deadline: float, clock: Clock) -> Iterator[None]:
+    """Hold ``lock``, waiting for it until ``deadline`` at most."""
+    if not lock.acquire(timeout=max(0.0, deadline - clock.monotonic())):
+        raise _Deadline
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _check(deadline: float, now: float) -> None:
     if now >= deadline:
         raise _Deadline
@@ -89,7 +102,8 @@ class Scheduler:
         self._init_state()
 
     def _init_state(self) -> None:
-        self._work = threading.Lock()
+        self._push_lock = threading.Lock()  # one push at a time (the outbox is sequential)
+        self._flush_lock = threading.Lock()  # one store -> sink flush at a time
         self._wake = threading.Event()
         self._requests: list[tuple[Future[FlushResult], float]] = []
         self._requests_lock = threading.Lock()
@@ -172,20 +186,21 @@ class Scheduler:
 
     def flush_now(self, deadline: float) -> FlushResult:
         """Push and flush in the calling thread, stopping at ``deadline`` (monotonic)."""
-        remaining = deadline - self.clock.monotonic()
-        if not self._work.acquire(timeout=max(0.0, remaining)):
-            return FlushResult(timed_out=True, error="another flush is still running")
         pushed = flushed = batches = 0
+        moved: tuple[tuple[int, int], float] | None = None
         try:
-            pushed = self._measured("push", lambda: self.push(deadline))
+            with _holding(self._push_lock, deadline, self.clock):
+                pushed = self._measured("push", lambda: self.push(deadline))[0]
             if self.config.flusher:
-                flushed, batches = self._measured("flush", lambda: self.flush_store(deadline))
+                with _holding(self._flush_lock, deadline, self.clock):
+                    moved = self._measured("flush", lambda: self.flush_store(deadline))
+                flushed, batches = moved[0]
         except _Deadline:
             return FlushResult(pushed=pushed, flushed=flushed, batches=batches, timed_out=True)
         except BackendError as exc:
             return FlushResult(pushed=pushed, flushed=flushed, batches=batches, error=str(exc))
-        finally:
-            self._work.release()
+        if moved is not None and self.on_flush is not None:
+            self.on_flush(*moved)
         complete = self.aggregator.is_empty() and not self._own_claims
         return FlushResult(pushed=pushed, flushed=flushed, batches=batches, complete=complete)
 
@@ -209,12 +224,12 @@ class Scheduler:
         now = self.clock.monotonic()
         if now >= self.next_push or (self._push_requested and not self.push_failures):
             self._push_requested = False
-            self._timed(self._push_step, "push")
+            self._timed("push")
         if now >= self.next_flush and self.config.flusher:
-            self._timed(self._flush_step, "flush")
+            self._timed("flush")
 
-    def _measured(self, kind: str, step: Callable[[], T]) -> T:
-        """Run a push or flush step, recording its duration and result in the stats."""
+    def _measured(self, kind: str, step: Callable[[], T]) -> tuple[T, float]:
+        """Run a push or flush step; record its duration and result; return both."""
         stats = self.stats
         started = time.perf_counter()
         try:
@@ -234,27 +249,42 @@ class Scheduler:
         else:
             stats.flushes_ok += 1
             stats.last_flush_success = self.clock.time()
-            if self.on_flush is not None:
-                self.on_flush(cast(tuple[int, int], result), elapsed)  # a flush step's result
-        return result
+        return result, elapsed
 
-    def _push_step(self) -> None:
-        self._measured("push", self.push)
+    def _timed(self, kind: str, *, blocking: bool = True) -> None:
+        """Push or flush on the timer's behalf, then reschedule: backoff or next interval.
 
-    def _flush_step(self) -> None:
-        self._measured("flush", self.flush_store)
-
-    def _timed(self, step: Callable[[], None], kind: str) -> None:
-        with self._work:
+        Logging and ``on_flush`` run after the lock is released: a logging handler that
+        tracks an event must not find the scheduler holding anything.
+        """
+        lock = self._push_lock if kind == "push" else self._flush_lock
+        if not lock.acquire(blocking=blocking):
+            self.request_push()  # write-through while a push runs: the next push takes it
+            return
+        message: tuple[Any, ...] | None = None
+        moved: tuple[tuple[int, int], float] | None = None
+        try:
+            if kind == "push" and self.push_failures and not blocking:
+                return  # write-through while backing off: the buffer keeps the counts
             now = self.clock.monotonic()
             try:
-                step()
+                if kind == "push":
+                    self._measured("push", self.push)
+                else:
+                    moved = self._measured("flush", self.flush_store)
             except BackendError as exc:
-                self._failed(kind, now, exc)
+                message = self._failed(kind, now, exc)
             else:
-                self._succeeded(kind, now)
+                message = self._succeeded(kind, now)
+        finally:
+            lock.release()
+        if message is not None:
+            log, *args = message
+            log(*args)
+        if moved is not None and self.on_flush is not None:
+            self.on_flush(*moved)
 
-    def _failed(self, kind: str, now: float, exc: BackendError) -> None:
+    def _failed(self, kind: str, now: float, exc: BackendError) -> tuple[Any, ...]:
         if kind == "push":
             self.push_failures += 1
             delay = self.backoff(self.push_failures)
@@ -266,7 +296,8 @@ class Scheduler:
             self.next_flush = now + delay
             failures = self.flush_failures
         log = logger.warning if failures == 1 else logger.debug
-        log(
+        return (
+            log,
             "%s failed (%d in a row), retrying in %.1f s; counts are kept: %s",
             kind,
             failures,
@@ -274,23 +305,26 @@ class Scheduler:
             exc,
         )
 
-    def _succeeded(self, kind: str, now: float) -> None:
+    def _succeeded(self, kind: str, now: float) -> tuple[Any, ...] | None:
+        message = None
         if kind == "push":
             if self.push_failures:
-                logger.info("push recovered after %d failures", self.push_failures)
+                message = (logger.info, "push recovered after %d failures", self.push_failures)
             self.push_failures = 0
             self.next_push = now + self._jittered(self._push_period)
         else:
             if self.flush_failures:
-                logger.info("flush recovered after %d failures", self.flush_failures)
+                message = (logger.info, "flush recovered after %d failures", self.flush_failures)
             self.flush_failures = 0
             self.next_flush = now + self._jittered(self.config.flush_interval)
+        return message
 
     def push_through(self) -> None:
-        """Push now, in the caller (write-through); while the store fails, leave it buffered."""
+        """Push now, in the caller (write-through), never waiting on another push or on a
+        failing store: then the counts stay buffered for the timer."""
         if self.push_failures:
-            return  # backing off: the buffer holds the counts and the timer retries
-        self._timed(self._push_step, "push")
+            return
+        self._timed("push", blocking=False)
 
     def request_push(self) -> None:
         """Ask for an early push (the buffer is full)."""
