@@ -186,3 +186,34 @@ def test_track_after_shutdown_keeps_counting_and_flush_still_works() -> None:
     assert client.count("late") == 1
     assert analytics.flush().complete
     assert sum(client.sink.hourly_counts("late", None, None, ()).values()) == 1
+
+
+def test_counts_tracked_during_and_after_shutdown_are_not_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import threading
+
+    client = analytics.Analytics(push_interval=0.01, flush_interval=0.05)
+    stop = threading.Event()
+    tracked = [0] * 4
+
+    def work(n: int) -> None:
+        while not stop.is_set():
+            client.track("x")
+            tracked[n] += 1
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    import time
+
+    time.sleep(0.1)
+    client.shutdown(timeout=5)  # while four threads keep tracking
+    time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join()
+    client.shutdown(timeout=5)  # what the exit hook does with a closed client
+    durable = sum(client.sink.hourly_counts("x", None, None, ()).values())
+    assert durable == sum(tracked)
+    assert sum("after shutdown()" in r.getMessage() for r in caplog.records) == 1

@@ -81,7 +81,8 @@ class Analytics:
         self._hour_cache: tuple[float, float, int] = (0.0, 0.0, 0)
         self._enter_hour(self._now())
         self.closed = False
-        _CLIENTS.add(self)
+        self._warned_after_shutdown = False
+        _CLIENTS.add(self)  # kept after shutdown too: the exit hook flushes late counts
         if self.config.background:
             self.scheduler.start()
         self.metrics_server: MetricsServer | None = None
@@ -160,6 +161,19 @@ class Analytics:
         self.aggregator.add(event, properties, hour, user_id, value)
         self.scheduler.push_through()
 
+    def _add_after_shutdown(
+        self, event: str, properties: Properties, hour: int, user_id: str | None, value: int
+    ) -> None:
+        self.aggregator.add(event, properties, hour, user_id, value)
+        if not self._warned_after_shutdown:
+            self._warned_after_shutdown = True
+            logger.warning(
+                "track(%r) after shutdown(): pushed from the calling thread; what a failing "
+                "store leaves buffered is flushed at exit or by flush()",
+                event,
+            )
+        self.scheduler.push_through()
+
     def _enter_hour(self, now: float) -> int:
         """Recompute the current hour bucket (once an hour, or when the clock jumps)."""
         hour = int(now // 3600)
@@ -196,9 +210,21 @@ class Analytics:
         result = self.scheduler.flush(timeout)
         if not self.closed:
             self.closed = True
-            _CLIENTS.discard(self)
+            # From here on, track() pushes in the caller: the thread is about to stop.
+            self._add = self._add_after_shutdown
             self.scheduler.stop(deadline - clock.monotonic())
-            self.store.close()
+            if not result.timed_out and not self.aggregator.is_empty():
+                # Tracked while the final flush ran: the thread is gone, flush here.
+                late = self.scheduler.flush_now(deadline)
+                result = FlushResult(
+                    pushed=result.pushed + late.pushed,
+                    flushed=result.flushed + late.flushed,
+                    batches=result.batches + late.batches,
+                    complete=late.complete,
+                    timed_out=late.timed_out,
+                    error=late.error or result.error,
+                )
+            self.store.close()  # connections reopen if a late track() pushes
             self.sink.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
@@ -339,6 +365,8 @@ class Analytics:
 
 def _shutdown_all() -> None:
     for client in list(_CLIENTS):
+        if client.closed and client.aggregator.is_empty():
+            continue
         try:
             client.shutdown()
         except Exception:  # at exit, one client's failure must not stop the others
