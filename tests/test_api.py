@@ -213,7 +213,9 @@ def test_counts_tracked_during_and_after_shutdown_are_not_lost(
     stop.set()
     for t in threads:
         t.join()
-    client.shutdown(timeout=5)  # what the exit hook does with a closed client
+    from analytics_sdk.client import _shutdown_all
+
+    _shutdown_all()  # the interpreter's exit hook
     durable = sum(client.sink.hourly_counts("x", None, None, ()).values())
     assert durable == sum(tracked)
     assert sum("after shutdown()" in r.getMessage() for r in caplog.records) == 1
