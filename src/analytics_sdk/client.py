@@ -364,9 +364,7 @@ class Analytics:
 
 
 def _shutdown_all() -> None:
-    for client in list(_CLIENTS):
-        if client.closed and client.aggregator.is_empty():
-            continue
+    for client in list(_CLIENTS):  # closed ones too: late counts may wait in buffer or store
         try:
             client.shutdown()
         except Exception:  # at exit, one client's failure must not stop the others
