@@ -266,3 +266,25 @@ def test_a_logging_handler_that_tracks_cannot_deadlock_the_scheduler(clock: Manu
         logger.removeHandler(handler)
         logger.setLevel(old_level)
         client.shutdown(timeout=5)
+
+
+def test_a_claim_of_ours_applied_by_another_flusher_is_forgotten(clock: ManualClock) -> None:
+    store, sink = MemoryCounterStore(clock=clock.time), FaultySink(clock=clock.time)
+    settings = {
+        "store": store,
+        "sink": sink,
+        "clock": clock,
+        "background": False,
+        "claim_lease": 30,
+    }
+    with Analytics(**settings) as a, Analytics(**settings) as b:
+        a.track("x", value=3)
+        sink.down = True
+        assert a.flush().error is not None  # a claimed, then failed to apply
+        sink.down = False
+        clock.advance(31)
+        assert b.flush().flushed == 3  # b applies a's orphaned claim and acks it
+        result = a.flush()
+        assert result.complete, result  # a no longer waits for a claim that is gone
+        assert result.flushed == 0
+        assert sum(sink.hourly_counts("x", None, None, ()).values()) == 3

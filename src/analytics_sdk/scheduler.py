@@ -178,10 +178,11 @@ class Scheduler:
         """Claims left by a failed flush of ours, and orphans of flushers that died."""
         stale = self.store.claimed(older_than=self.config.claim_lease)
         if self._own_claims:
+            current = self.store.claimed()
+            # A claim of ours that another flusher applied and acknowledged is done.
+            self._own_claims &= {b.id for b in current}
             seen = {b.id for b in stale}
-            stale += [
-                b for b in self.store.claimed() if b.id in self._own_claims and b.id not in seen
-            ]
+            stale += [b for b in current if b.id in self._own_claims and b.id not in seen]
         return stale
 
     def flush_now(self, deadline: float) -> FlushResult:

@@ -18,6 +18,7 @@ on the same shard, and pushes from many processes spread over all shards.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 import zlib
@@ -39,6 +40,8 @@ from . import redact_url
 from .base import Batch, CounterStore, Delta, Pending, Push, in_range, matches
 
 __all__ = ["RedisCounterStore"]
+
+logger = logging.getLogger("analytics_sdk")
 
 T = TypeVar("T")
 
@@ -311,10 +314,20 @@ class RedisCounterStore(CounterStore):
 
     def claim(self) -> list[Batch]:
         now = self._clock()
-        batches = []
+        batches: list[Batch] = []
         for shard in range(self.shards):
             batch_id = f"{shard}.{uuid.uuid4().hex}"
-            reply = self._call("claim", self._lua_claim, shard, batch_id, repr(now))
+            try:
+                reply = self._call("claim", self._lua_claim, shard, batch_id, repr(now))
+            except StoreError:
+                if not batches:
+                    raise
+                # Hand over what was claimed (or it would wait a lease); the failed shard
+                # keeps its counters live for the next flush.
+                logger.warning(
+                    "claim stopped at shard %d of %d; the rest waits", shard, self.shards
+                )
+                break
             if reply:
                 delta = Delta()
                 for suffix, flat in _pairs(reply):
