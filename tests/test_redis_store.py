@@ -210,3 +210,19 @@ def test_write_through_reaches_redis_before_track_returns(
         assert sum(client.store.pending_hourly("e", None, None, ()).live.values()) == 8
     finally:
         client.shutdown(timeout=5)
+
+
+def test_every_client_of_a_prefix_uses_the_shard_count_it_was_created_with(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    wide = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=8")
+    for n in range(32):
+        push(wide, 1, producer=f"p{n}")
+    narrow = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=1")
+    assert narrow.pending_hourly("e", None, None, ()).live == {H: 32}  # sees every shard
+    batches = narrow.claim()
+    assert sum(b.delta.total for b in batches) == 32
+    assert narrow.shards == 8
+    assert "created with shards=8" in caplog.text
+    for b in batches:
+        narrow.ack(b.id)

@@ -65,7 +65,7 @@ def delete_redis_prefix(url: str, prefix: str) -> None:
     import redis
 
     client = redis.Redis.from_url(url.split("?", 1)[0])
-    keys = list(client.scan_iter(match=f"{{{prefix}:*", count=1000))
+    keys = list(client.scan_iter(match=f"{{{prefix}[:}}]*", count=1000))  # shards and meta
     for i in range(0, len(keys), 1000):
         client.delete(*keys[i : i + 1000])
     client.close()

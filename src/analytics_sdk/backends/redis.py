@@ -19,6 +19,7 @@ on the same shard, and pushes from many processes spread over all shards.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 import zlib
@@ -222,6 +223,8 @@ class RedisCounterStore(CounterStore):
         self._clock = clock
         self._description = description
         self._tags = [f"{{{escape(prefix)}:{s}}}" for s in range(shards)]
+        self._layout_lock = threading.Lock()
+        self._layout_checked = False
         self._lua_push = client.register_script(PUSH)
         self._lua_claim = client.register_script(CLAIM)
         self._lua_claimed = client.register_script(CLAIMED)
@@ -279,6 +282,29 @@ class RedisCounterStore(CounterStore):
     def __repr__(self) -> str:
         return f"RedisCounterStore({self._description!r}, prefix={self.prefix!r}, shards={self.shards})"
 
+    def _check_layout(self) -> None:
+        """Adopt the shard count the prefix was created with: every client of a prefix must
+        read and claim the same shards, or counts on the others would go unflushed."""
+        with self._layout_lock:
+            if self._layout_checked:
+                return
+            key = f"{{{escape(self.prefix)}}}:meta"
+            try:
+                self._redis.hsetnx(key, "shards", self.shards)
+                recorded = int(self._redis.hget(key, "shards"))
+            except self._errors as exc:
+                raise StoreError(f"Redis {self._description} read failed: {exc}") from exc
+            if recorded != self.shards:
+                logger.warning(
+                    "Redis prefix %r was created with shards=%d; using that instead of shards=%d",
+                    self.prefix,
+                    recorded,
+                    self.shards,
+                )
+                self.shards = recorded
+                self._tags = [f"{{{escape(self.prefix)}:{s}}}" for s in range(recorded)]
+            self._layout_checked = True
+
     def _call(self, what: str, script: Any, shard: int, *args: Any) -> Any:
         tag = self._tags[shard]
         try:
@@ -290,6 +316,7 @@ class RedisCounterStore(CounterStore):
         return zlib.crc32(push.id.encode()) % self.shards
 
     def push(self, push: Push) -> None:
+        self._check_layout()
         groups: dict[str, list[str]] = {}
         for (event, properties, hour), value in push.delta.hourly.items():
             groups.setdefault(f"h:{escape(event)}", []).extend(
@@ -305,6 +332,7 @@ class RedisCounterStore(CounterStore):
         self._call("push", self._lua_push, self._shard_of(push), *args)
 
     def has_push(self, push: Push) -> bool:
+        self._check_layout()
         key = f"{self._tags[self._shard_of(push)]}:seq:{push.producer}"
         try:
             last = self._redis.get(key)
@@ -313,6 +341,7 @@ class RedisCounterStore(CounterStore):
         return last is not None and push.sequence <= int(last)
 
     def claim(self) -> list[Batch]:
+        self._check_layout()
         now = self._clock()
         batches: list[Batch] = []
         for shard in range(self.shards):
@@ -336,6 +365,7 @@ class RedisCounterStore(CounterStore):
         return batches
 
     def claimed(self, older_than: float = 0.0) -> list[Batch]:
+        self._check_layout()
         cutoff = repr(self._clock() - older_than)
         batches = []
         for shard in range(self.shards):
@@ -349,6 +379,7 @@ class RedisCounterStore(CounterStore):
         return batches
 
     def ack(self, batch_id: str) -> None:
+        self._check_layout()
         shard_text, _, _ = batch_id.partition(".")
         if not shard_text.isdigit() or int(shard_text) >= self.shards:
             return  # not one of ours: nothing to delete
@@ -357,6 +388,7 @@ class RedisCounterStore(CounterStore):
     def _read_pending(
         self, suffix: str, decode: Callable[[str, str], tuple[T, int] | None]
     ) -> Pending[T]:
+        self._check_layout()
         pending: Pending[T] = Pending()
         for shard in range(self.shards):
             reply = self._call("read", self._lua_pending, shard, suffix)
@@ -390,6 +422,7 @@ class RedisCounterStore(CounterStore):
         return self._read_pending(f"u:{escape(event)}", decode)
 
     def pending_event_totals(self) -> Pending[str]:
+        self._check_layout()
         pending: Pending[str] = Pending()
         for shard in range(self.shards):
             reply = self._call("read", self._lua_event_totals, shard)
