@@ -49,18 +49,22 @@ T = TypeVar("T")
 DEFAULT_PREFIX = "analytics"
 DEFAULT_TTL = 7 * 24 * 3600
 """Live counters expire this long after creation: a safety net, far beyond any flush."""
+MIN_TTL = 3600
+SEQUENCE_TTL = 30 * 24 * 3600
+"""How long a producer's last push sequence is kept: a push retried after a longer outage
+would be applied again, so this outlives any plausible outage."""
 
-# KEYS[1] = {tag}:idx. ARGV: tag, producer, sequence, ttl, groups, then per group:
-# hash suffix, field count, field, delta, field, delta...
+# KEYS[1] = {tag}:idx. ARGV: tag, producer, sequence, sequence ttl, live ttl, groups, then
+# per group: hash suffix, field count, field, delta, field, delta...
 PUSH = """
 local tag = ARGV[1]
 local seq_key = tag .. ':seq:' .. ARGV[2]
 local last = tonumber(redis.call('GET', seq_key) or '-1')
 if tonumber(ARGV[3]) <= last then return 0 end
 redis.call('SET', seq_key, ARGV[3], 'EX', ARGV[4])
-local ttl = tonumber(ARGV[4])
-local i = 6
-for g = 1, tonumber(ARGV[5]) do
+local ttl = tonumber(ARGV[5])
+local i = 7
+for g = 1, tonumber(ARGV[6]) do
   local key = tag .. ':live:' .. ARGV[i]
   local n = tonumber(ARGV[i + 1])
   i = i + 2
@@ -211,9 +215,9 @@ class RedisCounterStore(CounterStore):
             raise ConfigurationError(
                 f"shards={shards!r} is not accepted; accepted: an int from 1 to 1024"
             )
-        if type(ttl) is not int or ttl < 60:
+        if type(ttl) is not int or ttl < MIN_TTL:
             raise ConfigurationError(
-                f"ttl={ttl!r} is not accepted; accepted: an int >= 60 (seconds)"
+                f"ttl={ttl!r} is not accepted; accepted: an int >= {MIN_TTL} (seconds)"
             )
         self._redis = client
         self._errors = RedisError
@@ -326,7 +330,13 @@ class RedisCounterStore(CounterStore):
             groups.setdefault(f"u:{escape(event)}", []).extend(
                 (f"{escape(user_id)}|{day}", str(value))
             )
-        args: list[Any] = [push.producer, push.sequence, self.ttl, len(groups)]
+        args: list[Any] = [
+            push.producer,
+            push.sequence,
+            max(self.ttl, SEQUENCE_TTL),
+            self.ttl,
+            len(groups),
+        ]
         for suffix, fields in groups.items():
             args += [suffix, len(fields) // 2, *fields]
         self._call("push", self._lua_push, self._shard_of(push), *args)
