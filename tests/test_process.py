@@ -19,6 +19,9 @@ from analytics_sdk import Analytics
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_starts_empty_and_the_parent_keeps_its_buffer() -> None:
     client = Analytics(push_interval=3600, flush_interval=3600)
+    client.track("y")
+    client.flush()  # the parent's metrics are not zero at the fork
+    client.track_feature("f")(lambda: None)()
     client.track("x", value=5, user_id="parent")
     # A thread hammering the buffer while we fork: the child must not inherit a held lock.
     stop = threading.Event()
@@ -34,6 +37,11 @@ def test_a_forked_child_starts_empty_and_the_parent_keeps_its_buffer() -> None:
     if pid == 0:  # the child
         try:
             os.close(read)
+            inherited = (
+                client.scheduler.stats.counts_pushed,
+                client.event_totals.snapshot(),
+                client.features.snapshot()[0],
+            )
             client.track("x", value=3, user_id="child")
             result = client.flush(timeout=5)
             report = {
@@ -42,6 +50,7 @@ def test_a_forked_child_starts_empty_and_the_parent_keeps_its_buffer() -> None:
                 "complete": result.complete,
                 "thread": client.scheduler.running,
                 "noise_buffered": client.aggregator.local_counts().buffer.total,
+                "inherited_stats": repr(inherited),
             }
             os.write(write, json.dumps(report).encode())
         finally:
@@ -57,6 +66,7 @@ def test_a_forked_child_starts_empty_and_the_parent_keeps_its_buffer() -> None:
     assert child["complete"]
     assert child["thread"]  # the child has its own scheduler thread
     assert child["noise_buffered"] == 0
+    assert child["inherited_stats"] == repr((0, {}, {}))  # its metrics start at zero too
     assert client.flush(timeout=5).complete
     assert client.count("x") == 5  # ...and the parent did not lose them
     assert client.count("x", user_id="parent") == 5

@@ -357,6 +357,8 @@ class Analytics:
 
     def _after_fork_in_child(self) -> None:
         self.aggregator.after_fork_in_child()
+        self.event_totals.reset()
+        self.features.reset()
         self.store.after_fork_in_child()
         self.sink.after_fork_in_child()
         if not self.closed:

@@ -431,6 +431,7 @@ class Scheduler:
     def after_fork_in_child(self) -> None:
         """Forget the parent's thread, locks and claims; start this process's own thread."""
         was_running = self.running or (self._thread is not None and not self._stopping)
+        self.stats = PipelineStats()  # this process's own counters, with fresh locks
         self._init_state()
         if was_running:
             self.start()

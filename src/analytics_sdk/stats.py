@@ -105,6 +105,10 @@ class EventTotals:
 
     def __init__(self, labels: tuple[str, ...] = ()) -> None:
         self.labels = labels
+        self.reset()
+
+    def reset(self) -> None:
+        """Start from zero with a fresh lock (a forked child is a new process)."""
         self._lock = threading.Lock()
         self._totals: dict[tuple[str, tuple[str, ...]], int] = {}
 
@@ -131,6 +135,10 @@ class FeatureStats:
     """Calls of each feature by outcome, and their durations."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start from zero with a fresh lock (a forked child is a new process)."""
         self._lock = threading.Lock()
         self._calls: dict[tuple[str, str], int] = {}
         self._durations: dict[str, Histogram] = {}
