@@ -238,3 +238,16 @@ def test_cli_migrate_and_query(
         main(["query", "signup", "--from", "yesterday", "--to", "2026-11-24"])
     assert exit_info.value.code == 2
     assert "'yesterday' is not a date" in capsys.readouterr().err
+
+
+def test_hours_before_1970_roll_up_into_the_right_day(pg_url: str, schema: str) -> None:
+    sink = PostgresSink.from_url(f"{pg_url}?schema={schema}")
+    sink.apply(
+        batch({("e", (), -1): 2, ("e", (), -25): 3})
+    )  # 1969-12-31 23:00 and 1969-12-30 23:00
+    with psycopg.connect(pg_url) as conn:
+        days = conn.execute(
+            f'SELECT day, count FROM "{schema}".daily_counts ORDER BY day'
+        ).fetchall()
+    assert days == [(date(1969, 12, 30), 3), (date(1969, 12, 31), 2)]
+    sink.close()

@@ -9,8 +9,8 @@ The three tiers are read in an order that can lag the truth but never exceed it:
 4. this process's buffer and outbox; an outbox the store already applied is skipped.
 
 Time is bucketed by UTC hour; day, week and month periods in other time zones are built from
-those hours (in a zone whose offset is not a whole hour, each hour counts toward the period
-in which it starts).
+those hours (in a zone whose offset is not a whole hour, the UTC hour that straddles a
+period boundary counts toward the later period).
 """
 
 from __future__ import annotations

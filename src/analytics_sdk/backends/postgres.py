@@ -410,8 +410,8 @@ _STATEMENTS = {
     ),
     "upsert_daily": (
         "INSERT INTO {s}.daily_counts AS t (event, day, props_hash, count) "
-        "SELECT event, date '1970-01-01' + (hour / 24)::integer, md5(props_key)::uuid, sum(count) "
-        "FROM analytics_tmp_hourly GROUP BY event, hour / 24, props_key ORDER BY 1, 2, 3 "
+        "SELECT event, date '1970-01-01' + floor(hour / 24.0)::integer, md5(props_key)::uuid, "
+        "sum(count) FROM analytics_tmp_hourly GROUP BY 1, 2, props_key ORDER BY 1, 2, 3 "
         "ON CONFLICT (event, day, props_hash) DO UPDATE SET count = t.count + EXCLUDED.count"
     ),
     "tmp_users": (
