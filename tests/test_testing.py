@@ -69,3 +69,15 @@ def test_manual_clock_wakes_a_sleeper_at_its_deadline_and_waits_for_it() -> None
     clock.advance(5)
     t.join(5)
     assert woke == [5, 10]
+
+
+def test_the_manual_clock_example_of_the_docs() -> None:
+    from analytics_sdk import Analytics
+
+    clock = ManualClock()
+    client = Analytics(clock=clock, push_interval=1, flush_interval=10, schedule_jitter=0)
+    client.track("x")
+    clock.advance(10)
+    assert client.stats()["flushes_ok"] == 1
+    assert sum(client.sink.hourly_counts("x", None, None, ()).values()) == 1
+    client.shutdown()
