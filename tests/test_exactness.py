@@ -35,20 +35,10 @@ def test_processes_and_threads_into_redis_with_two_flushers(tmp_path: Path) -> N
     ]
     for p in flushers + producers:
         p.start()
-    for p in producers:
-        p.join(300)
-        assert p.exitcode == 0
-    stop.touch()
-    for p in flushers:
-        p.join(300)
-        assert p.exitcode == 0
-
-    truth_hourly: Counter[str] = Counter()
-    truth_users: Counter[str] = Counter()
-    for n in range(PRODUCERS):
-        report = json.loads((tmp_path / f"producer{n}.json").read_text())
-        truth_hourly.update(report["hourly"])
-        truth_users.update(report["users"])
+    workloads.finish(producers, flushers, stop)
+    truth_hourly, truth_users = workloads.read_truth(
+        [tmp_path / f"producer{n}.json" for n in range(PRODUCERS)]
+    )
     assert sum(truth_hourly.values()) > PRODUCERS * THREADS * CALLS  # values > 1 included
 
     seen_hourly: Counter[str] = Counter()

@@ -241,19 +241,8 @@ def test_concurrent_flushers(
             time.sleep(0.05)
     for p in producers:
         p.start()
-    for p in producers:
-        p.join(300)
-        assert p.exitcode == 0
-    stop.touch()
-    for p in flush_procs:
-        p.join(300)
-        assert p.exitcode == 0
-    truth_hourly: Counter[str] = Counter()
-    truth_users: Counter[str] = Counter()
-    for n in range(3):
-        report = json.loads((tmp_path / f"p{n}.json").read_text())
-        truth_hourly.update(report["hourly"])
-        truth_users.update(report["users"])
+    workloads.finish(producers, flush_procs, stop)
+    truth_hourly, truth_users = workloads.read_truth([tmp_path / f"p{n}.json" for n in range(3)])
     events = sorted({json.loads(k)[0] for k in truth_hourly})
     assert sink_totals(sink_url, events) == (truth_hourly, truth_users)
     assert store_is_empty(store_url)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from analytics_sdk import Analytics
 from analytics_sdk.keys import day_of, hour_of
@@ -155,3 +156,26 @@ def flush_and_die(store_url: str, sink_url: str, step: str) -> None:
         raise ValueError(step)
     client.flush(timeout=60)
     raise AssertionError(f"the flush should have died at {step}")
+
+
+def finish(producers: list, flushers: list, stop_file: Path) -> None:  # type: ignore[type-arg]
+    """Wait for the producers, then tell the flushers to stop and wait for them; each must
+    exit cleanly."""
+    for p in producers:
+        p.join(300)
+        assert p.exitcode == 0
+    stop_file.touch()
+    for p in flushers:
+        p.join(300)
+        assert p.exitcode == 0
+
+
+def read_truth(reports: list[Path]) -> tuple[Counter[str], Counter[str]]:
+    """Add up the ground truth the producers reported: (hourly, per-user)."""
+    hourly: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    for path in reports:
+        report = json.loads(path.read_text())
+        hourly.update(report["hourly"])
+        users.update(report["users"])
+    return hourly, users
