@@ -3,131 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import random
+import os
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, timedelta, timezone
-from enum import Enum
-from typing import Any, TextIO
+from datetime import date, datetime
+from typing import TextIO
 
-from . import __version__, api
-from .clock import Clock
-from .errors import AnalyticsError, BackendError
-from .scope import context
+from . import __version__
+from .backends.base import Sink
+from .charts import bar, sparkline
+from .errors import AnalyticsError, BackendError, ConfigurationError
 
 __all__ = ["main"]
-
-
-class DemoEvent(str, Enum):
-    """The events of the simulated application."""
-
-    PAGE_VIEW = "page_view"
-    SIGNUP = "signup"
-    FEATURE_USED = "feature_used"
-
-
-PATHS = ("/", "/pricing", "/docs", "/dashboard", "/settings", "/blog/launch")
-PLANS = ("free", "free", "free", "pro", "team")
-
-
-class DemoClock(Clock):
-    """Real monotonic time for the scheduler; event time runs through one day in the run."""
-
-    def __init__(self, day: date, seconds: float) -> None:
-        self._start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
-        self._speed = 86_400.0 / seconds
-        self._t0 = time.monotonic()
-
-    def time(self) -> float:
-        return self._start + min(time.monotonic() - self._t0, 86_399.0 / self._speed) * self._speed
-
-
-def _activity(hour: float) -> float:
-    """Share of simulated visits that happen at this hour of the day: a daily curve."""
-    return 0.15 + 0.85 * max(0.0, 1 - abs(hour - 14.5) / 10.5)
-
-
-class PaymentDeclined(Exception):
-    """A simulated failure inside a feature."""
-
-
-def _simulate(
-    worker: int,
-    users: int,
-    clock: DemoClock,
-    stop: threading.Event,
-    truth: Counter[str],
-    truth_lock: threading.Lock,
-) -> None:
-    rng = random.Random(worker)
-
-    @api.track_feature("export")
-    def export(rows: int) -> int:
-        return rows * 2
-
-    @api.track_feature("checkout")
-    def checkout(amount: int) -> int:
-        if rng.random() < 0.1:
-            raise PaymentDeclined(amount)
-        return amount
-
-    local: Counter[str] = Counter()
-    while not stop.is_set():
-        hour = (clock.time() % 86_400) / 3600
-        if rng.random() > _activity(hour):
-            stop.wait(0.0001)  # quiet hours: fewer visits per simulated minute
-            continue
-        # A few heavy users and a long tail, as in real products.
-        user = f"user-{min(int(rng.paretovariate(1.5)) - 1, users - 1):03d}"
-        plan = PLANS[hash(user) % len(PLANS)]
-        with context(user_id=user, properties={"plan": plan}):
-            for _ in range(rng.randint(1, 4)):
-                api.track(DemoEvent.PAGE_VIEW, properties={"path": rng.choice(PATHS)})
-                local["page_view"] += 1
-            roll = rng.random()
-            if roll < 0.2:
-                export(10)
-                local["feature_used"] += 1
-            elif roll < 0.3:
-                try:
-                    checkout(42)
-                except PaymentDeclined:
-                    pass
-                local["feature_used"] += 1
-            elif roll < 0.32:
-                api.track(DemoEvent.SIGNUP)
-                local["signup"] += 1
-    with truth_lock:
-        truth.update(local)
-
-
-def _progress(out: TextIO, seconds: float, total: Callable[[], int], stop: threading.Event) -> None:
-    started = time.monotonic()
-    tty = out.isatty()
-    next_line = 0.0
-    while not stop.wait(0.1 if tty else 0.25):
-        elapsed = time.monotonic() - started
-        share = min(1.0, elapsed / seconds)
-        bar = "#" * int(share * 30)
-        line = f"simulating [{bar:<30}] {share:4.0%}  {total():>12,} events pushed to the store"
-        if tty:
-            out.write("\r" + line)
-            out.flush()
-        elif elapsed >= next_line:
-            out.write(line + "\n")
-            next_line += max(1.0, seconds / 4)
-    if tty:
-        out.write("\r" + " " * 80 + "\r")
-
-
-def _bar(value: int, peak: int, width: int = 40) -> str:
-    if peak <= 0:
-        return ""
-    eighths = round(value / peak * width * 8)
-    return "█" * (eighths // 8) + ("", "▏", "▎", "▍", "▌", "▋", "▊", "▉")[eighths % 8]
 
 
 def _positive_seconds(text: str) -> float:
@@ -157,94 +45,6 @@ def _count_arg(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def demo(seconds: float, threads: int, users: int, out: TextIO, err: TextIO) -> int:
-    """Simulate an application for ``seconds``, flush, and print a report; return 0."""
-    day = datetime.now(timezone.utc).date() - timedelta(days=1)
-    clock = DemoClock(day, seconds)
-    client = api.configure(
-        store="memory://", sink="memory://", clock=clock, flush_interval=max(0.5, seconds / 4)
-    )
-    truth: Counter[str] = Counter()
-    truth_lock = threading.Lock()
-    stop, done = threading.Event(), threading.Event()
-    out.write(
-        f"analytics_sdk {__version__} demo: {threads} threads, {users} users, {seconds:g} s "
-        f"of wall time = one simulated day ({day.isoformat()} UTC), memory:// store and sink\n"
-    )
-    workers = [
-        threading.Thread(target=_simulate, args=(i, users, clock, stop, truth, truth_lock))
-        for i in range(threads)
-    ]
-
-    def tracked_so_far() -> int:
-        return client.scheduler.stats.counts_pushed
-
-    progress = threading.Thread(target=_progress, args=(err, seconds, tracked_so_far, done))
-    started = time.perf_counter()
-    progress.start()
-    for w in workers:
-        w.start()
-    time.sleep(seconds)
-    stop.set()
-    for w in workers:
-        w.join()
-    elapsed = time.perf_counter() - started
-    done.set()
-    progress.join()
-    result = client.flush(timeout=30)
-    _report(client, day, truth, elapsed, result.complete, out)
-    api.shutdown()
-    return 0
-
-
-def _report(
-    client: object, day: date, truth: Counter[str], elapsed: float, flushed: bool, out: TextIO
-) -> None:
-    from .client import Analytics
-
-    assert isinstance(client, Analytics)
-    w = out.write
-    events = ["page_view", "feature_used", "signup"]
-    totals = {e: client.count(e, day=day) for e in events}
-    w(f"\nDaily totals, {day.isoformat()} (UTC)\n")
-    for e in events:
-        w(f"  {e:<14}{totals[e]:>12,}\n")
-    for feature in ("export", "checkout"):
-        ok = client.count("feature_used", day=day, properties={"feature": feature, "outcome": "ok"})
-        bad = client.count(
-            "feature_used", day=day, properties={"feature": feature, "outcome": "error"}
-        )
-        w(f"    {feature:<12}{ok:>12,} ok  {bad:>8,} error\n")
-
-    hourly = client.hourly("page_view", day=day)
-    peak = max(hourly.values())
-    w("\nHourly page views (UTC)\n")
-    for hour, n in hourly.items():
-        w(f"  {hour:02d}:00 {_bar(n, peak):<41}{n:>10,}\n")
-
-    w("\nTop users by page views\n")
-    for rank, (user, n) in enumerate(client.top_users("page_view", day=day, limit=5), 1):
-        w(f"  {rank}. {user:<10}{n:>12,}\n")
-    w("\nUnique users\n")
-    for e in events:
-        w(f"  {e:<14}{client.unique_users(e, day, day):>12,}\n")
-
-    tracked = sum(truth.values())
-    counted = sum(totals.values())
-    verdict = "exact" if truth == Counter({e: totals[e] for e in events}) else "MISMATCH"
-    stats = client.stats()
-    w("\nPipeline\n")
-    w(
-        f"  absorbed        {tracked:>12,} events in {elapsed:.2f} s = {tracked / elapsed:,.0f} events/s\n"
-    )
-    w(f"  tracked/counted {tracked:>12,} / {counted:,} ({verdict})\n")
-    w(
-        f"  pushes          {stats['pushes_ok']:>12,} ok, {stats['pushes_failed']} failed; "
-        f"flushes {stats['flushes_ok']} ok, {stats['flushes_failed']} failed; "
-        f"final flush {'complete' if flushed else 'INCOMPLETE'}\n"
-    )
-
-
 def _when(text: str) -> date | datetime:
     """Parse --from/--to: a date (2026-11-01) or an ISO datetime with an offset."""
     try:
@@ -270,15 +70,33 @@ def _property(text: str) -> tuple[str, str]:
     return key, value
 
 
-SPARKS = "▁▂▃▄▅▆▇█"
+def _url(given: str | None, variable: str, option: str) -> str:
+    """Return the URL given on the command line, else the environment's, else fail."""
+    url = given or os.environ.get(variable)
+    if not url:
+        raise ConfigurationError(
+            f"no URL given; accepted: {option} URL, or the {variable} variable"
+        )
+    return url
 
 
-def sparkline(values: Sequence[int]) -> str:
-    """Return one block character per value, scaled to the largest."""
-    peak = max(values, default=0)
-    if peak <= 0:
-        return SPARKS[0] * len(values)
-    return "".join(SPARKS[min(7, round(v / peak * 7))] for v in values)
+def _readable_sink(url: str) -> Sink:
+    """Return the sink at ``url`` after checking, changing nothing, that it can be read."""
+    from .backends import MemorySink, sink_from_url
+
+    sink = sink_from_url(url, time.time)
+    if isinstance(sink, MemorySink):
+        raise ConfigurationError(
+            f"sink {url!r} lives inside the process that tracked the counts and is empty here; "
+            "accepted: the URL of the sink your application or worker flushes into, "
+            "e.g. postgresql://host/db"
+        )
+    try:
+        sink.check_readable()
+    except BaseException:
+        sink.close()
+        raise
+    return sink
 
 
 def query(args: argparse.Namespace, out: TextIO) -> int:
@@ -286,17 +104,19 @@ def query(args: argparse.Namespace, out: TextIO) -> int:
     import json as json_module
 
     from .client import Analytics
+    from .query import resolve_tz
 
-    settings: dict[str, Any] = {"background": False, "flusher": False}
-    if args.sink:
-        settings["sink"] = args.sink
-    if args.store:
-        settings["store"] = args.store
-    with Analytics(**settings) as client:
+    sink = _readable_sink(_url(args.sink, "ANALYTICS_SINK", "--sink"))
+    store = args.store or os.environ.get("ANALYTICS_STORE") or "memory://"
+    end = args.end
+    if args.by == "hour" and not isinstance(end, datetime):
+        # --to is included: a date stands for its last hour too.
+        end = datetime(end.year, end.month, end.day, 23, tzinfo=resolve_tz(args.tz))
+    with Analytics(store=store, sink=sink, background=False, flusher=False) as client:
         series = client.series(
             args.event,
             args.start,
-            args.end,
+            end,
             granularity=args.by,
             tz=args.tz,
             properties=dict(args.property) or None,
@@ -314,17 +134,17 @@ def query(args: argparse.Namespace, out: TextIO) -> int:
         peak = max(counts, default=0)
         out.write(f"{args.event} by {args.by} ({args.tz})  {sparkline(counts)}\n")
         for label, n in series:
-            out.write(f"  {label.strftime(fmt):<16}{n:>12,}  {_bar(n, peak, 30)}\n")
+            out.write(f"  {label.strftime(fmt):<16}{n:>12,}  {bar(n, peak, 30)}\n")
         out.write(f"  {'total':<16}{sum(counts):>12,}\n")
     return 0
 
 
-def migrate(sink_url: str, out: TextIO) -> int:
+def migrate(sink_url: str | None, out: TextIO) -> int:
     """Apply the sink's schema migrations; return 0."""
     from .backends import sink_from_url
     from .backends.postgres import PostgresSink
 
-    sink = sink_from_url(sink_url, time.time)
+    sink = sink_from_url(_url(sink_url, "ANALYTICS_SINK", "--sink"), time.time)
     try:
         if not isinstance(sink, PostgresSink):
             out.write(f"{sink!r} has no schema to migrate\n")
@@ -358,8 +178,8 @@ def worker(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     w = Worker(
-        store=args.store,
-        sink=args.sink,
+        store=_url(args.store, "ANALYTICS_STORE", "--store"),
+        sink=_url(args.sink, "ANALYTICS_SINK", "--sink"),
         flush_interval=args.flush_interval,
         shutdown_timeout=args.shutdown_timeout,
         metrics_addr=None if args.no_metrics else args.metrics_addr,
@@ -385,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = commands.add_parser("migrate", help="create or upgrade the sink's schema")
     mig.add_argument(
-        "--sink", required=True, help="sink URL, e.g. postgresql://host/db?schema=analytics"
+        "--sink",
+        help="sink URL, e.g. postgresql://host/db?schema=analytics (default: ANALYTICS_SINK)",
     )
 
     q = commands.add_parser("query", help="print an event's time series")
@@ -417,8 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     w = commands.add_parser(
         "worker", help="flush the store into the sink, with /metrics and /healthz"
     )
-    w.add_argument("--store", required=True, help="counter store URL, e.g. redis://host:6379/0")
-    w.add_argument("--sink", required=True, help="sink URL, e.g. postgresql://host/db")
+    w.add_argument(
+        "--store", help="counter store URL, e.g. redis://host:6379/0 (default: ANALYTICS_STORE)"
+    )
+    w.add_argument("--sink", help="sink URL, e.g. postgresql://host/db (default: ANALYTICS_SINK)")
     w.add_argument(
         "--metrics-addr", type=_address, default=("127.0.0.1", 9464), help="default 127.0.0.1:9464"
     )
@@ -438,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
+            from .demo import demo
+
             return demo(args.seconds, args.threads, args.users, sys.stdout, sys.stderr)
         if args.command == "migrate":
             return migrate(args.sink, sys.stdout)

@@ -197,6 +197,10 @@ class Sink(ABC):
     def event_totals(self) -> dict[str, int]:
         """Return the all-time count of every event (for fleet totals)."""
 
+    def check_readable(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
+        """Check, changing nothing, that the sink holds data this SDK can read; from then on
+        queries change nothing either (read commands call this first)."""
+
     def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Drop what a forked child must not share with its parent (connections, locks)."""
 

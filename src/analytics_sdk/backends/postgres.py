@@ -240,6 +240,30 @@ class PostgresSink(Sink):
             self._migrated = True
             return applied
 
+    def check_readable(self) -> None:
+        """Raise :class:`SinkError` unless the schema exists at this SDK's version; never
+        creates or migrates anything, and queries after it never migrate either."""
+        from psycopg import sql
+
+        latest = migrations()[-1][0]
+        self._auto_migrate = False
+        with self._connection("schema check", migrate_first=False) as conn:
+            table = sql.SQL("{}.schema_version").format(sql.Identifier(self.schema))
+            row = conn.execute("SELECT to_regclass(%s)", [table.as_string(conn)]).fetchone()
+            if row is None or row[0] is None:
+                raise SinkError(
+                    f"PostgreSQL {self._description} has no analytics schema {self.schema!r}: "
+                    "check the URL's ?schema= (default 'analytics'), or create it with the "
+                    "migrate command"
+                )
+            found = conn.execute(sql.SQL("SELECT max(version) FROM {}").format(table)).fetchone()
+        version = found[0] if found else None
+        if version is None or version < latest:
+            raise SinkError(
+                f"PostgreSQL {self._description} schema {self.schema!r} is at version "
+                f"{version or 0}; this SDK reads version {latest}: run the migrate command"
+            )
+
     # -- the protocol -----------------------------------------------------------------------
 
     def apply(self, batch: Batch) -> bool:
