@@ -1,4 +1,4 @@
-"""The analytics-sdk command."""
+"""The analytics-sdk-exact command."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import date, datetime, timezone
 
 import pytest
 
+import analytics_sdk
 from analytics_sdk import Analytics
 from analytics_sdk.cli import main
 
@@ -51,7 +52,7 @@ def test_python_dash_m_runs_the_same_command() -> None:
         text=True,
         check=True,
     )
-    assert done.stdout.startswith("analytics-sdk ")
+    assert done.stdout == f"analytics-sdk-exact {analytics_sdk.__version__}\n"
 
 
 @pytest.fixture

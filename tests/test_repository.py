@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +23,67 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 
 
 def test_the_readme_demo_command_uses_the_console_script() -> None:
-    assert any(c.endswith("analytics-sdk demo") for c in readme_commands())
+    assert any(c.endswith(f"{DISTRIBUTION} demo") for c in readme_commands())
+
+
+# `analytics-sdk` on PyPI is an unrelated project: the distribution has a name of its own.
+DISTRIBUTION = "analytics-sdk-exact"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def pyproject_value(key: str) -> str:
+    match = re.search(rf"^{re.escape(key)} = (.*)$", (ROOT / "pyproject.toml").read_text(), re.M)
+    assert match, key
+    return match.group(1)
+
+
+def test_the_distribution_name_is_ours_and_its_extras_refer_to_it() -> None:
+    assert pyproject_value("name") == f'"{DISTRIBUTION}"'
+    assert pyproject_value("all") == f'["{DISTRIBUTION}[redis,postgres]"]'
+    assert f'  "{DISTRIBUTION}[all]",' in (ROOT / "pyproject.toml").read_text().splitlines()
+
+
+def test_the_command_is_named_after_the_distribution_with_the_short_alias() -> None:
+    from analytics_sdk.cli import PROG
+
+    assert PROG == DISTRIBUTION
+    assert pyproject_value(DISTRIBUTION) == '"analytics_sdk.cli:main"'
+    assert pyproject_value("analytics-sdk").startswith('"analytics_sdk.cli:main"')
+
+
+def test_every_install_line_and_command_in_the_docs_uses_the_distribution_name() -> None:
+    installs = commands = 0
+    for page in DOCS:
+        for line in page.read_text().splitlines():
+            for match in re.finditer(r"pip install ([^&#`]*)", line):
+                installs += 1
+                for target in match.group(1).split():
+                    if target.startswith("-") or target in (".", '".[dev]"'):
+                        continue
+                    assert re.fullmatch(rf'"?{DISTRIBUTION}(\[[a-z,]+\])?"?', target), (page, line)
+            for match in re.finditer(
+                r"(?<![\w./-])(analytics-sdk[\w-]*) (demo|migrate|query|worker)", line
+            ):
+                commands += 1
+                assert match.group(1) == DISTRIBUTION, (page, line)
+    assert installs >= 6
+    assert commands >= 5
+
+
+def test_the_docs_say_up_front_that_the_import_name_differs() -> None:
+    for page in (ROOT / "README.md", ROOT / "docs" / "quickstart.md", ROOT / "docs" / "index.md"):
+        text = page.read_text()
+        assert f"`{DISTRIBUTION}`" in text[:2000], page
+        assert "`analytics_sdk`" in text[:2000], page
+
+
+def test_a_missing_driver_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import analytics_sdk.backends as backends
+    from analytics_sdk.errors import ConfigurationError
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # makes `import redis` fail
+    with pytest.raises(ConfigurationError, match=re.escape(f"pip install '{DISTRIBUTION}[redis]'")):
+        backends.store_from_url("redis://127.0.0.1:6379/0", lambda: 0.0)
 
 
 def test_importing_the_sdk_loads_no_driver_and_creates_no_client() -> None:

@@ -1,4 +1,4 @@
-"""The ``analytics-sdk`` command (also ``python -m analytics_sdk``)."""
+"""The ``analytics-sdk-exact`` command (alias ``analytics-sdk``; also ``python -m analytics_sdk``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from .charts import bar, sparkline
 from .errors import AnalyticsError, BackendError, ConfigurationError
 
 __all__ = ["main"]
+
+# the distribution's name on PyPI (the import name is analytics_sdk); also the command's name
+PROG = "analytics-sdk-exact"
 
 
 def _positive_seconds(text: str) -> float:
@@ -188,11 +191,11 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of the ``analytics-sdk`` command."""
+    """Return the argument parser of the ``analytics-sdk-exact`` command."""
     parser = argparse.ArgumentParser(
-        prog="analytics-sdk", description="Product-analytics counters: demo and operations."
+        prog=PROG, description="Product-analytics counters: demo and operations."
     )
-    parser.add_argument("--version", action="version", version=f"analytics-sdk {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("demo", help="simulate an application and print a report")
     run.add_argument("--seconds", type=_positive_seconds, default=5.0, help="wall time (default 5)")
@@ -271,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             return worker(args)
     except (ValueError, TypeError, AnalyticsError) as exc:
-        parser.exit(2 if not isinstance(exc, BackendError) else 1, f"analytics-sdk: error: {exc}\n")
+        parser.exit(2 if not isinstance(exc, BackendError) else 1, f"{PROG}: error: {exc}\n")
     except OSError as exc:  # e.g. the metrics port is taken
-        parser.exit(1, f"analytics-sdk: error: {exc}\n")
+        parser.exit(1, f"{PROG}: error: {exc}\n")
     raise AssertionError(args.command)  # argparse rejects unknown commands

@@ -44,7 +44,7 @@ def _require(url: str, kind: str, extra: str, *modules: str) -> None:
             importlib.import_module(module)
         except ImportError as exc:
             raise ConfigurationError(
-                f"{kind} URL {redact_url(url)!r} needs {module}: pip install 'analytics-sdk[{extra}]'"
+                f"{kind} URL {redact_url(url)!r} needs {module}: pip install 'analytics-sdk-exact[{extra}]'"
             ) from exc
 
 
