@@ -1,6 +1,6 @@
 """The demo: a simulated application tracking one compressed day, then a report.
 
-``analytics-sdk demo`` runs it on the embedded memory store and sink; the report compares
+``analytics-sdk-exact demo`` runs it on the embedded memory store and sink; the report compares
 what the simulated users did (counted by the simulation itself) with what the SDK counted.
 """
 
