@@ -213,7 +213,7 @@ def test_counts_tracked_during_and_after_shutdown_are_not_lost(
     stop.set()
     for t in threads:
         t.join()
-    from analytics_sdk.client import _shutdown_all
+    from analytics_sdk.process import _shutdown_all
 
     _shutdown_all()  # the interpreter's exit hook
     durable = sum(client.sink.hourly_counts("x", None, None, ()).values())

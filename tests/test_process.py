@@ -14,6 +14,8 @@ import pytest
 
 from analytics_sdk import Analytics
 
+from .utils import redis_and_postgres
+
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
@@ -108,3 +110,65 @@ def test_exit_runs_a_final_flush(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(script), str(out)], check=True, timeout=60)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert sum(line["event_totals"] for line in lines) == 1234
+
+
+# An app that tracks and exits without flush() or shutdown(). Before Python 3.12, the
+# interpreter still lets atexit hooks start threads; the guard makes it refuse, as 3.12 and
+# later do, so this test proves on every version that the exit path starts no thread.
+EXIT_TO_POSTGRES = textwrap.dedent(
+    """
+    import sys, threading
+    import analytics_sdk as analytics
+
+    store, sink = sys.argv[1:3]
+    analytics.configure(store=store, sink=sink, push_interval=3600, flush_interval=3600)
+    for _ in range(5):
+        analytics.track("exit_flush", user_id="u1")
+
+    def refuse_threads(self):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    def guard():  # registered last, so it runs first at exit
+        threading.Thread.start = refuse_threads
+
+    if sys.version_info < (3, 12):
+        import atexit
+        atexit.register(guard)
+    """
+)
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("store_kind", ["memory", "redis"])
+def test_the_exit_flush_reaches_postgres_without_starting_a_thread(
+    tmp_path: Path, store_kind: str
+) -> None:
+    from analytics_sdk.backends.postgres import PostgresSink
+    from analytics_sdk.backends.redis import RedisCounterStore
+
+    script = tmp_path / "app.py"
+    script.write_text(EXIT_TO_POSTGRES)
+    with redis_and_postgres("exit") as (redis_url, sink_url):
+        store_url = "memory://" if store_kind == "memory" else redis_url
+        done = subprocess.run(
+            [sys.executable, str(script), store_url, sink_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "can't create new thread" not in done.stderr
+        assert "incomplete" not in done.stderr
+        sink = PostgresSink.from_url(sink_url)
+        try:
+            assert sum(sink.hourly_counts("exit_flush", None, None, ()).values()) == 5
+            assert sink.user_counts("exit_flush", None, None, None) == {"u1": 5}
+        finally:
+            sink.close()
+        if store_kind == "redis":
+            store = RedisCounterStore.from_url(redis_url)
+            try:
+                assert store.claimed() == []  # no orphan claim waiting for its lease
+                assert store.pending_event_totals().live == {}
+            finally:
+                store.close()

@@ -97,3 +97,16 @@ def test_importing_the_sdk_loads_no_driver_and_creates_no_client() -> None:
         "assert not loaded, loaded"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ci_runs_the_suite_on_every_supported_python() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    supported = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', pyproject)
+    noxfile = (ROOT / "noxfile.py").read_text()
+    declared = re.search(r"^PYTHONS = \[(.*)\]$", noxfile, re.M)
+    assert declared is not None
+    assert re.findall(r'"([\d.]+)"', declared.group(1)) == supported
+    assert "@nox.session(python=PYTHONS)\ndef tests(" in noxfile
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert f"for version in {' '.join(supported)}; do" in ci
+    assert 'nox --error-on-missing-interpreters -s "${sessions[@]}"' in ci

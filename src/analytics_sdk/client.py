@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
-import weakref
 from collections.abc import Mapping
 from datetime import date, datetime, tzinfo
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from . import process
 from .aggregator import Aggregator
 from .backends import sink_from_url, store_from_url
 from .backends.base import CounterStore, Sink
@@ -37,8 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["Analytics"]
 
 logger = logging.getLogger("analytics_sdk")
-
-_CLIENTS: weakref.WeakSet[Analytics] = weakref.WeakSet()
 
 
 class Analytics:
@@ -82,7 +78,7 @@ class Analytics:
         self._enter_hour(self._now())
         self.closed = False
         self._warned_after_shutdown = False
-        _CLIENTS.add(self)  # kept after shutdown too: the exit hook flushes late counts
+        process.register(self)
         if self.config.background:
             self.scheduler.start()
         self.metrics_server: MetricsServer | None = None
@@ -363,38 +359,3 @@ class Analytics:
         self.sink.after_fork_in_child()
         if not self.closed:
             self.scheduler.after_fork_in_child()
-
-
-def _shutdown_all() -> None:
-    for client in list(_CLIENTS):  # closed ones too: late counts may wait in buffer or store
-        try:
-            client.shutdown()
-        except Exception:  # at exit, one client's failure must not stop the others
-            logger.exception("analytics shutdown at exit failed")
-
-
-_forking: list[Analytics] = []
-
-
-def _before_fork() -> None:
-    _forking[:] = list(_CLIENTS)
-    for client in _forking:
-        client._before_fork()
-
-
-def _after_fork(method: str) -> Any:
-    def hook() -> None:
-        for client in _forking:
-            getattr(client, method)()
-        _forking.clear()
-
-    return hook
-
-
-atexit.register(_shutdown_all)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork("_after_fork_in_parent"),
-        after_in_child=_after_fork("_after_fork_in_child"),
-    )

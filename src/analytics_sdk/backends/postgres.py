@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any
@@ -19,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, SinkError
 from ..keys import Properties, encode_properties
+from ..process import exiting
 from . import redact_url
 from .base import Batch, Sink
 
@@ -217,13 +219,32 @@ class PostgresSink(Sink):
                 self._pool.open(wait=False)
             return self._pool
 
-    def _connection(self, what: str, *, migrate_first: bool = True) -> Any:
-        from contextlib import contextmanager
+    @contextmanager
+    def _direct(self) -> Iterator[Any]:
+        """One connection of our own, closed after use: the pool starts threads, which
+        Python 3.12 and later refuse at interpreter shutdown."""
+        import psycopg
 
+        with psycopg.connect(
+            self._conninfo,
+            application_name=self._application_name,
+            connect_timeout=max(1, round(self._pool_timeout)),
+        ) as conn:
+            self._configure(conn)
+            yield conn
+
+    def _borrow(self) -> Any:
+        """A connection from the pool, or, once the exit flush has begun and no pool is
+        open, a direct one (opening a pool would start threads)."""
+        if self._pool is None and exiting():
+            return self._direct()
+        return self._get_pool().connection()
+
+    def _connection(self, what: str, *, migrate_first: bool = True) -> Any:
         @contextmanager
         def connect() -> Any:
             try:
-                with self._get_pool().connection() as conn:
+                with self._borrow() as conn:
                     if migrate_first and not self._migrated and self._auto_migrate:
                         migrate(conn, self.schema)
                         self._migrated = True
