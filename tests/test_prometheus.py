@@ -125,7 +125,8 @@ def test_failures_show_in_health_metrics() -> None:
 
 def test_user_id_can_never_become_a_label() -> None:
     with pytest.raises(
-        ConfigurationError, match="prometheus_labels entry 'user_id' is not accepted"
+        ConfigurationError,
+        match=r"prometheus_labels=\('user_id',\) is not accepted \(entry 'user_id'\)",
     ):
         Analytics(background=False, prometheus_labels=["user_id"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -16,65 +17,123 @@ from .errors import ConfigurationError
 __all__ = ["ENVIRONMENT", "Config"]
 
 
+def _refuse(name: str, value: Any, accepted: str, why: str = "") -> ConfigurationError:
+    why = f" ({why})" if why else ""
+    return ConfigurationError(f"{name}={value!r} is not accepted{why}; accepted: {accepted}")
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass: flusher=True where a number belongs is a mistake, not 1
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError(
-            f"{attribute.name}={value!r} is not accepted; accepted: a number > 0"
-        )
+    if not _is_number(value) or not value > 0:
+        raise _refuse(attribute.name, value, "a finite number > 0 (seconds)")
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigurationError(
-            f"{attribute.name}={value!r} is not accepted; accepted: a number >= 0"
-        )
+    if not _is_number(value) or not value >= 0:
+        raise _refuse(attribute.name, value, "a finite number >= 0")
 
 
 def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not int or value < 1:
-        raise ConfigurationError(
-            f"{attribute.name}={value!r} is not accepted; accepted: an int >= 1"
+        raise _refuse(attribute.name, value, "an int >= 1")
+
+
+def _bool_setting(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise _refuse(attribute.name, value, "True or False")
+
+
+def _text(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise _refuse(attribute.name, value, "a non-empty string")
+
+
+def _clock(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, Clock):
+        raise _refuse(
+            attribute.name, value, "a Clock (SystemClock, or testing.ManualClock in tests)"
         )
 
 
 def _backend(kind: type) -> Callable[[object, attrs.Attribute[Any], Any], None]:
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if not isinstance(value, (str, kind)):
+        if not isinstance(value, (str, kind)) or (isinstance(value, str) and "://" not in value):
             raise ConfigurationError(
-                f"{attribute.name}={value!r} is not accepted; accepted: a URL such as "
+                f"{attribute.name}={_shown(value)!r} is not accepted; accepted: a URL such as "
                 f"'memory://' or a {kind.__name__} instance"
             )
 
     return check
 
 
+def _shown(value: Any) -> Any:
+    """A store or sink setting as it may appear in a message: URLs and conninfo redacted."""
+    from .backends import redact_url
+
+    return redact_url(value) if isinstance(value, str) else value
+
+
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _RESERVED_LABELS = {"event", "user_id", "feature", "outcome", "le"}
+_LABELS_ACCEPTED = (
+    "a list or tuple of property names that are valid Prometheus label names, other than "
+    + ", ".join(sorted(_RESERVED_LABELS))
+    + ", e.g. ('plan',)"
+)
+
+
+def _label_tuple(value: Any) -> Any:
+    # a str is iterable: "plan" must not become the labels p, l, a, n
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value  # the validator refuses it, naming the value as given
 
 
 def _label_names(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple):
+        raise _refuse(attribute.name, value, _LABELS_ACCEPTED)
     for name in value:
         if not isinstance(name, str) or not _LABEL.match(name) or name in _RESERVED_LABELS:
-            raise ConfigurationError(
-                f"prometheus_labels entry {name!r} is not accepted; accepted: property names that "
-                f"are valid Prometheus label names, other than {', '.join(sorted(_RESERVED_LABELS))}"
-            )
+            raise _refuse(attribute.name, value, _LABELS_ACCEPTED, f"entry {name!r}")
+    if len(set(value)) != len(value):
+        raise _refuse(attribute.name, value, _LABELS_ACCEPTED, "a name repeats")
 
 
 def _optional_port(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and (type(value) is not int or not 0 <= value <= 65535):
-        raise ConfigurationError(
-            f"{attribute.name}={value!r} is not accepted; accepted: a port from 0 to 65535, or None"
-        )
+        raise _refuse(attribute.name, value, "a port from 0 to 65535, or None")
 
 
-def _bool(text: str) -> bool:
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(text: str) -> bool:
+    """Read a boolean written in an environment variable or URL option."""
     lowered = text.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
+    if lowered in _TRUE:
         return True
-    if lowered in {"0", "false", "no", "off"}:
+    if lowered in _FALSE:
         return False
-    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+    raise ValueError("accepted: one of 1/0, true/false, yes/no, on/off (any case)")
+
+
+def _number(kind: Callable[[str], Any], accepted: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text.strip())
+        except ValueError:
+            raise ValueError(f"accepted: {accepted}") from None
+
+    return parse
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 @attrs.frozen(kw_only=True)
@@ -109,22 +168,20 @@ class Config:
     claim_lease: float = attrs.field(default=300.0, validator=_positive)
     """Age after which another flusher's unacknowledged claim counts as orphaned."""
     prometheus_labels: tuple[str, ...] = attrs.field(
-        default=(), converter=tuple, validator=_label_names
+        default=(), converter=_label_tuple, validator=_label_names
     )
     """Properties that become labels of ``analytics_events_total`` (``user_id`` never does).
     Env: comma-separated."""
     metrics_port: int | None = attrs.field(default=None, validator=_optional_port)
     """If set, serve ``/metrics`` and ``/healthz`` for this client on this port."""
-    metrics_addr: str = attrs.field(
-        default="127.0.0.1", validator=attrs.validators.instance_of(str)
-    )
+    metrics_addr: str = attrs.field(default="127.0.0.1", validator=_text)
     """Address the metrics server binds to; all interfaces need an explicit ``"0.0.0.0"``."""
-    flusher: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    flusher: bool = attrs.field(default=True, validator=_bool_setting)
     """Flush the store into the sink (on the timer and in ``flush()``); set false in
     application processes when a worker process does the flushing."""
-    background: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    background: bool = attrs.field(default=True, validator=_bool_setting)
     """Run the scheduler thread; if false, counts move only on ``flush()``."""
-    clock: Clock = attrs.field(factory=SystemClock, validator=attrs.validators.instance_of(Clock))
+    clock: Clock = attrs.field(factory=SystemClock, validator=_clock)
     """Time source (tests pass :class:`~analytics_sdk.testing.ManualClock`)."""
 
     @classmethod
@@ -138,38 +195,52 @@ class Config:
                 f"unknown setting(s) {', '.join(unknown)}; accepted: {', '.join(sorted(names))}"
             )
         values = dict(kwargs)
+        fields = attrs.fields_dict(cls)
         for name, (variable, parse) in ENVIRONMENT.items():
             if name in values or variable not in environ:
                 continue
+            text = environ[variable]
             try:
-                values[name] = parse(environ[variable])
-            except ValueError as exc:
+                values[name] = parse(text)
+                field = fields[name]
+                converter: Any = field.converter
+                if converter is not None:
+                    values[name] = converter(values[name])
+                if field.validator is not None:
+                    field.validator(None, field, values[name])
+            except ValueError as exc:  # ConfigurationError included
+                # name the variable as written, then the validator's reason
+                detail = str(exc)
+                if name in values:
+                    detail = detail.removeprefix(f"{name}={values[name]!r} is not accepted")
+                else:
+                    detail = f"; {detail}"
                 raise ConfigurationError(
-                    f"{variable}={environ[variable]!r} is not accepted: {exc}"
+                    f"{variable}={_shown(text)!r} (setting {name}) is not accepted{detail}"
                 ) from None
         return cls(**values)
 
 
+_FLOAT = _number(float, "a number, e.g. 2.5")
+_INT = _number(int, "a whole number, e.g. 10")
+
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "store": ("ANALYTICS_STORE", str),
     "sink": ("ANALYTICS_SINK", str),
-    "push_interval": ("ANALYTICS_PUSH_INTERVAL", float),
-    "flush_interval": ("ANALYTICS_FLUSH_INTERVAL", float),
-    "shutdown_timeout": ("ANALYTICS_SHUTDOWN_TIMEOUT", float),
-    "max_buffered_keys": ("ANALYTICS_MAX_BUFFERED_KEYS", int),
-    "max_property_sets": ("ANALYTICS_MAX_PROPERTY_SETS", int),
-    "max_properties": ("ANALYTICS_MAX_PROPERTIES", int),
-    "backoff_initial": ("ANALYTICS_BACKOFF_INITIAL", float),
-    "backoff_max": ("ANALYTICS_BACKOFF_MAX", float),
-    "schedule_jitter": ("ANALYTICS_SCHEDULE_JITTER", float),
-    "claim_lease": ("ANALYTICS_CLAIM_LEASE", float),
-    "prometheus_labels": (
-        "ANALYTICS_PROMETHEUS_LABELS",
-        lambda text: tuple(n.strip() for n in text.split(",") if n.strip()),
-    ),
-    "metrics_port": ("ANALYTICS_METRICS_PORT", int),
+    "push_interval": ("ANALYTICS_PUSH_INTERVAL", _FLOAT),
+    "flush_interval": ("ANALYTICS_FLUSH_INTERVAL", _FLOAT),
+    "shutdown_timeout": ("ANALYTICS_SHUTDOWN_TIMEOUT", _FLOAT),
+    "max_buffered_keys": ("ANALYTICS_MAX_BUFFERED_KEYS", _INT),
+    "max_property_sets": ("ANALYTICS_MAX_PROPERTY_SETS", _INT),
+    "max_properties": ("ANALYTICS_MAX_PROPERTIES", _INT),
+    "backoff_initial": ("ANALYTICS_BACKOFF_INITIAL", _FLOAT),
+    "backoff_max": ("ANALYTICS_BACKOFF_MAX", _FLOAT),
+    "schedule_jitter": ("ANALYTICS_SCHEDULE_JITTER", _FLOAT),
+    "claim_lease": ("ANALYTICS_CLAIM_LEASE", _FLOAT),
+    "prometheus_labels": ("ANALYTICS_PROMETHEUS_LABELS", _labels),
+    "metrics_port": ("ANALYTICS_METRICS_PORT", _INT),
     "metrics_addr": ("ANALYTICS_METRICS_ADDR", str),
-    "flusher": ("ANALYTICS_FLUSHER", _bool),
-    "background": ("ANALYTICS_BACKGROUND", _bool),
+    "flusher": ("ANALYTICS_FLUSHER", parse_bool),
+    "background": ("ANALYTICS_BACKGROUND", parse_bool),
 }
-"""Setting name -> (environment variable, parser)."""
+"""Setting name -> (environment variable, parser); every setting but ``clock`` has one."""

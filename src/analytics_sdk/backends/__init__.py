@@ -6,8 +6,9 @@ with :func:`register_store` or :func:`register_sink`.
 
 from __future__ import annotations
 
+import difflib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +25,7 @@ __all__ = [
     "Pending",
     "Push",
     "Sink",
+    "check_url_options",
     "redact_url",
     "register_sink",
     "register_store",
@@ -88,6 +90,32 @@ def redact_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def check_url_options(
+    url: str,
+    kind: str,
+    given: Iterable[str],
+    ours: Iterable[str],
+    driver: str,
+    theirs: Iterable[str],
+) -> None:
+    """Refuse query options of ``url`` that neither the backend nor its driver accept.
+
+    A misspelled option would otherwise reach the driver, which fails on every call (or
+    ignores it): better a clear error at ``configure()`` than a stalled pipeline.
+    """
+    ours, theirs = set(ours), set(theirs)
+    unknown = sorted(set(given) - ours - theirs)
+    if not unknown:
+        return
+    close = [m for name in unknown for m in difflib.get_close_matches(name, ours | theirs, 1)]
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigurationError(
+        f"{kind} URL {redact_url(url)!r}: unknown option(s) {', '.join(unknown)}{hint}; "
+        f"accepted: {', '.join(sorted(ours))}; and the {driver} options "
+        f"{', '.join(sorted(theirs))}"
+    )
 
 
 def register_store(scheme: str, factory: StoreFactory) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ..errors import ConfigurationError, SinkError
 from ..keys import Properties, encode_properties
 from ..process import exiting
-from . import redact_url
+from . import check_url_options, redact_url
 from .base import Batch, Sink
 
 __all__ = ["PostgresSink", "migrate"]
@@ -39,6 +39,30 @@ _OPTIONS = {
     "ledger_retention_days",
 }
 _MAINTAIN_EVERY = 3600.0
+
+
+def driver_url_options() -> set[str]:
+    """Return the query options libpq accepts in a URL (its connection keywords)."""
+    from psycopg import pq
+
+    # "ssl=true" is libpq's URI spelling of sslmode=require
+    return {o.keyword.decode() for o in pq.Conninfo.get_defaults()} | {"ssl"}
+
+
+def _check_url(url: str, query: dict[str, str]) -> None:
+    """Refuse unknown or malformed query options in a PostgreSQL URL."""
+    from ..config import parse_bool
+
+    check_url_options(url, "sink", query, _OPTIONS, "libpq", driver_url_options())
+    if "migrate" in query:
+        try:
+            parse_bool(query["migrate"])
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"sink URL {redact_url(url)!r}: migrate={query['migrate']!r} is not accepted; {exc}"
+            ) from None
+
+
 # Pools a forked child must never close: their sockets belong to the parent.
 _INHERITED_POOLS: list[Any] = []
 
@@ -170,6 +194,7 @@ class PostgresSink(Sink):
         """
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
+        _check_url(url, query)
         options = {k: query.pop(k) for k in list(query) if k in _OPTIONS}
         application_name = query.pop("application_name", "analytics_sdk")
         conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))

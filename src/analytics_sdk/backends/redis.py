@@ -37,7 +37,7 @@ from ..keys import (
     escape,
     unescape,
 )
-from . import redact_url
+from . import check_url_options, redact_url
 from .base import Batch, CounterStore, Delta, Pending, Push, in_range, matches
 
 __all__ = ["RedisCounterStore"]
@@ -168,6 +168,70 @@ return out
 """
 
 _OPTIONS = {"prefix", "shards", "ttl", "cluster"}
+# redis-py passes URL query options to its connections: those it parses itself (numbers,
+# booleans) and those whose value is a string work; these are the string ones.
+_DRIVER_TEXT_OPTIONS = {
+    "client_name",
+    "username",
+    "password",
+    "encoding",
+    "encoding_errors",
+}
+_DRIVER_TLS_OPTIONS = {
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_password",
+    "ssl_ciphers",
+}
+# timeout belongs to BlockingConnectionPool (a plain pool's connections refuse it);
+# retry_on_error would be parsed into a list of characters, not of exception classes;
+# lib_name and lib_version are deprecated (a DeprecationWarning at every connection)
+_DRIVER_UNUSABLE = {"timeout", "retry_on_error", "lib_name", "lib_version"}
+
+
+def driver_url_options(*, tls: bool, cluster: bool) -> set[str]:
+    """Return the query options redis-py accepts in a URL of this kind."""
+    from redis import cluster as redis_cluster
+    from redis import connection
+
+    names = set(connection.URL_QUERY_ARGUMENT_PARSERS) | _DRIVER_TEXT_OPTIONS
+    names = (names | _DRIVER_TLS_OPTIONS) - _DRIVER_UNUSABLE
+    if not tls:
+        names = {n for n in names if not n.startswith("ssl_")}
+    if cluster:  # RedisCluster drops, silently, what it does not pass on to its nodes
+        names &= set(getattr(redis_cluster, "REDIS_ALLOWED_KEYS", names))
+    return names
+
+
+def _check_url(url: str, query: dict[str, str]) -> bool:
+    """Refuse unknown or malformed query options in a Redis URL; return whether it is a cluster."""
+    from redis import connection
+
+    from ..config import parse_bool
+
+    scheme = urlsplit(url).scheme.lower()
+    try:
+        cluster = scheme == "redis+cluster" or parse_bool(query.get("cluster", "false"))
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"Redis URL {redact_url(url)!r}: cluster={query['cluster']!r} is not accepted; {exc}"
+        ) from None
+    theirs = driver_url_options(tls=scheme == "rediss", cluster=cluster)
+    check_url_options(url, "store", query, _OPTIONS, "redis-py", theirs)
+    for name, value in query.items():
+        parse: Any = connection.URL_QUERY_ARGUMENT_PARSERS.get(name)
+        try:
+            if parse is not None:
+                parse(value)
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"Redis URL {redact_url(url)!r}: {name}={value!r} is not accepted by redis-py"
+                + ("; accepted: a number" if parse in (int, float) else "")
+            ) from None
+    return cluster
 
 
 def _hour_field(properties: Properties, hour: int) -> str:
@@ -249,13 +313,9 @@ class RedisCounterStore(CounterStore):
 
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
+        cluster = _check_url(url, query)
         options = {k: query.pop(k) for k in list(query) if k in _OPTIONS}
         scheme = parts.scheme.lower()
-        cluster = scheme == "redis+cluster" or options.get("cluster", "").lower() in (
-            "1",
-            "true",
-            "yes",
-        )
         base_scheme = "redis" if scheme in ("redis", "redis+cluster") else "rediss"
         driver_url = urlunsplit(parts._replace(scheme=base_scheme, query=urlencode(query)))
         kwargs: dict[str, Any] = {"decode_responses": True}
