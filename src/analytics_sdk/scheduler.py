@@ -36,6 +36,9 @@ T = TypeVar("T")
 
 WRITE_THROUGH_SWEEP = 1.0
 """Seconds between the timer's pushes in write-through mode."""
+FAILURE_LOG_INTERVAL = 60.0
+"""While pushes or flushes keep failing, a warning with the count so far at most this often
+(the first failure is always logged; the ones between go to debug)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -117,6 +120,7 @@ class Scheduler:
         self.next_flush = now + self._jittered(self.config.flush_interval)
         self.push_failures = 0
         self.flush_failures = 0
+        self._warned_at = {"push": -math.inf, "flush": -math.inf}
 
     # -- the work -------------------------------------------------------------------------
 
@@ -296,7 +300,10 @@ class Scheduler:
             delay = self.backoff(self.flush_failures)
             self.next_flush = now + delay
             failures = self.flush_failures
-        log = logger.warning if failures == 1 else logger.debug
+        log = logger.debug
+        if failures == 1 or now - self._warned_at[kind] >= FAILURE_LOG_INTERVAL:
+            log = logger.warning
+            self._warned_at[kind] = now
         return (
             log,
             "%s failed (%d in a row), retrying in %.1f s; counts are kept: %s",

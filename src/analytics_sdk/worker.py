@@ -3,7 +3,8 @@
 Application processes push to the store (``flusher=False``); one or more workers claim and
 apply. Several workers may run at once: claims are disjoint and the ledger makes a batch
 applied twice count once. On SIGTERM or SIGINT a worker flushes a last time within its
-deadline, then exits.
+deadline, then exits. A worker checks that its store and sink answer before it starts, and
+fails with their error otherwise (a supervisor restarts it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import time
 from types import FrameType
 from typing import Any
 
+import attrs
+
+from .backends import sink_from_url, store_from_url
+from .backends.base import CounterStore, Sink
 from .client import Analytics
+from .config import Config
 from .prometheus import MetricsServer, make_wsgi_app, registry_for
 
 __all__ = ["Worker"]
@@ -29,21 +35,24 @@ class Worker:
     def __init__(
         self,
         *,
-        store: str,
-        sink: str,
+        store: str | CounterStore,
+        sink: str | Sink,
         flush_interval: float = 10.0,
         shutdown_timeout: float = 30.0,
         metrics_addr: tuple[str, int] | None = ("127.0.0.1", 9464),
         fleet_cache_seconds: float = 10.0,
         **settings: Any,
     ) -> None:
-        self.client = Analytics(
+        config = Config.load(
             store=store,
             sink=sink,
             flush_interval=flush_interval,
             shutdown_timeout=shutdown_timeout,
             **settings,
         )
+        # Both backends must answer before the worker says it started (or /healthz says ok).
+        opened_store, opened_sink = _open_checked(config)
+        self.client = Analytics(attrs.evolve(config, store=opened_store, sink=opened_sink))
         self.client.scheduler.on_flush = self._log_flush
         self.started = time.time()
         self.stop_requested = threading.Event()
@@ -99,5 +108,36 @@ class Worker:
         if result.complete:
             logger.info("worker stopped after a final flush of %d counts", result.flushed)
             return 0
-        logger.error("worker stopped with counts left in the store: %s", result)
+        if result.timed_out:
+            why = f"did not finish within {self.client.config.shutdown_timeout:g} s"
+        else:
+            why = f"failed: {result.error}"
+        logger.error(
+            "worker stopped: its final flush %s after flushing %d counts; whatever it did not "
+            "move stays in the store for the next flusher",
+            why,
+            result.flushed,
+        )
         return 1
+
+
+def _open_checked(config: Config) -> tuple[CounterStore, Sink]:
+    """Return the config's store and sink, both checked to answer; raise with the cause if
+    one does not (closing what was opened)."""
+    store = config.store
+    sink = config.sink
+    opened: list[CounterStore | Sink] = []
+    try:
+        if isinstance(store, str):
+            store = store_from_url(store, config.clock.time)
+        opened.append(store)
+        if isinstance(sink, str):
+            sink = sink_from_url(sink, config.clock.time)
+        opened.append(sink)
+        store.check()
+        sink.check()
+    except BaseException:
+        for backend in opened:
+            backend.close()
+        raise
+    return store, sink

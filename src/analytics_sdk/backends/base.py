@@ -162,6 +162,10 @@ class CounterStore(ABC):
     def pending_event_totals(self) -> Pending[str]:
         """Return every pending count summed per event (for fleet totals)."""
 
+    def check(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
+        """Raise :class:`~analytics_sdk.errors.StoreError`, with its cause, unless the store
+        answers (a flush worker calls this before it reports itself started)."""
+
     def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Drop what a forked child must not share with its parent (connections, locks)."""
 
@@ -196,6 +200,10 @@ class Sink(ABC):
     @abstractmethod
     def event_totals(self) -> dict[str, int]:
         """Return the all-time count of every event (for fleet totals)."""
+
+    def check(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
+        """Raise :class:`~analytics_sdk.errors.SinkError`, with its cause, unless the sink
+        answers and is ready for writes (migrated, where it migrates on first use)."""
 
     def check_readable(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
         """Check, changing nothing, that the sink holds data this SDK can read; from then on

@@ -39,6 +39,8 @@ _OPTIONS = {
     "ledger_retention_days",
 }
 _MAINTAIN_EVERY = 3600.0
+CONNECT_TIMEOUT = 2
+"""Seconds a new connection may take, unless the URL sets ``connect_timeout``."""
 
 
 def driver_url_options() -> set[str]:
@@ -225,14 +227,24 @@ class PostgresSink(Sink):
         )
         conn.commit()
 
+    def _connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"application_name": self._application_name}
+        if "connect_timeout" not in self._conninfo:
+            kwargs["connect_timeout"] = CONNECT_TIMEOUT
+        return kwargs
+
     def _get_pool(self) -> Any:
         with self._lock:
             if self._pool is None:
+                import psycopg
                 from psycopg_pool import ConnectionPool
 
+                # One direct connection first: a wrong host, database or password fails here
+                # at once with libpq's reason, not after the pool's timeout with none.
+                psycopg.connect(self._conninfo, **self._connect_kwargs()).close()
                 self._pool = ConnectionPool(
                     self._conninfo,
-                    kwargs={"application_name": self._application_name},
+                    kwargs=self._connect_kwargs(),
                     configure=self._configure,
                     check=ConnectionPool.check_connection,  # a terminated backend is replaced
                     open=False,
@@ -285,6 +297,10 @@ class PostgresSink(Sink):
             applied = migrate(conn, self.schema)
             self._migrated = True
             return applied
+
+    def check(self) -> None:
+        with self._connection("connection check"):
+            pass
 
     def check_readable(self) -> None:
         """Raise :class:`SinkError` unless the schema exists at this SDK's version; never

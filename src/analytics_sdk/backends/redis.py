@@ -503,6 +503,13 @@ class RedisCounterStore(CounterStore):
                 target[event] = target.get(event, 0) + int(total)
         return pending
 
+    def check(self) -> None:
+        self._check_layout()
+        try:
+            self._redis.ping()
+        except self._errors as exc:
+            raise StoreError(f"Redis {self._description} ping failed: {exc}") from exc
+
     def close(self) -> None:
         try:
             self._redis.close()
