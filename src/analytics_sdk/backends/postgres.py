@@ -228,6 +228,7 @@ class PostgresSink(Sink):
         conn.commit()
 
     def _connect_kwargs(self) -> dict[str, Any]:
+        """Arguments of every new connection, pooled or direct."""
         kwargs: dict[str, Any] = {"application_name": self._application_name}
         if "connect_timeout" not in self._conninfo:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT
@@ -262,11 +263,7 @@ class PostgresSink(Sink):
         Python 3.12 and later refuse at interpreter shutdown."""
         import psycopg
 
-        with psycopg.connect(
-            self._conninfo,
-            application_name=self._application_name,
-            connect_timeout=max(1, round(self._pool_timeout)),
-        ) as conn:
+        with psycopg.connect(self._conninfo, **self._connect_kwargs()) as conn:
             self._configure(conn)
             yield conn
 
