@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from analytics_sdk import Analytics
 
-from .utils import redis_and_postgres
+from .utils import delete_redis_prefix, redis_and_postgres, redis_url_or_skip, unique_name
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -172,3 +181,189 @@ def test_the_exit_flush_reaches_postgres_without_starting_a_thread(
                 assert store.pending_event_totals().live == {}
             finally:
                 store.close()
+
+
+# -- a fork at each moment a lock is held or a thread runs ------------------------------------
+
+FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"
+
+
+def in_forked_child(work: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Run ``work()`` in a forked child and return its JSON result; a child that has not
+    answered within ``timeout`` seconds is killed and fails the test (a hang, not a stuck
+    suite)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        code = 1
+        try:
+            os.close(read)
+            os.write(write, json.dumps(work()).encode())
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(write)
+    deadline = time.monotonic() + timeout
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([read], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"the forked child hung: no answer within {timeout} s")
+            chunk = os.read(read, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child failed (see its stderr)"
+    return json.loads(b"".join(chunks))
+
+
+class HangingProxy:
+    """A TCP proxy to ``target`` that, when told, holds the next request it receives (the
+    caller waits for a reply mid-round-trip) until :meth:`release`."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.hang_next = False
+        self.holding = threading.Event()  # set once a request is held
+        self._released = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target, timeout=10)
+            upstream.settimeout(None)  # a held request may wait longer than the connect
+            for source, sink, hold in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(source, sink, hold), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
+        with suppress(OSError):
+            while data := source.recv(65536):
+                if requests and self.hang_next:
+                    self.hang_next = False
+                    self.holding.set()
+                    self._released.wait()
+                sink.sendall(data)
+        for s in (source, sink):
+            with suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def release(self) -> None:
+        """Forward the held request and carry on."""
+        self._released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.listener.close()
+
+
+@contextmanager
+def redis_through_hanging_proxy() -> Iterator[tuple[HangingProxy, str]]:
+    """A hanging proxy in front of the test Redis and a store URL through it."""
+    url = urlsplit(redis_url_or_skip())
+    proxy = HangingProxy((url.hostname or "127.0.0.1", url.port or 6379))
+    prefix = unique_name("fork")
+    try:
+        yield proxy, f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}&socket_timeout=60"
+    finally:
+        proxy.close()
+        delete_redis_prefix(redis_url_or_skip(), prefix)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.services
+def test_a_child_forked_while_the_redis_layout_check_waits_on_the_network_does_not_hang() -> None:
+    with redis_through_hanging_proxy() as (proxy, store_url):
+        client = Analytics(store=store_url, push_interval=0, flush_interval=3600, background=False)
+        proxy.hang_next = True
+        first_use = threading.Thread(target=client.count, args=("forked",))
+        first_use.start()  # the layout check: its request is held by the proxy
+        assert proxy.holding.wait(10)
+
+        def child() -> list[int]:
+            client.track("forked", value=2)  # write-through: pushed before it returns
+            pushed = client.scheduler.stats.counts_pushed
+            return [pushed, client.count("forked")]
+
+        try:
+            assert in_forked_child(child) == [2, 2]
+        finally:
+            proxy.release()
+            first_use.join(10)
+        assert client.count("forked") == 2  # the parent sees what the child pushed
+        client.shutdown(timeout=5)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_a_forked_child_with_a_metrics_server_shuts_down_and_the_parent_keeps_serving() -> None:
+    import urllib.request
+
+    client = Analytics(push_interval=3600, flush_interval=3600, metrics_port=0)
+    assert client.metrics_server is not None
+    url = client.metrics_server.url
+
+    def child() -> list[Any]:
+        client.track("in_child", value=3)
+        result = client.shutdown(timeout=5)
+        return [result.complete, client.count("in_child")]
+
+    assert in_forked_child(child) == [True, 3]
+    with urllib.request.urlopen(f"{url}/healthz", timeout=10) as response:
+        assert response.status == 200  # the parent's server was not touched by the child
+    client.shutdown(timeout=5)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.services
+def test_a_child_forked_while_the_fleet_collector_refreshes_gets_fresh_totals() -> None:
+    from analytics_sdk.prometheus import FleetCollector
+
+    with redis_through_hanging_proxy() as (proxy, store_url):
+        client = Analytics(store=store_url, push_interval=3600, flush_interval=3600)
+        client.track("fleet", value=4)
+        assert client.flush(timeout=10).complete
+        collector = FleetCollector(client._query, cache_seconds=0.0)
+        proxy.hang_next = True
+        refresh = threading.Thread(target=collector.collect)
+        refresh.start()  # holds the collector's lock while its read waits on the proxy
+        assert proxy.holding.wait(10)
+
+        def child() -> dict[str, float]:
+            return {s.labels["event"]: s.value for m in collector.collect() for s in m.samples}
+
+        try:
+            assert in_forked_child(child) == {"fleet": 4}
+        finally:
+            proxy.release()
+            refresh.join(10)
+        client.shutdown(timeout=5)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_a_child_forked_while_the_global_client_is_created_can_create_its_own() -> None:
+    from analytics_sdk import api
+
+    def child() -> bool:
+        client = api.get_client()  # the lock the parent held is not inherited held
+        client.shutdown(timeout=5)
+        return client is not None
+
+    with api._lock:  # another thread creating the global client at the moment of fork()
+        assert in_forked_child(child) is True

@@ -6,6 +6,7 @@ from ``ANALYTICS_*`` variables and defaults) or on ``configure()``.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from datetime import datetime
@@ -19,6 +20,15 @@ __all__ = ["configure", "flush", "get_client", "shutdown", "track", "track_featu
 
 _client: Analytics | None = None
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def configure(**settings: Any) -> Analytics:

@@ -357,5 +357,9 @@ class Analytics:
         self.features.reset()
         self.store.after_fork_in_child()
         self.sink.after_fork_in_child()
+        if self.metrics_server is not None:
+            # The port is the parent's; a child serves its own only if it configures one.
+            self.metrics_server.close()
+            self.metrics_server = None
         if not self.closed:
             self.scheduler.after_fork_in_child()

@@ -10,6 +10,7 @@ query of the store and the sink per ``cache_seconds``.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -187,6 +188,7 @@ class FleetCollector(Collector):
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._lock = threading.Lock()  # one refresh at a time; never held by the scheduler
+        self._pid = os.getpid()
         self._totals: dict[str, int] = {}
         self._expires = float("-inf")
         self.refreshes = 0
@@ -217,6 +219,9 @@ class FleetCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         from .errors import BackendError
 
+        if self._pid != os.getpid():
+            # A forked child: the parent's refresh may have held the lock at the fork.
+            self._lock, self._pid = threading.Lock(), os.getpid()
         if self._clock() >= self._expires and self._lock.acquire(blocking=False):
             try:
                 self.refresh()
@@ -328,6 +333,7 @@ class MetricsServer:
 
     def __init__(self, app: Callable[..., Any], port: int, addr: str = "127.0.0.1") -> None:
         self._server = make_server(addr, port, app, _ThreadingServer, handler_class=_QuietHandler)
+        self._pid = os.getpid()  # the process whose thread serves
         host, self.port = self._server.server_address[:2]
         self.addr = host.decode() if isinstance(host, bytes) else host
         self._thread = threading.Thread(
@@ -341,8 +347,10 @@ class MetricsServer:
         return f"http://{self.addr}:{self.port}"
 
     def close(self) -> None:
-        """Stop serving."""
-        self._server.shutdown()
+        """Stop serving; in a forked child, only let go of the inherited socket (the serving
+        thread, and the port, belong to the parent: waiting for that thread would hang)."""
+        if self._pid == os.getpid():
+            self._server.shutdown()
         self._server.server_close()
 
 

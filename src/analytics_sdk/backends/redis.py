@@ -349,15 +349,19 @@ class RedisCounterStore(CounterStore):
     def _check_layout(self) -> None:
         """Adopt the shard count the prefix was created with: every client of a prefix must
         read and claim the same shards, or counts on the others would go unflushed."""
+        if self._layout_checked:
+            return
+        # The round trips run outside the lock (running them twice is harmless): a lock held
+        # across the network would be inherited held by a child forked meanwhile.
+        key = f"{{{escape(self.prefix)}}}:meta"
+        try:
+            self._redis.hsetnx(key, "shards", self.shards)
+            recorded = int(self._redis.hget(key, "shards"))
+        except self._errors as exc:
+            raise StoreError(f"Redis {self._description} read failed: {exc}") from exc
         with self._layout_lock:
             if self._layout_checked:
                 return
-            key = f"{{{escape(self.prefix)}}}:meta"
-            try:
-                self._redis.hsetnx(key, "shards", self.shards)
-                recorded = int(self._redis.hget(key, "shards"))
-            except self._errors as exc:
-                raise StoreError(f"Redis {self._description} read failed: {exc}") from exc
             if recorded != self.shards:
                 logger.warning(
                     "Redis prefix %r was created with shards=%d; using that instead of shards=%d",
@@ -509,6 +513,10 @@ class RedisCounterStore(CounterStore):
             self._redis.ping()
         except self._errors as exc:
             raise StoreError(f"Redis {self._description} ping failed: {exc}") from exc
+
+    def after_fork_in_child(self) -> None:
+        # redis-py replaces the parent's connections itself; the lock is ours to replace.
+        self._layout_lock = threading.Lock()
 
     def close(self) -> None:
         try:
