@@ -140,9 +140,13 @@ def _labels(text: str) -> tuple[str, ...]:
 class Config:
     """Every setting of an :class:`~analytics_sdk.Analytics` client."""
 
-    store: str | CounterStore = attrs.field(default="memory://", validator=_backend(CounterStore))
+    store: str | CounterStore = attrs.field(
+        default="memory://", validator=_backend(CounterStore), repr=lambda v: repr(_shown(v))
+    )
     """Counter store URL (``memory://``) or instance. Env: ``ANALYTICS_STORE``."""
-    sink: str | Sink = attrs.field(default="memory://", validator=_backend(Sink))
+    sink: str | Sink = attrs.field(
+        default="memory://", validator=_backend(Sink), repr=lambda v: repr(_shown(v))
+    )
     """Sink URL (``memory://``) or instance. Env: ``ANALYTICS_SINK``."""
     push_interval: float = attrs.field(default=1.0, validator=_non_negative)
     """Seconds between pushes of the in-process buffer to the store; ``0`` is write-through:

@@ -24,8 +24,30 @@ class ConfigurationError(AnalyticsError, ValueError):
     """A setting (keyword argument, ``ANALYTICS_*`` variable or URL) is not accepted."""
 
 
+# Secrets of the configured URLs: a driver's message may quote the connection string, so
+# backend errors replace them before anyone sees the text. Short ones would mangle messages.
+_SECRETS: set[str] = set()
+_MIN_SECRET = 4
+
+
+def remember_secret(secret: str) -> None:
+    """Have every later backend error hide ``secret``."""
+    if len(secret) >= _MIN_SECRET:
+        _SECRETS.add(secret)
+
+
+def scrub(text: str) -> str:
+    """Return ``text`` with every remembered secret replaced by ``***``."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 class BackendError(AnalyticsError):
     """A counter store or sink failed; the counts involved are kept and retried."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(scrub(a) if isinstance(a, str) else a for a in args))
 
 
 class StoreError(BackendError):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from collections.abc import Callable, Iterable
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, remember_secret
 from .base import Batch, CounterStore, Delta, Pending, Push, Sink
 from .memory import MemoryCounterStore, MemorySink
 
@@ -77,19 +78,82 @@ _SINKS: dict[str, SinkFactory] = {
 }
 
 
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``, safe for logs and messages."""
+def is_secret(option: str) -> bool:
+    """Whether a URL or conninfo option carries a secret (``password``, ``sslpassword``...)."""
+    name = option.lower()
+    return any(word in name for word in ("password", "secret", "token")) or name in (
+        "scram_client_key",
+        "scram_server_key",
+    )
+
+
+# libpq key=value conninfo: a value is a single-quoted string (with \\ escapes) or a word
+_CONNINFO_PAIR = re.compile(r"([A-Za-z_]+)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s']*)")
+_QUERY_PAIR = re.compile(r"(^|[&;])([^&;=]*)=([^&;]*)")
+
+
+def redact_url(url: str, also: Iterable[str] = ()) -> str:
+    """Return ``url`` with every secret replaced by ``***``, safe for logs and messages.
+
+    Covers ``user:password@``, secret query options (``?password=``, ``?sslpassword=``...),
+    the options named in ``also`` (e.g. unknown ones, which may be misspelled secrets), and
+    libpq ``key=value`` conninfo strings.
+    """
+    hide = {name.lower() for name in also}
+
+    def secret(name: str) -> bool:
+        return is_secret(name) or unquote_plus(name).lower() in hide
+
+    if "://" not in url:  # a libpq conninfo string, or something else entirely
+        return _CONNINFO_PAIR.sub(
+            lambda m: m.group(0) if not secret(m.group(1)) else f"{m.group(1)}{m.group(2)}***",
+            url,
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if port is not None:
+            host = f"{host}:{port}"
+        netloc = f"{parts.username or ''}:***@{host}"
+    query = _QUERY_PAIR.sub(
+        lambda m: (
+            m.group(0) if not secret(unquote_plus(m.group(2))) else f"{m.group(1)}{m.group(2)}=***"
+        ),
+        parts.query,
+    )
+    # by hand: urlunsplit would turn "memory://" into "memory:"
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def url_secrets(url: str) -> list[str]:
+    """Return the secret values written in ``url`` (or a conninfo string), decoded."""
+    found: list[str] = []
+    if "://" not in url:
+        for m in _CONNINFO_PAIR.finditer(url):
+            if is_secret(m.group(1)):
+                value = m.group(3)
+                if value.startswith("'"):
+                    value = re.sub(r"\\(.)", r"\1", value[1:-1])
+                found.append(value)
+        return found
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        return found
+    if parts.password:
+        found += [parts.password, unquote(parts.password)]
+    for name, value in parse_qsl(parts.query):
+        if is_secret(name):
+            found.append(value)
+    return found
 
 
 def check_url_options(
@@ -112,7 +176,7 @@ def check_url_options(
     close = [m for name in unknown for m in difflib.get_close_matches(name, ours | theirs, 1)]
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise ConfigurationError(
-        f"{kind} URL {redact_url(url)!r}: unknown option(s) {', '.join(unknown)}{hint}; "
+        f"{kind} URL {redact_url(url, also=unknown)!r}: unknown option(s) {', '.join(unknown)}{hint}; "
         f"accepted: {', '.join(sorted(ours))}; and the {driver} options "
         f"{', '.join(sorted(theirs))}"
     )
@@ -133,6 +197,8 @@ def _from_url(
 ) -> B:
     if not isinstance(url, str):
         raise ConfigurationError(f"{kind} {url!r} is not a URL; accepted: a URL string or instance")
+    for value in url_secrets(url):
+        remember_secret(value)  # driver messages may quote it: errors scrub it out
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     factory = registry.get(scheme)
     if factory is None:

@@ -1,0 +1,149 @@
+"""No credential in any repr, error, log line or metric: URL passwords, ?password= options,
+libpq conninfo strings; checked against real connection failures on a closed local port."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+from prometheus_client import generate_latest
+
+from analytics_sdk import Analytics, Config, ConfigurationError, SinkError, StoreError
+from analytics_sdk.backends import redact_url, sink_from_url, store_from_url
+from analytics_sdk.cli import main
+from analytics_sdk.testing import ManualClock
+
+SECRET = "s3cretValue"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cretValue@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://h:6379/0?password=s3cretValue&db=1", "redis://h:6379/0?password=***&db=1"),
+        ("redis://h/0?password=s3cret%26Value", "redis://h/0?password=***"),
+        ("rediss://h/0?ssl_password=s3cretValue", "rediss://h/0?ssl_password=***"),
+        (
+            "postgresql://app:s3cretValue@[::1]:5432/db?sslmode=require",
+            "postgresql://app:***@[::1]:5432/db?sslmode=require",
+        ),
+        ("postgresql://app@db/app?password=s3cretValue", "postgresql://app@db/app?password=***"),
+        (
+            "postgresql://db/app?sslpassword=s3cretValue&oauth_client_secret=s3cretValue",
+            "postgresql://db/app?sslpassword=***&oauth_client_secret=***",
+        ),
+        ("postgresql://db/app?PASSWORD=s3cretValue", "postgresql://db/app?PASSWORD=***"),
+        ("host=db user=app password=s3cretValue", "host=db user=app password=***"),
+        ("host=db password = 's3cret Value' dbname=x", "host=db password = *** dbname=x"),
+        ("dbname=x password='it\\'s s3cretValue'", "dbname=x password=***"),
+        ("memory://", "memory://"),
+        (
+            "postgresql:///app?host=/run/pg&password=s3cretValue",
+            "postgresql:///app?host=/run/pg&password=***",
+        ),
+    ],
+)
+def test_redact_url_hides_every_form_of_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_reprs_of_client_and_config_hide_password_options() -> None:
+    store = f"redis://127.0.0.1:{closed_port()}/0?password={SECRET}"
+    sink = f"postgresql://app@127.0.0.1:{closed_port()}/db?password={SECRET}"
+    config = Config.load({}, store=store, sink=sink, background=False, shutdown_timeout=0.5)
+    assert SECRET not in repr(config)
+    assert "password=***" in repr(config)
+    with Analytics(config) as client:
+        assert SECRET not in repr(client)
+        assert repr(client).count("password=***") == 2
+
+
+def test_a_conninfo_string_in_a_setting_or_variable_is_hidden_in_the_error() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Config.load({"ANALYTICS_SINK": f"host=db password={SECRET}"})
+    assert SECRET not in str(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        Analytics(sink=f"host=db password={SECRET}", background=False)
+    assert SECRET not in str(info.value)
+
+
+def test_a_misspelled_password_option_is_hidden_in_the_unknown_option_error() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        store_from_url(f"redis://127.0.0.1/0?pasword={SECRET}", ManualClock().time)
+    assert SECRET not in str(info.value)
+    assert "pasword=***" in str(info.value)
+
+
+def test_store_errors_flush_results_logs_and_the_shutdown_warning_hide_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    store = f"redis://127.0.0.1:{closed_port()}/0?password={SECRET}&socket_connect_timeout=0.5"
+    client = Analytics(store=store, background=False, shutdown_timeout=0.5)
+    client.track("signup")
+    with pytest.raises(StoreError) as info:
+        client.store.claim()
+    assert "Connection refused" in str(info.value)  # a real driver failure
+    assert SECRET not in str(info.value)
+    result = client.flush(timeout=2)
+    assert not result.complete
+    assert result.error
+    assert SECRET not in repr(result)
+    client.shutdown(timeout=0.5)
+    assert "shutdown flush incomplete" in caplog.text
+    assert SECRET not in caplog.text
+    assert SECRET not in generate_latest().decode()
+
+
+def test_sink_errors_hide_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"postgresql://app:{SECRET}@127.0.0.1:{closed_port()}/db?sslpassword={SECRET}"
+    sink = sink_from_url(f"{url}&pool_timeout=0.5&connect_timeout=1", ManualClock().time)
+    try:
+        with pytest.raises(SinkError) as info:
+            sink.migrate()  # type: ignore[attr-defined]
+        assert SECRET not in str(info.value)
+        assert "app:***@" in str(info.value)
+    finally:
+        sink.close()
+    assert SECRET not in caplog.text
+
+
+def test_a_driver_message_quoting_the_password_is_scrubbed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # libpq quotes a malformed password in its error ('invalid percent-encoded token: "..."')
+    password = "s3cret%zzValue"
+    sink = sink_from_url(
+        f"postgresql://app:{password}@127.0.0.1:{closed_port()}/db?pool_timeout=0.5",
+        ManualClock().time,
+    )
+    import analytics_sdk.backends.postgres as postgres
+
+    monkeypatch.setattr(postgres, "exiting", lambda: True)  # the exit path: a direct connection
+    try:
+        with pytest.raises(SinkError) as info:
+            sink.migrate()  # type: ignore[attr-defined]
+        text = str(info.value)
+        assert "percent-encoded" in text  # the driver's own message, with the token hidden
+        assert password not in text
+        assert password not in repr(info.value)
+    finally:
+        sink.close()
+
+
+def test_the_cli_error_hides_the_password(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"postgresql://app@127.0.0.1:{closed_port()}/db?password={SECRET}&pool_timeout=0.5"
+    with pytest.raises(SystemExit):
+        main(["migrate", "--sink", url])
+    captured = capsys.readouterr()
+    assert "error" in captured.err
+    assert SECRET not in captured.out + captured.err
