@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 REDIS_URL = os.environ.get("ANALYTICS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -54,6 +55,117 @@ def cluster_port() -> int:
 @contextmanager
 def redis_cluster(masters: int = 3) -> Iterator[str]:
     """Start a Redis Cluster of ``masters`` nodes on free loopback ports; yield its URL."""
+    with cluster(masters) as started:
+        yield started.url
+
+
+class Cluster:
+    """A Redis Cluster this test run started: its node ports, the proxies in front of them
+    (when started ``proxied``), and slot migrations between its nodes."""
+
+    def __init__(self, ports: list[int], proxies: dict[int, Proxy]) -> None:
+        self.ports = ports
+        self.proxies = proxies
+        """Node port -> the proxy every client reaches it through (the port it announces)."""
+
+    @property
+    def url(self) -> str:
+        first = self.ports[0]
+        port = self.proxies[first].port if self.proxies else first
+        return f"redis+cluster://127.0.0.1:{port}"
+
+    def node(self, port: int) -> Any:
+        """A plain (non-cluster) client of one node, reached directly."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+
+    def owner(self, slot: int) -> int:
+        """Return the port of the node that serves ``slot``."""
+        for port in self.ports:
+            node = self.node(port)
+            try:
+                if slot in _own_slots(node):
+                    return port
+            finally:
+                node.close()
+        raise RuntimeError(f"no node serves slot {slot}")
+
+    def proxy_of(self, slot: int) -> Proxy:
+        """The proxy in front of the node serving ``slot``."""
+        return self.proxies[self.owner(slot)]
+
+    def migration(self, slot: int) -> SlotMigration:
+        """Prepare moving ``slot`` from its node to another master (the way
+        ``redis-cli --cluster reshard`` does, one step at a time)."""
+        source = self.owner(slot)
+        target = next(p for p in self.ports if p != source)
+        return SlotMigration(self, slot, source, target)
+
+
+def _own_slots(node: Any) -> set[int]:
+    slots: set[int] = set()
+    for line in node.execute_command("CLUSTER", "NODES").splitlines():
+        fields = line.split()
+        if "myself" in fields[2]:
+            for part in fields[8:]:
+                if part.startswith("["):
+                    continue
+                start, _, end = part.partition("-")
+                slots.update(range(int(start), int(end or start) + 1))
+    return slots
+
+
+class SlotMigration:
+    """One slot moving between two masters: ``begin()`` (IMPORTING on the target, MIGRATING
+    on the source), ``move(keys)`` (``MIGRATE`` some or all of its keys), ``finish()`` (the
+    rest, then ``SETSLOT ... NODE`` everywhere)."""
+
+    def __init__(self, cluster: Cluster, slot: int, source: int, target: int) -> None:
+        self.cluster = cluster
+        self.slot = slot
+        self.source = cluster.node(source)
+        self.target = cluster.node(target)
+        self.target_port = target
+        self.source_id = self.source.execute_command("CLUSTER", "MYID")
+        self.target_id = self.target.execute_command("CLUSTER", "MYID")
+
+    def begin(self) -> None:
+        self.target.execute_command("CLUSTER", "SETSLOT", self.slot, "IMPORTING", self.source_id)
+        self.source.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.target_id)
+
+    def remaining(self) -> list[str]:
+        """The slot's keys still on the source."""
+        return list(self.source.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, 100_000))
+
+    def move(self, keys: list[str] | None = None) -> list[str]:
+        """``MIGRATE`` ``keys`` (default: every key still on the source); return those moved."""
+        keys = self.remaining() if keys is None else keys
+        if keys:
+            self.source.execute_command(
+                "MIGRATE", "127.0.0.1", self.target_port, "", 0, 5000, "KEYS", *keys
+            )
+        return keys
+
+    def finish(self) -> None:
+        self.move()
+        for node in (self.target, self.source):
+            node.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", self.target_id)
+        for port in self.cluster.ports:
+            other = self.cluster.node(port)
+            try:
+                other.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", self.target_id)
+            finally:
+                other.close()
+        self.source.close()
+        self.target.close()
+
+
+@contextmanager
+def cluster(masters: int = 3, *, proxied: bool = False) -> Iterator[Cluster]:
+    """Start a Redis Cluster of ``masters`` nodes on free loopback ports. ``proxied``: each
+    node announces the port of a :class:`Proxy` in front of it, so every client connection
+    (not the cluster bus) goes through a proxy a test can cut, stall or make lose replies."""
     server = shutil.which("redis-server")
     cli = shutil.which("redis-cli")
     if server is None or cli is None:
@@ -64,9 +176,16 @@ def redis_cluster(masters: int = 3) -> Iterator[str]:
         port = cluster_port()
         if port not in ports:
             ports.append(port)
+    proxies = {port: Proxy("127.0.0.1", port) for port in ports} if proxied else {}
     processes = []
     try:
         for port in ports:
+            announce = (
+                ["--cluster-announce-port", str(proxies[port].port),
+                 "--cluster-announce-bus-port", str(port + 10_000)]
+                if proxied
+                else []
+            )  # fmt: skip
             processes.append(
                 subprocess.Popen(
                     [
@@ -85,6 +204,7 @@ def redis_cluster(masters: int = 3) -> Iterator[str]:
                         "no",
                         "--dir",
                         workdir,
+                        *announce,
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -92,12 +212,13 @@ def redis_cluster(masters: int = 3) -> Iterator[str]:
             )
         for port in ports:
             _wait_for(lambda p=port: _ping(cli, p), f"node {port} did not start")
+        addresses = [proxies[p].port if proxied else p for p in ports]
         subprocess.run(
             [
                 cli,
                 "--cluster",
                 "create",
-                *(f"127.0.0.1:{p}" for p in ports),
+                *(f"127.0.0.1:{p}" for p in addresses),
                 "--cluster-replicas",
                 "0",
                 "--cluster-yes",
@@ -108,13 +229,41 @@ def redis_cluster(masters: int = 3) -> Iterator[str]:
             timeout=60,
         )
         _wait_for(lambda: _cluster_ok(cli, ports), "cluster did not reach state ok")
-        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+        yield Cluster(ports, proxies)
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             with suppress(subprocess.TimeoutExpired):
                 process.wait(10)
+        for proxy in proxies.values():
+            proxy.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def redis_server(*args: str) -> Iterator[str]:
+    """Start a private redis-server on a free loopback port with extra ``args`` (e.g.
+    ``--maxmemory-policy volatile-lru``); yield its URL."""
+    binary = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if binary is None or cli is None:
+        raise RuntimeError("redis-server and redis-cli are needed to start a test server")
+    port = cluster_port()
+    workdir = tempfile.mkdtemp(prefix="analytics-redis-")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no", "--dir", workdir, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: _ping(cli, port), f"redis-server on {port} did not start")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -147,7 +296,10 @@ class Proxy:
     - ``drop()``: close every open connection now;
     - ``refuse = True``: close new connections as soon as they are accepted;
     - ``lose_next_reply = True``: forward the next request, then close the connection
-      instead of returning the reply (the server did the work; the client never hears).
+      instead of returning the reply (the server did the work; the client never hears);
+    - ``stall = True``: keep connections open but forward nothing either way (a hung
+      server: requests are never answered, and never run);
+    - ``requests``: every chunk clients sent (``sent(b"EVALSHA")`` counts commands).
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -156,6 +308,8 @@ class Proxy:
         self.port: int = self.listener.getsockname()[1]
         self.refuse = False
         self.lose_next_reply = False
+        self.stall = False
+        self.requests: list[bytes] = []
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._closed = False
@@ -186,6 +340,10 @@ class Proxy:
                 data = source.recv(65536)
                 if not data:
                     break
+                if request:
+                    self.requests.append(data)
+                if self.stall:
+                    continue  # a hung server: nothing runs, nothing answers
                 if not request and self.lose_next_reply:
                     self.lose_next_reply = False
                     break  # the request reached the server; its reply never reaches the client
@@ -197,6 +355,11 @@ class Proxy:
                 with suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
                 s.close()
+
+    def sent(self, marker: bytes) -> int:
+        """How many request chunks contained ``marker`` (case-insensitive)."""
+        marker = marker.lower()
+        return sum(marker in chunk.lower() for chunk in list(self.requests))
 
     def drop(self) -> None:
         """Close every connection that is open now."""
