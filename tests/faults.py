@@ -23,16 +23,17 @@ class FaultyStore(MemoryCounterStore):
         self.push_attempts: list[float] = []
         self.clock_for_attempts = kwargs.get("clock")
 
-    def push(self, push: Push) -> None:
+    def push(self, push: Push) -> bool:
         if self.clock_for_attempts is not None:
             self.push_attempts.append(self.clock_for_attempts())
         self.gate.wait()
         if self.down:
             raise StoreError("store is down (injected)")
-        super().push(push)
+        applied = super().push(push)
         if self.lose_reply:
             self.lose_reply -= 1
             raise StoreError("connection dropped after the push was applied (injected)")
+        return applied
 
 
 class FaultySink(MemorySink):

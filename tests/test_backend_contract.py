@@ -59,6 +59,14 @@ class TestStore:
         assert pending_total(store, "a") == 5
         assert store.pending_users("a", None, None, None).live == {"u": 5}
 
+    def test_push_reports_whether_it_was_applied(self, store: CounterStore) -> None:
+        p = Push(producer="p", sequence=2, delta=Delta(hourly={("a", (), H): 1}))
+        assert store.push(p) is True
+        assert store.push(p) is False  # a retry
+        assert store.push(Push(producer="p", sequence=1, delta=p.delta)) is False  # older
+        assert store.push(Push(producer="p", sequence=3, delta=p.delta)) is True
+        assert pending_total(store, "a") == 2
+
     def test_sequences_are_per_producer(self, store: CounterStore) -> None:
         first = push(store, {("a", (), H): 1}, producer="p1", sequence=1)
         push(store, {("a", (), H): 2}, producer="p1", sequence=2)

@@ -6,6 +6,7 @@ on a single Redis and on a 3-master cluster.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -13,11 +14,11 @@ from datetime import datetime, timezone
 import pytest
 
 from analytics_sdk import Analytics, ConfigurationError, StoreError
-from analytics_sdk.backends import Delta, Push, store_from_url
+from analytics_sdk.backends import Delta, Pending, Push, store_from_url
 from analytics_sdk.backends.redis import RedisCounterStore
 from analytics_sdk.testing import ManualClock
 
-from .servers import Proxy
+from .servers import Cluster, Proxy, cluster, redis_server
 from .utils import delete_redis_prefix, redis_url_or_skip, unique_name
 
 H = 490_000
@@ -228,3 +229,448 @@ def test_every_client_of_a_prefix_uses_the_shard_count_it_was_created_with(
     assert "created with shards=8" in caplog.text
     for b in batches:
         narrow.ack(b.id)
+
+
+# -- driver retries: every script is safe twice, and the SDK owns retries ---------------------
+
+
+def test_from_url_turns_driver_retries_off_so_a_lost_reply_is_sent_once(
+    proxy: Proxy, prefix: str
+) -> None:
+    # retry_on_timeout=true would make redis-py re-send a script whose reply was lost; the
+    # SDK retries pushes itself (deduplicated, with backoff), so the driver must not.
+    store = RedisCounterStore.from_url(
+        f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}&retry_on_timeout=true"
+        "&socket_timeout=1&socket_connect_timeout=1"
+    )
+    try:
+        push(store, 1, sequence=1)  # connected, scripts loaded
+        sent = proxy.sent(b"EVALSHA")
+        proxy.lose_next_reply = True
+        with pytest.raises(StoreError):
+            push(store, 5, sequence=2)
+        assert proxy.sent(b"EVALSHA") == sent + 1  # one attempt: the driver did not re-send
+        assert store.pending_hourly("e", None, None, ()).live == {H: 6}  # it did run
+        assert push(store, 5, sequence=2) is not None  # the SDK's retry: a no-op
+        assert store.pending_hourly("e", None, None, ()).live == {H: 6}
+    finally:
+        store.close()
+
+
+def test_every_script_is_safe_when_the_driver_sends_it_twice(proxy: Proxy, prefix: str) -> None:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    # A redis-py client built by the application, with retries on: a lost reply makes the
+    # driver run the same script again with the same arguments.
+    driver = redis.Redis(
+        host="127.0.0.1",
+        port=proxy.port,
+        decode_responses=True,
+        socket_timeout=1,
+        retry=Retry(NoBackoff(), 3),  # on ConnectionError and TimeoutError
+    )
+    store = RedisCounterStore(driver, prefix=prefix, shards=2)
+    try:
+        push(store, 1, sequence=1)
+        for sequence in (2, 3):
+            proxy.lose_next_reply = True
+            push(store, 5, sequence=sequence)  # applied, reply lost, re-sent: skipped
+            assert proxy.lose_next_reply is False
+        assert store.pending_hourly("e", None, None, ()).live == {H: 11}
+        assert store.pending_users("e", None, None, None).live == {"u": 11}
+        proxy.lose_next_reply = True
+        assert sum(store.pending_event_totals().live.values()) == 11  # reads, twice
+        batches = store.claim()
+        assert sum(b.delta.total for b in batches) == 11
+        for batch in batches:
+            proxy.lose_next_reply = True
+            store.ack(batch.id)  # deleted, reply lost, re-sent: nothing more to delete
+            assert proxy.lose_next_reply is False
+        assert store.claimed() == []
+        assert store.pending_hourly("e", None, None, ()) == Pending()
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def proxied_cluster() -> Iterator[Cluster]:
+    """A private 3-master cluster whose every node is reached through a Proxy."""
+    from .utils import skip_or_fail
+
+    try:
+        started = cluster(3, proxied=True)
+        value = started.__enter__()
+    except (RuntimeError, OSError) as exc:
+        skip_or_fail(f"cannot start a Redis Cluster: {exc}")
+        raise
+    try:
+        yield value
+    finally:
+        started.__exit__(None, None, None)
+
+
+def _slot(prefix: str, shard: int = 0) -> int:
+    from redis.crc import key_slot
+
+    return int(key_slot(f"{{{prefix}:{shard}}}:idx".encode()))
+
+
+def test_cluster_driver_retries_of_push_and_ack_count_once(proxied_cluster: Cluster) -> None:
+    from redis.cluster import RedisCluster
+
+    prefix = unique_name("test")
+    # RedisCluster's defaults: ConnectionError/TimeoutError re-run the command up to 10 times.
+    driver = RedisCluster.from_url(
+        proxied_cluster.url.replace("redis+cluster://", "redis://"), decode_responses=True
+    )
+    store = RedisCounterStore(driver, prefix=prefix, shards=1)
+    node = proxied_cluster.proxy_of(_slot(prefix))
+    try:
+        push(store, 1, sequence=1)
+        proxy_sent = node.sent(b"EVALSHA")
+        node.lose_next_reply = True
+        push(store, 5, sequence=2)
+        assert node.sent(b"EVALSHA") >= proxy_sent + 2  # the driver did re-send it
+        assert store.pending_hourly("e", None, None, ()).live == {H: 6}
+        [batch] = store.claim()
+        node.lose_next_reply = True
+        store.ack(batch.id)
+        assert store.claimed() == []
+        assert batch.delta.total == 6
+    finally:
+        store.close()
+
+
+def test_write_through_on_a_cluster_waits_one_timeout_when_a_node_hangs(
+    proxied_cluster: Cluster,
+) -> None:
+    import time
+
+    prefix = unique_name("test")
+    clock = ManualClock()
+    url = f"{proxied_cluster.url}?prefix={prefix}&shards=1&socket_timeout=0.5"
+    client = Analytics(store=url, clock=clock, push_interval=0, flush_interval=3600)
+    node = proxied_cluster.proxy_of(_slot(prefix))
+    try:
+        client.track("e", value=3)  # connected, scripts loaded, pushed
+        assert client.aggregator.is_empty()
+        node.stall = True  # the node that serves our slot stops answering
+        sent = node.sent(b"EVALSHA")
+        started = time.monotonic()
+        client.track("e", value=4)  # must give up after one socket_timeout, not eleven
+        elapsed = time.monotonic() - started
+        assert node.sent(b"EVALSHA") == sent + 1
+        assert elapsed < 5 * 0.5, elapsed  # 11 attempts took more than 5.5 s
+        client.track("e", value=1)  # backing off: buffered without trying
+        assert node.sent(b"EVALSHA") == sent + 1
+        node.stall = False
+        node.drop()  # the stalled connections are dead; the driver reconnects
+        for _ in range(10):
+            clock.advance(1)
+        assert client.aggregator.is_empty()
+        assert sum(client.store.pending_hourly("e", None, None, ()).live.values()) == 8
+    finally:
+        node.stall = False
+        client.shutdown(timeout=5)
+
+
+# -- resharding: a script runs whole or not at all ---------------------------------------------
+
+
+def test_a_push_during_slot_migration_is_applied_whole_once(proxied_cluster: Cluster) -> None:
+    prefix = unique_name("test")
+    store = RedisCounterStore.from_url(f"{proxied_cluster.url}?prefix={prefix}&shards=1")
+
+    def two_events(sequence: int) -> Push:
+        p = Push(
+            producer="p",
+            sequence=sequence,
+            delta=Delta(hourly={("ev1", (), H): 5, ("ev2", (), H): 5}),
+        )
+        store.push(p)
+        return p
+
+    try:
+        two_events(1)
+        migration = proxied_cluster.migration(_slot(prefix))
+        migration.begin()
+        # The slot is half moved: ev2's hash is on the new node, the rest on the old one.
+        moved = migration.move([k for k in migration.remaining() if k.endswith(":live:h:ev2")])
+        assert len(moved) == 1
+        with contextlib.suppress(StoreError):
+            two_events(2)  # refused whole (TRYAGAIN), or applied whole
+        migration.finish()
+        two_events(2)  # the SDK's retry, after the slot moved
+        two_events(3)
+        totals = {}
+        for batch in store.claim():
+            for (event, _, _), n in batch.delta.hourly.items():
+                totals[event] = totals.get(event, 0) + n
+            store.ack(batch.id)
+        assert totals == {"ev1": 15, "ev2": 15}
+    finally:
+        store.close()
+
+
+def test_producers_pushing_through_a_slot_migration_count_exactly(
+    proxied_cluster: Cluster,
+) -> None:
+    import threading
+
+    prefix = unique_name("test")
+    url = f"{proxied_cluster.url}?prefix={prefix}&shards=2"
+    stores = [RedisCounterStore.from_url(url) for _ in range(4)]
+    migrating = threading.Event()
+    done = threading.Event()
+    pushed: list[int] = []
+
+    def producer(store: RedisCounterStore, name: str) -> None:
+        sequence, total = 0, 0
+        while not done.is_set() or sequence < 30:
+            sequence += 1
+            p = Push(
+                producer=name,
+                sequence=sequence,
+                delta=Delta(
+                    hourly={(f"ev{sequence % 5}", (), H): 1, ("all", (), H): 1},
+                    users={("all", f"u{sequence % 3}", H // 24): 1},
+                ),
+            )
+            while True:  # the SDK's way: the same push until the store accepts it
+                try:
+                    store.push(p)
+                    break
+                except StoreError:
+                    continue
+            total += 1
+            if sequence == 10:
+                migrating.set()
+        pushed.append(total)
+
+    threads = [threading.Thread(target=producer, args=(s, f"p{n}")) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    try:
+        migrating.wait(30)
+        for shard in range(2):
+            migration = proxied_cluster.migration(_slot(prefix, shard))
+            migration.begin()
+            for key in migration.remaining():
+                migration.move([key])  # one key at a time, pushes in between
+            migration.finish()
+        done.set()
+        for t in threads:
+            t.join(60)
+        totals: dict[str, int] = {}
+        users = 0
+        for batch in stores[0].claim():
+            for (event, _, _), n in batch.delta.hourly.items():
+                totals[event] = totals.get(event, 0) + n
+            users += sum(batch.delta.users.values())
+            stores[0].ack(batch.id)
+        assert totals["all"] == sum(pushed)
+        assert sum(totals.values()) == 2 * sum(pushed)
+        assert users == sum(pushed)
+    finally:
+        done.set()
+        for s in stores:
+            s.close()
+
+
+# -- exact integers --------------------------------------------------------------------------
+
+
+def test_event_totals_are_exact_at_and_above_the_maximum_value(redis_url: str, prefix: str) -> None:
+    from analytics_sdk.events import MAX_VALUE
+
+    store = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}")
+    big = 25_000 * MAX_VALUE  # 25,000 calls at the maximum value: 1.07e14
+    huge = 2**62 + 1  # beyond a double's 53 bits
+    p = Push(
+        producer="p",
+        sequence=1,
+        delta=Delta(
+            hourly={
+                ("big", (), H): big,
+                ("big", (("k", "v"),), H): 1,
+                ("huge", (), H): huge,
+                ("huge", (), H + 1): 2**53 + 1,
+                ("neg", (), H): -(2**60) - 3,
+                ("neg", (), H + 1): 7,
+            }
+        ),
+    )
+    store.push(p)
+    expected = {"big": big + 1, "huge": huge + 2**53 + 1, "neg": -(2**60) + 4}
+    assert store.pending_event_totals().live == expected
+    [batch] = store.claim()
+    assert store.pending_event_totals().claimed == {batch.id: expected}
+    store.ack(batch.id)
+
+
+# -- bounded sequence records, pushes that report whether they were applied -------------------
+
+
+def test_a_producer_keeps_one_sequence_key_whatever_the_shard_count(
+    redis_url: str, prefix: str
+) -> None:
+    store = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=8")
+    for sequence in range(1, 41):
+        push(store, 1, producer="proc", sequence=sequence)
+    r = store._redis
+    assert len(list(r.scan_iter(match=f"{{{prefix}:*}}:seq:*", count=1000))) == 1
+    assert store.pending_hourly("e", None, None, ()).live == {H: 40}
+
+
+def test_push_reports_whether_it_was_applied(redis_url: str, prefix: str) -> None:
+    store = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=3")
+    p = Push(producer="p", sequence=1, delta=Delta(hourly={("e", (), H): 2}))
+    assert store.push(p) is True
+    assert store.push(p) is False
+    assert store.push(Push(producer="p", sequence=2, delta=p.delta)) is True
+    assert store.pending_hourly("e", None, None, ()).live == {H: 4}
+
+
+# -- eviction: refuse a server that may evict counters, detect a lost shard count ------------
+
+
+@pytest.fixture(scope="module")
+def volatile_lru() -> Iterator[str]:
+    """A private redis-server that evicts keys with a TTL first (live counters have one)."""
+    from .utils import skip_or_fail
+
+    try:
+        started = redis_server("--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru")
+        url = started.__enter__()
+    except (RuntimeError, OSError) as exc:
+        skip_or_fail(f"cannot start a redis-server: {exc}")
+        raise
+    try:
+        yield url
+    finally:
+        started.__exit__(None, None, None)
+
+
+def test_a_server_that_may_evict_counters_is_refused(volatile_lru: str) -> None:
+    store = RedisCounterStore.from_url(f"{volatile_lru}?prefix=refused")
+    with pytest.raises(StoreError, match=r"maxmemory-policy volatile-lru.*noeviction"):
+        push(store, 1)
+    with pytest.raises(StoreError, match="allow_eviction=true"):
+        store.pending_hourly("e", None, None, ())
+    assert store._redis.exists("{refused}:meta", "{refused:0}:idx") == 0  # nothing written
+    store.close()
+
+
+def test_allow_eviction_turns_the_refusal_into_a_warning(
+    volatile_lru: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisCounterStore.from_url(f"{volatile_lru}?prefix=allowed&allow_eviction=true")
+    assert push(store, 2) is not None
+    assert store.pending_hourly("e", None, None, ()).live == {H: 2}
+    assert "maxmemory-policy volatile-lru" in caplog.text
+    assert "allowed by allow_eviction=true" in caplog.text
+    store.close()
+
+
+def test_a_client_refuses_to_lose_counts_to_eviction_and_keeps_them(volatile_lru: str) -> None:
+    clock = ManualClock()
+    client = Analytics(store=f"{volatile_lru}?prefix=app", clock=clock, flush_interval=3600)
+    try:
+        client.track("e", value=5)
+        clock.advance(2)
+        assert client.stats()["pushes_failed"] >= 1  # refused, loudly; never raised
+        assert client.aggregator.local_counts().outbox is not None  # the counts are kept
+    finally:
+        client.shutdown(timeout=1)
+
+
+def test_the_policy_is_read_from_info_when_config_is_disabled() -> None:
+    from .utils import skip_or_fail
+
+    try:
+        started = redis_server(
+            "--maxmemory-policy", "allkeys-lru", "--rename-command", "CONFIG", ""
+        )
+        url = started.__enter__()
+    except (RuntimeError, OSError) as exc:
+        skip_or_fail(f"cannot start a redis-server: {exc}")
+        raise
+    try:
+        store = RedisCounterStore.from_url(f"{url}?prefix=managed")
+        with pytest.raises(StoreError, match="maxmemory-policy allkeys-lru"):
+            push(store, 1)
+        store.close()
+    finally:
+        started.__exit__(None, None, None)
+
+
+def test_evicted_keys_are_reported(caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from analytics_sdk.prometheus import ClientCollector
+
+    from .utils import skip_or_fail
+
+    try:
+        started = redis_server("--maxmemory", "4mb", "--maxmemory-policy", "allkeys-random")
+        url = started.__enter__()
+    except (RuntimeError, OSError) as exc:
+        skip_or_fail(f"cannot start a redis-server: {exc}")
+        raise
+    clock = ManualClock()
+    client = Analytics(
+        store=f"{url}?prefix=evicting&allow_eviction=true", clock=clock, background=False
+    )
+    try:
+        client.track("e", value=1)
+        assert client.flush().complete
+        assert client.store.evicted_keys == 0
+        filler = client.store._redis  # type: ignore[attr-defined]
+        for n in range(200):
+            filler.set(f"filler:{n}", "x" * 50_000)  # past maxmemory: Redis evicts
+        client.track("e", value=1)
+        client.flush()
+        assert client.store.evicted_keys > 0
+        assert "evicted" in caplog.text
+        registry = CollectorRegistry()
+        registry.register(ClientCollector(client))
+        text = generate_latest(registry).decode()
+        assert f"analytics_store_evicted_keys_total {client.store.evicted_keys}.0" in text
+    finally:
+        client.shutdown(timeout=1)
+        started.__exit__(None, None, None)
+
+
+def test_a_lost_shard_count_with_data_in_the_store_fails_loudly(
+    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=8")
+    for n in range(16):
+        push(first, 1, producer=f"p{n}")
+    meta = f"{{{prefix}}}:meta"
+    first._redis.delete(meta)  # evicted, deleted by hand, or flushed with part of the data
+    newcomer = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=2")
+    with pytest.raises(StoreError, match=r"shard-count key .* is missing while shards"):
+        push(newcomer, 1, producer="late")
+    assert first._redis.exists(meta) == 0  # no new count written over the old fleet's
+    assert "HSET" in caplog.text
+    # A running flusher knows the count and puts it back; then the newcomer adopts it.
+    batches = first.claim()
+    assert first._redis.hget(meta, "shards") == "8"
+    assert "was lost" in caplog.text
+    for b in batches:
+        first.ack(b.id)
+    push(newcomer, 1, producer="late")
+    assert newcomer.shards == 8
+
+
+def test_counts_outside_the_recorded_shard_count_fail_loudly(redis_url: str, prefix: str) -> None:
+    wide = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=8")
+    for n in range(16):
+        push(wide, 1, producer=f"p{n}")
+    wide._redis.hset(f"{{{prefix}}}:meta", "shards", 2)  # rewritten by a newcomer
+    narrow = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=2")
+    with pytest.raises(StoreError, match="records shards=2 but shards"):
+        narrow.pending_hourly("e", None, None, ())

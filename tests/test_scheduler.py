@@ -128,6 +128,23 @@ def test_a_push_whose_reply_was_lost_counts_once(client: Analytics, store: Fault
     assert client.count("x", user_id="u") == 4
 
 
+def test_counts_pushed_counts_what_reached_the_store_once(
+    client: Analytics, store: FaultyStore
+) -> None:
+    client.track("x", value=4)
+    store.lose_reply = 1
+    assert client.flush().error is not None  # applied, reply lost
+    assert client.flush().pushed == 4  # the retry is skipped as a duplicate, but was ours
+    assert client.stats()["counts_pushed"] == 4
+    client.track("x", value=3)
+    replayed = client.aggregator.next_push()  # the push the scheduler is about to send...
+    assert replayed is not None
+    assert store.push(replayed)  # ...applied by another sender
+    assert client.flush().pushed == 0  # skipped, and not ours to count
+    assert client.stats()["counts_pushed"] == 4
+    assert pending(client) + durable(client) == 7
+
+
 def test_a_commit_whose_ack_never_happened_counts_once(client: Analytics, sink: FaultySink) -> None:
     client.track("x", value=6)
     sink.fail_after_commit = 1

@@ -123,6 +123,11 @@ class ClientCollector(Collector):
                 "analytics_overflowed_events",
                 "Counts folded into an event's overflow=true series (too many property sets).",
             ),
+            "evicted": CounterMetricFamily(
+                "analytics_store_evicted_keys",
+                "Keys the store's server evicted since this process first used it (counts "
+                "may be lost: run Redis with maxmemory-policy noeviction); read at each flush.",
+            ),
             "buffered": GaugeMetricFamily(
                 "analytics_buffered_series", "Distinct counters in the buffer now."
             ),
@@ -167,6 +172,7 @@ class ClientCollector(Collector):
         f["batches"].add_metric([], s.batches_flushed)
         f["dropped"].add_metric(["buffer_full"], client.aggregator.dropped)
         f["overflowed"].add_metric([], client.aggregator.overflowed)
+        f["evicted"].add_metric([], client.store.evicted_keys)
         f["buffered"].add_metric([], client.aggregator.buffered_keys)
         f["capacity"].add_metric([], client.config.max_buffered_keys)
         f["last_push"].add_metric([], s.last_push_success or 0.0)

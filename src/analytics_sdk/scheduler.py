@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import attrs
 
 from .aggregator import Aggregator
-from .backends.base import Batch, CounterStore, Sink
+from .backends.base import Batch, CounterStore, Push, Sink
 from .clock import Clock
 from .config import Config
 from .errors import BackendError, SinkError, StoreError
@@ -115,6 +115,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._own_claims: set[str] = set()
         self._push_requested = False
+        self._in_doubt: Push | None = None  # a push whose last attempt failed in doubt
         now = self.clock.monotonic()
         self.next_push = now + self._jittered(self._push_period)
         self.next_flush = now + self._jittered(self.config.flush_interval)
@@ -134,14 +135,20 @@ class Scheduler:
             if push is None:
                 break
             try:
-                self.store.push(push)
+                applied = self.store.push(push)
             except BackendError:
+                self._in_doubt = push
                 raise
             except Exception as exc:
+                self._in_doubt = push
                 raise StoreError(f"push to {self.store!r} failed: {exc!r}") from exc
             self.aggregator.push_done(push)
-            pushed += push.delta.total
-            self.stats.counts_pushed += push.delta.total
+            # Skipped as a duplicate: applied by an attempt of ours whose reply was lost
+            # (counted now, once), or by another sender, such as a replay (not ours to count).
+            if applied is not False or push is self._in_doubt:
+                pushed += push.delta.total
+                self.stats.counts_pushed += push.delta.total
+            self._in_doubt = None
         return pushed
 
     def flush_store(self, deadline: float = math.inf) -> tuple[int, int]:

@@ -125,8 +125,10 @@ class CounterStore(ABC):
     """The shared tier: receives pushes, hands out claims, answers pending counts."""
 
     @abstractmethod
-    def push(self, push: Push) -> None:
-        """Add ``push.delta`` to the live counters, once per push however often called."""
+    def push(self, push: Push) -> bool:
+        """Add ``push.delta`` to the live counters, once per push however often called;
+        return whether this call applied it (``False``: it, or a later push of its
+        producer, was applied before)."""
 
     @abstractmethod
     def has_push(self, push: Push) -> bool:
@@ -165,6 +167,9 @@ class CounterStore(ABC):
     def check(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
         """Raise :class:`~analytics_sdk.errors.StoreError`, with its cause, unless the store
         answers (a flush worker calls this before it reports itself started)."""
+
+    evicted_keys: int = 0
+    """Keys the store's server evicted since this store first used it (counts may be lost)."""
 
     def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Drop what a forked child must not share with its parent (connections, locks)."""

@@ -51,13 +51,14 @@ class MemoryCounterStore(CounterStore):
     def __repr__(self) -> str:
         return "MemoryCounterStore()"
 
-    def push(self, push: Push) -> None:
+    def push(self, push: Push) -> bool:
         with self._lock:
             if push.sequence <= self._sequences.get(push.producer, -1):
-                return
+                return False
             self._sequences[push.producer] = push.sequence
             _add(self._live.hourly, push.delta.hourly)
             _add(self._live.users, push.delta.users)
+            return True
 
     def has_push(self, push: Push) -> bool:
         with self._lock:

@@ -6,14 +6,24 @@ Key layout, for prefix ``P`` and shard ``s`` (every key of a shard shares the ha
     {P:s}:live:h:<event>          HASH  "<properties>|<hour>" -> count    live hourly counters
     {P:s}:live:u:<event>          HASH  "<user_id>|<day>"     -> count    live per-user daily
     {P:s}:idx                     SET   names of the live hashes (the pending marker)
-    {P:s}:seq:<producer>          STRING last push sequence applied from that producer
+    {P:s}:seq:<producer>          STRING last push sequence applied from that producer (one
+                                         key per producer: its pushes all go to one shard)
     {P:s}:claims                  ZSET  batch id -> claim time
     {P:s}:claim:<batch>           SET   names of the batch's hashes
     {P:s}:claim:<batch>:h:<event> HASH  the claimed counters (renamed live hashes)
 
 Event names, properties and user ids are escaped (:mod:`analytics_sdk.keys`), so no
-character can break a key or a field. A push picks its shard from its id, so a retry lands
-on the same shard, and pushes from many processes spread over all shards.
+character can break a key or a field. A push picks its shard from its producer, so a retry
+lands on the same shard, a producer has one sequence key, and pushes from many processes
+spread over all shards.
+
+Every script is safe to run twice with the same arguments (the driver may re-send one whose
+reply was lost) and runs whole or not at all during Redis Cluster resharding: it declares in
+``KEYS`` every key it touches (a key it finds it needs but was not given makes it return the
+keys it needs, having written nothing, and the client calls again with them), so Redis
+refuses it (``ASK``/``TRYAGAIN``) rather than stopping it half way, and it writes what makes
+a retry a no-op (the push sequence) last. redis-py's own retries are turned off: the SDK
+retries pushes itself, with backoff, so a hung node costs one ``socket_timeout``.
 """
 
 from __future__ import annotations
@@ -54,20 +64,21 @@ SEQUENCE_TTL = 30 * 24 * 3600
 """How long a producer's last push sequence is kept: a push retried after a longer outage
 would be applied again, so this outlives any plausible outage."""
 
-# KEYS[1] = {tag}:idx. ARGV: tag, producer, sequence, sequence ttl, live ttl, groups, then
-# per group: hash suffix, field count, field, delta, field, delta...
+MAX_SHARDS = 1024
+FOUND_KEYS = 0
+"""First element of a script's reply that ran nothing: the rest are the keys it needs."""
+
+# KEYS: {tag}:idx, {tag}:seq:<producer>, then the live hashes. ARGV: sequence, sequence ttl,
+# live ttl, then per live hash (in KEYS order): field count, field, delta, field, delta...
 PUSH = """
-local tag = ARGV[1]
-local seq_key = tag .. ':seq:' .. ARGV[2]
-local last = tonumber(redis.call('GET', seq_key) or '-1')
-if tonumber(ARGV[3]) <= last then return 0 end
-redis.call('SET', seq_key, ARGV[3], 'EX', ARGV[4])
-local ttl = tonumber(ARGV[5])
-local i = 7
-for g = 1, tonumber(ARGV[6]) do
-  local key = tag .. ':live:' .. ARGV[i]
-  local n = tonumber(ARGV[i + 1])
-  i = i + 2
+local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if tonumber(ARGV[1]) <= last then return 0 end
+local ttl = tonumber(ARGV[3])
+local i = 4
+for k = 3, #KEYS do
+  local key = KEYS[k]
+  local n = tonumber(ARGV[i])
+  i = i + 1
   for j = 1, n do
     redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
     i = i + 2
@@ -77,6 +88,8 @@ for g = 1, tonumber(ARGV[6]) do
   if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
 end
 redis.call('EXPIRE', KEYS[1], ttl)
+-- Last: a script stopped before this line left no mark that would skip its retry.
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
@@ -121,53 +134,98 @@ end
 return out
 """
 
-# KEYS[1] = {tag}:idx. ARGV: tag, batch id.
+# KEYS: {tag}:claims, {tag}:claim:<batch>, then its hashes. ARGV: batch id. Returns
+# {1, removed} or, having done nothing, {FOUND_KEYS, hashes}. Twice is harmless: the second
+# run finds nothing left to delete.
 ACK = """
-local claim = ARGV[1] .. ':claim:' .. ARGV[2]
-for _, key in ipairs(redis.call('SMEMBERS', claim)) do redis.call('DEL', key) end
-redis.call('DEL', claim)
-return redis.call('ZREM', ARGV[1] .. ':claims', ARGV[2])
+local declared = {}
+for _, key in ipairs(KEYS) do declared[key] = true end
+local hashes = redis.call('SMEMBERS', KEYS[2])
+for _, key in ipairs(hashes) do
+  if not declared[key] then return {0, hashes} end
+end
+for _, key in ipairs(hashes) do redis.call('DEL', key) end
+redis.call('DEL', KEYS[2])
+return {1, redis.call('ZREM', KEYS[1], ARGV[1])}
 """
 
-# KEYS[1] = {tag}:idx. ARGV: tag, hash suffix. Returns live fields, then batch, fields...
+# KEYS: {tag}:claims, {tag}:live:<suffix>, then the claimed hashes of that suffix. ARGV: tag,
+# suffix. Returns {1, live fields, batch, fields, ...} or {FOUND_KEYS, keys needed}.
 PENDING = """
-local tag = ARGV[1]
-local out = {redis.call('HGETALL', tag .. ':live:' .. ARGV[2])}
-for _, batch in ipairs(redis.call('ZRANGE', tag .. ':claims', 0, -1)) do
+local declared = {}
+for _, key in ipairs(KEYS) do declared[key] = true end
+local batches = redis.call('ZRANGE', KEYS[1], 0, -1)
+local needed, missing = {}, false
+for _, batch in ipairs(batches) do
+  local key = ARGV[1] .. ':claim:' .. batch .. ':' .. ARGV[2]
+  table.insert(needed, key)
+  if not declared[key] then missing = true end
+end
+if missing then return {0, needed} end
+local out = {1, redis.call('HGETALL', KEYS[2])}
+for i, batch in ipairs(batches) do
   table.insert(out, batch)
-  table.insert(out, redis.call('HGETALL', tag .. ':claim:' .. batch .. ':' .. ARGV[2]))
+  table.insert(out, redis.call('HGETALL', needed[i]))
 end
 return out
 """
 
-# KEYS[1] = {tag}:idx. ARGV: tag. Returns batch ("" for live), hash suffix, total, ... for
-# every hourly hash of the shard: the pending counts per event, for fleet totals.
+# KEYS: {tag}:idx, {tag}:claims, then the hashes and claim sets read. ARGV: tag. Returns
+# {1, batch ("" for live), hash suffix, high, low, ...} for every hourly hash of the shard,
+# its total being high * 10^9 + low (exact: Lua numbers are doubles, and tostring would
+# print 1e14 as 1e+14), or {FOUND_KEYS, keys needed}.
 EVENT_TOTALS = """
-local tag = ARGV[1]
-local out = {}
-local function add(batch, key, suffix)
-  local total = 0
-  for _, v in ipairs(redis.call('HVALS', key)) do total = total + tonumber(v) end
-  table.insert(out, batch)
-  table.insert(out, suffix)
-  table.insert(out, tostring(total))
+local declared = {}
+for _, key in ipairs(KEYS) do declared[key] = true end
+local needed, missing, hashes = {}, false, {}
+local function need(key)
+  table.insert(needed, key)
+  if not declared[key] then missing = true end
+  return declared[key]
 end
-local live = tag .. ':live:'
+local live = ARGV[1] .. ':live:'
 for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local suffix = string.sub(key, #live + 1)
-  if string.sub(suffix, 1, 2) == 'h:' then add('', key, suffix) end
-end
-for _, batch in ipairs(redis.call('ZRANGE', tag .. ':claims', 0, -1)) do
-  local claim = tag .. ':claim:' .. batch
-  for _, key in ipairs(redis.call('SMEMBERS', claim)) do
-    local suffix = string.sub(key, #claim + 2)
-    if string.sub(suffix, 1, 2) == 'h:' then add(batch, key, suffix) end
+  if string.sub(suffix, 1, 2) == 'h:' and need(key) then
+    table.insert(hashes, {'', key, suffix})
   end
+end
+for _, batch in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local claim = ARGV[1] .. ':claim:' .. batch
+  if need(claim) then
+    for _, key in ipairs(redis.call('SMEMBERS', claim)) do
+      local suffix = string.sub(key, #claim + 2)
+      if string.sub(suffix, 1, 2) == 'h:' and need(key) then
+        table.insert(hashes, {batch, key, suffix})
+      end
+    end
+  end
+end
+if missing then return {0, needed} end
+local out = {1}
+for _, h in ipairs(hashes) do
+  local high, low = 0, 0
+  for _, v in ipairs(redis.call('HVALS', h[2])) do
+    local sign = 1
+    if string.sub(v, 1, 1) == '-' then
+      sign = -1
+      v = string.sub(v, 2)
+    end
+    if #v > 9 then
+      high = high + sign * tonumber(string.sub(v, 1, #v - 9))
+      v = string.sub(v, #v - 8)
+    end
+    low = low + sign * tonumber(v)
+  end
+  table.insert(out, h[1])
+  table.insert(out, h[3])
+  table.insert(out, high)
+  table.insert(out, low)
 end
 return out
 """
 
-_OPTIONS = {"prefix", "shards", "ttl", "cluster"}
+_OPTIONS = {"prefix", "shards", "ttl", "cluster", "allow_eviction"}
 # redis-py passes URL query options to its connections: those it parses itself (numbers,
 # booleans) and those whose value is a string work; these are the string ones.
 _DRIVER_TEXT_OPTIONS = {
@@ -213,12 +271,14 @@ def _check_url(url: str, query: dict[str, str]) -> bool:
     from ..config import parse_bool
 
     scheme = urlsplit(url).scheme.lower()
-    try:
-        cluster = scheme == "redis+cluster" or parse_bool(query.get("cluster", "false"))
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"Redis URL {redact_url(url)!r}: cluster={query['cluster']!r} is not accepted; {exc}"
-        ) from None
+    for name in ("cluster", "allow_eviction"):
+        try:
+            parse_bool(query.get(name, "false"))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"Redis URL {redact_url(url)!r}: {name}={query[name]!r} is not accepted; {exc}"
+            ) from None
+    cluster = scheme == "redis+cluster" or parse_bool(query.get("cluster", "false"))
     theirs = driver_url_options(tls=scheme == "rediss", cluster=cluster)
     check_url_options(url, "store", query, _OPTIONS, "redis-py", theirs)
     for name, value in query.items():
@@ -268,14 +328,15 @@ class RedisCounterStore(CounterStore):
         ttl: int = DEFAULT_TTL,
         clock: Callable[[], float] = time.time,
         description: str = "redis",
+        allow_eviction: bool = False,
     ) -> None:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisClusterException, RedisError
 
         if not prefix or not prefix.isprintable():
             raise ConfigurationError(
                 f"Redis prefix {prefix!r} is not accepted; accepted: printable text"
             )
-        if type(shards) is not int or not 1 <= shards <= 1024:
+        if type(shards) is not int or not 1 <= shards <= MAX_SHARDS:
             raise ConfigurationError(
                 f"shards={shards!r} is not accepted; accepted: an int from 1 to 1024"
             )
@@ -284,7 +345,12 @@ class RedisCounterStore(CounterStore):
                 f"ttl={ttl!r} is not accepted; accepted: an int >= {MIN_TTL} (seconds)"
             )
         self._redis = client
-        self._errors = RedisError
+        self._errors: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
+        self.allow_eviction = allow_eviction
+        self.evicted_keys = 0
+        """Keys the server evicted since this store first used it (counts may be lost)."""
+        self._evicted_at_start: int | None = None
+        self._keys: dict[tuple[str, int, str], list[str]] = {}  # the keys a read last needed
         self.prefix = prefix
         self.shards = shards
         self.ttl = ttl
@@ -306,10 +372,17 @@ class RedisCounterStore(CounterStore):
 
         Query options: ``prefix`` (default ``analytics``), ``shards`` (default 1; 16 on a
         cluster), ``ttl`` (seconds, default 7 days), ``cluster=true`` (same as
-        ``redis+cluster://``); the rest go to redis-py (e.g. ``socket_timeout``).
+        ``redis+cluster://``), ``allow_eviction=true`` (warn instead of refusing a server
+        whose ``maxmemory-policy`` may evict counters); the rest go to redis-py (e.g.
+        ``socket_timeout``). redis-py's retries are off whatever the URL says: the SDK
+        retries pushes itself, so a hung server costs one ``socket_timeout``.
         """
         import redis
+        from redis.backoff import NoBackoff
         from redis.cluster import RedisCluster
+        from redis.retry import Retry
+
+        from ..config import parse_bool
 
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
@@ -318,7 +391,9 @@ class RedisCounterStore(CounterStore):
         scheme = parts.scheme.lower()
         base_scheme = "redis" if scheme in ("redis", "redis+cluster") else "rediss"
         driver_url = urlunsplit(parts._replace(scheme=base_scheme, query=urlencode(query)))
-        kwargs: dict[str, Any] = {"decode_responses": True}
+        # No driver retries: a re-sent script may run twice (each is safe twice), and a
+        # RedisCluster retrying 10 times would block a write-through track() 11 timeouts.
+        kwargs: dict[str, Any] = {"decode_responses": True, "retry": Retry(NoBackoff(), 0)}
         if "socket_timeout" not in query:
             kwargs["socket_timeout"] = 5.0
         if "socket_connect_timeout" not in query:
@@ -341,22 +416,23 @@ class RedisCounterStore(CounterStore):
             ttl=ttl,
             clock=clock,
             description=redact_url(url),
+            allow_eviction=parse_bool(options.get("allow_eviction", "false")),
         )
 
     def __repr__(self) -> str:
         return f"RedisCounterStore({self._description!r}, prefix={self.prefix!r}, shards={self.shards})"
 
     def _check_layout(self) -> None:
-        """Adopt the shard count the prefix was created with: every client of a prefix must
-        read and claim the same shards, or counts on the others would go unflushed."""
+        """At first use: refuse a server that may evict counters, and adopt the shard count
+        the prefix was created with (every client of a prefix must read and claim the same
+        shards, or counts on the others would go unflushed)."""
         if self._layout_checked:
             return
         # The round trips run outside the lock (running them twice is harmless): a lock held
         # across the network would be inherited held by a child forked meanwhile.
-        key = f"{{{escape(self.prefix)}}}:meta"
         try:
-            self._redis.hsetnx(key, "shards", self.shards)
-            recorded = int(self._redis.hget(key, "shards"))
+            self._check_eviction_policy()
+            recorded = self._recorded_shards()
         except self._errors as exc:
             raise StoreError(f"Redis {self._description} read failed: {exc}") from exc
         with self._layout_lock:
@@ -373,17 +449,144 @@ class RedisCounterStore(CounterStore):
                 self._tags = [f"{{{escape(self.prefix)}:{s}}}" for s in range(recorded)]
             self._layout_checked = True
 
-    def _call(self, what: str, script: Any, shard: int, *args: Any) -> Any:
-        tag = self._tags[shard]
+    def _nodes(self) -> list[dict[str, Any]]:
+        """Per-command options addressing each master (one entry on a single server)."""
+        if hasattr(self._redis, "get_primaries"):
+            return [{"target_nodes": node} for node in self._redis.get_primaries()]
+        return [{}]
+
+    def _check_eviction_policy(self) -> None:
+        from redis.exceptions import ResponseError
+
+        for node in self._nodes():
+            try:
+                policy = self._redis.config_get("maxmemory-policy", **node).get("maxmemory-policy")
+            except ResponseError:  # CONFIG disabled or not allowed (managed Redis)
+                try:
+                    policy = self._redis.info("memory", **node).get("maxmemory_policy")
+                except ResponseError:
+                    policy = None
+            if policy is None:
+                logger.warning(
+                    "Redis %s: cannot read maxmemory-policy; it must be noeviction, or live "
+                    "counters may be evicted",
+                    self._description,
+                )
+            elif policy != "noeviction":
+                message = (
+                    f"Redis {self._description} has maxmemory-policy {policy}: it may evict "
+                    "live counters (they carry a TTL, so volatile-* policies evict them "
+                    "first); set maxmemory-policy noeviction"
+                )
+                if not self.allow_eviction:
+                    logger.error("%s (or allow_eviction=true to only warn)", message)
+                    raise StoreError(f"{message}, or allow_eviction=true to only warn")
+                logger.warning("%s (allowed by allow_eviction=true)", message)
+        self._evicted_at_start = self._evicted_now()
+
+    def _evicted_now(self) -> int:
+        return sum(
+            int(self._redis.info("stats", **node).get("evicted_keys", 0)) for node in self._nodes()
+        )
+
+    def _watch(self) -> None:
+        """Report keys evicted since start, and restore a shard-count key that was lost
+        (this store knows the count the prefix was created with)."""
         try:
-            return script(keys=[f"{tag}:idx"], args=[tag, *args])
+            evicted = self._evicted_now() - (self._evicted_at_start or 0)
+            meta = f"{{{escape(self.prefix)}}}:meta"
+            restored = self._redis.hsetnx(meta, "shards", self.shards)
+        except self._errors:
+            return  # the claim that follows reports the failure
+        if evicted > self.evicted_keys:
+            logger.error(
+                "Redis %s evicted %d keys since this process started: counts may be lost; "
+                "set maxmemory-policy noeviction",
+                self._description,
+                evicted,
+            )
+            self.evicted_keys = evicted
+        if restored:
+            logger.error(
+                "Redis %s: the shard-count key %s was lost (evicted or deleted); restored "
+                "shards=%d",
+                self._description,
+                meta,
+                self.shards,
+            )
+
+    def _recorded_shards(self) -> int:
+        """The prefix's shard count; fail loudly if data lies outside it, or if the count
+        was lost while shards hold data (writing a new one would strand those counts)."""
+        key = f"{{{escape(self.prefix)}}}:meta"
+        recorded = self._redis.hget(key, "shards")
+        if recorded is None:
+            used = self._shards_with_data(0)
+            if used:
+                message = (
+                    f"Redis {self._description}: the shard-count key {key} is missing while "
+                    f"shards {used[:8]} hold counts or claims: it was lost (evicted, deleted "
+                    "or flushed). Writing a new count could strand counts; restore it with "
+                    f"HSET {key} shards <the count the prefix was created with, at least "
+                    f"{used[-1] + 1}>"
+                )
+                logger.error("%s", message)
+                raise StoreError(message)
+            self._redis.hsetnx(key, "shards", self.shards)
+            recorded = self._redis.hget(key, "shards")
+        count = int(recorded)
+        stray = self._shards_with_data(count)
+        if stray:
+            message = (
+                f"Redis {self._description}: prefix {self.prefix!r} records shards={count} "
+                f"but shards {stray[:8]} hold counts or claims that no flusher would claim "
+                f"(the shard-count key {key} was lost and rewritten?); set it back with "
+                f"HSET {key} shards <the original count, at least {stray[-1] + 1}>"
+            )
+            logger.error("%s", message)
+            raise StoreError(message)
+        return count
+
+    def _shards_with_data(self, first: int) -> list[int]:
+        """Shards from ``first`` up to the maximum that hold live counters or claims."""
+        shards = range(first, MAX_SHARDS)
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in shards:
+            tag = f"{{{escape(self.prefix)}:{shard}}}"
+            pipe.exists(f"{tag}:idx", f"{tag}:claims")
+        return [shard for shard, n in zip(shards, pipe.execute(), strict=True) if n]
+
+    def _run(self, what: str, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return script(keys=keys, args=args)
         except self._errors as exc:
             raise StoreError(f"Redis {self._description} {what} failed: {exc}") from exc
 
-    def _shard_of(self, push: Push) -> int:
-        return zlib.crc32(push.id.encode()) % self.shards
+    def _call(self, what: str, script: Any, shard: int, *args: Any) -> Any:
+        tag = self._tags[shard]
+        return self._run(what, script, [f"{tag}:idx"], [tag, *args])
 
-    def push(self, push: Push) -> None:
+    def _declared(
+        self, what: str, script: Any, shard: int, base: list[str], args: list[Any]
+    ) -> list[Any]:
+        """Run a script that declares every key: with the keys it needed last time, then
+        with those it reports needing, until it runs (it writes nothing before that)."""
+        cache = (what, shard, base[-1])
+        for _ in range(10):
+            keys = [*base, *self._keys.get(cache, ())]
+            reply = self._run(what, script, keys, args)
+            if reply[0] != FOUND_KEYS:
+                return list(reply[1:])
+            if len(self._keys) > 4096:
+                self._keys.clear()  # one entry per event read: keep it bounded
+            self._keys[cache] = list(reply[1])
+        raise StoreError(f"Redis {self._description} {what}: the keys kept changing; retry")
+
+    def _shard_of(self, push: Push) -> int:
+        # By producer, not push: a producer's sequence lives in one key on one shard.
+        return zlib.crc32(push.producer.encode()) % self.shards
+
+    def push(self, push: Push) -> bool:
         self._check_layout()
         groups: dict[str, list[str]] = {}
         for (event, properties, hour), value in push.delta.hourly.items():
@@ -394,20 +597,17 @@ class RedisCounterStore(CounterStore):
             groups.setdefault(f"u:{escape(event)}", []).extend(
                 (f"{escape(user_id)}|{day}", str(value))
             )
-        args: list[Any] = [
-            push.producer,
-            push.sequence,
-            max(self.ttl, SEQUENCE_TTL),
-            self.ttl,
-            len(groups),
-        ]
+        tag = self._tags[self._shard_of(push)]
+        keys = [f"{tag}:idx", f"{tag}:seq:{push.producer}"]
+        args: list[Any] = [push.sequence, max(self.ttl, SEQUENCE_TTL), self.ttl]
         for suffix, fields in groups.items():
-            args += [suffix, len(fields) // 2, *fields]
-        self._call("push", self._lua_push, self._shard_of(push), *args)
+            keys.append(f"{tag}:live:{suffix}")
+            args += [len(fields) // 2, *fields]
+        return bool(self._run("push", self._lua_push, keys, args))
 
     def has_push(self, push: Push) -> bool:
         self._check_layout()
-        key = f"{self._tags[self._shard_of(push)]}:seq:{push.producer}"
+        key = f"{self._tags[self._shard_of(push)]}:seq:{push.producer}"  # as PUSH writes it
         try:
             last = self._redis.get(key)
         except self._errors as exc:
@@ -416,6 +616,7 @@ class RedisCounterStore(CounterStore):
 
     def claim(self) -> list[Batch]:
         self._check_layout()
+        self._watch()
         now = self._clock()
         batches: list[Batch] = []
         for shard in range(self.shards):
@@ -457,15 +658,19 @@ class RedisCounterStore(CounterStore):
         shard_text, _, _ = batch_id.partition(".")
         if not shard_text.isdigit() or int(shard_text) >= self.shards:
             return  # not one of ours: nothing to delete
-        self._call("ack", self._lua_ack, int(shard_text), batch_id)
+        tag = self._tags[int(shard_text)]
+        claim = f"{tag}:claim:{batch_id}"
+        self._declared("ack", self._lua_ack, int(shard_text), [f"{tag}:claims", claim], [batch_id])
+        self._keys.pop(("ack", int(shard_text), claim), None)
 
     def _read_pending(
         self, suffix: str, decode: Callable[[str, str], tuple[T, int] | None]
     ) -> Pending[T]:
         self._check_layout()
         pending: Pending[T] = Pending()
-        for shard in range(self.shards):
-            reply = self._call("read", self._lua_pending, shard, suffix)
+        for shard, tag in enumerate(self._tags):
+            base = [f"{tag}:claims", f"{tag}:live:{suffix}"]
+            reply = self._declared("read", self._lua_pending, shard, base, [tag, suffix])
             _add_fields(pending.live, reply[0], decode)
             for batch_id, flat in _pairs(reply[1:]):
                 _add_fields(pending.claimed.setdefault(batch_id, {}), flat, decode)  # type: ignore[arg-type]
@@ -498,13 +703,14 @@ class RedisCounterStore(CounterStore):
     def pending_event_totals(self) -> Pending[str]:
         self._check_layout()
         pending: Pending[str] = Pending()
-        for shard in range(self.shards):
-            reply = self._call("read", self._lua_event_totals, shard)
-            for i in range(0, len(reply), 3):
-                batch_id, suffix, total = reply[i : i + 3]
+        for shard, tag in enumerate(self._tags):
+            base = [f"{tag}:idx", f"{tag}:claims"]
+            reply = self._declared("read", self._lua_event_totals, shard, base, [tag])
+            for i in range(0, len(reply), 4):
+                batch_id, suffix, high, low = reply[i : i + 4]
                 target = pending.claimed.setdefault(batch_id, {}) if batch_id else pending.live
                 event = unescape(suffix[2:])
-                target[event] = target.get(event, 0) + int(total)
+                target[event] = target.get(event, 0) + int(high) * 10**9 + int(low)
         return pending
 
     def check(self) -> None:
