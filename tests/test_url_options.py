@@ -46,7 +46,9 @@ def test_a_misspelled_redis_option_is_refused_at_configure_listing_the_accepted_
         Analytics(store=f"{url}?socket_timout=2&prefix=x", background=False)
     text = str(info.value)
     assert "unknown option(s) socket_timout (did you mean socket_timeout?)" in text
-    assert "accepted: cluster, prefix, shards, ttl; and the redis-py options " in text
+    assert (
+        "accepted: allow_eviction, cluster, prefix, shards, ttl; and the redis-py options " in text
+    )
     for name in REDIS_SAMPLES:
         assert name in text
 
