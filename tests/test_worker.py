@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -171,3 +172,44 @@ def test_repeated_failures_are_logged_once_a_minute_with_the_count(
         clock.advance(60)
     assert any("flush recovered after" in r.getMessage() for r in caplog.records)
     assert sink.event_totals() == {"signup": 2}
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers (a hung Redis)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+@pytest.mark.parametrize("push_interval", [0.01, 0], ids=["buffered", "write-through"])
+def test_a_query_against_a_hung_redis_fails_after_one_timeout(
+    silent_server: int, push_interval: float
+) -> None:
+    # The scheduler thread is pushing into the hung server too: the query must not queue
+    # behind it, nor retry, so it fails after its own one socket_timeout.
+    url = f"redis://127.0.0.1:{silent_server}/0?socket_timeout=1"
+    client = Analytics(store=url, push_interval=push_interval, flusher=False)
+    client.track("e")
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="Timeout reading from"):
+        client.count("e")
+    assert time.monotonic() - started < 1.9
+    client.shutdown(timeout=1)
