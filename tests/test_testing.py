@@ -81,3 +81,91 @@ def test_the_manual_clock_example_of_the_docs() -> None:
     assert client.stats()["flushes_ok"] == 1
     assert sum(client.sink.hourly_counts("x", None, None, ()).values()) == 1
     client.shutdown()
+
+
+def create_app() -> dict[str, object]:
+    """An application factory that configures the SDK itself, as production code does."""
+    analytics.configure(
+        store="redis://127.0.0.1:1/0",
+        sink="postgresql://app@127.0.0.1:1/app",
+        prometheus_labels=["plan"],
+        flush_interval=5,
+        metrics_port=9464,
+    )
+    return {"name": "shop"}
+
+
+def test_the_fixture_sees_counts_of_an_app_that_configures_itself(
+    analytics_recorder: Recorder,
+) -> None:
+    analytics.track("before_app")
+    first = analytics_recorder.client
+    create_app()
+    client = analytics.get_client()
+    assert client is analytics_recorder.client
+    assert client is not first
+    # the app's own settings apply; the backends stay the recording's, in memory, synchronous
+    assert client.config.prometheus_labels == ("plan",)
+    assert client.config.flush_interval == 5
+    assert client.store is first.store
+    assert client.sink is first.sink
+    assert not client.scheduler.running
+    assert client.metrics_server is None
+    analytics.track("signup", user_id="u1", properties={"plan": "pro"})
+    export()
+    assert analytics_recorder.count("before_app") == 1
+    assert analytics_recorder.count("signup", properties={"plan": "pro"}) == 1
+    assert analytics_recorder.count("feature_used", properties={"feature": "export"}) == 1
+    assert [r.event for r in analytics_recorder.events] == ["before_app", "signup", "feature_used"]
+    assert analytics_recorder.flush().complete
+    assert analytics_recorder.count("before_app") == 1  # flushed once, counted once
+
+
+def test_configure_inside_recording_keeps_the_tests_clock_and_restores_everything() -> None:
+    clock = ManualClock()
+    with recording(clock=clock) as rec:
+        app_client = analytics.configure(flush_interval=5)
+        assert app_client.config.clock is clock
+        analytics.track("x")
+        assert rec.count("x") == 1
+    assert api._client is None
+    assert api._configure_hook is None
+    assert app_client.closed
+    real = analytics.configure(background=False)  # outside: a real configure again
+    assert analytics.get_client() is real
+
+
+@analytics.track_feature
+def bare_export() -> None:
+    pass
+
+
+@analytics.track_feature
+async def bare_async_export() -> int:
+    return 7
+
+
+def test_a_bare_track_feature_is_named_after_the_function(analytics_recorder: Recorder) -> None:
+    import asyncio
+
+    bare_export()
+    assert asyncio.run(bare_async_export()) == 7
+    assert bare_export.__name__ == "bare_export"  # signature and name kept
+    client = analytics_recorder.client
+
+    @client.track_feature
+    def on_the_client() -> None:
+        pass
+
+    on_the_client()
+    for name in ("bare_export", "bare_async_export", "on_the_client"):
+        assert analytics_recorder.count("feature_used", properties={"feature": name}) == 1
+
+
+def test_track_feature_without_a_usable_name_says_how_to_write_it() -> None:
+    from analytics_sdk.feature import FeatureTracker
+
+    with pytest.raises(TypeError, match=r'write @track_feature\("name"\)'):
+        analytics.track_feature(lambda: None)
+    with pytest.raises(TypeError, match=r'write @track_feature\("name"\), or a bare'):
+        FeatureTracker(bare_export, analytics.get_client)  # type: ignore[arg-type]

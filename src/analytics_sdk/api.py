@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, overload
 
 from .client import Analytics
-from .feature import FeatureTracker
+from .feature import FeatureTracker, feature_name
 from .scheduler import FlushResult
 
 __all__ = ["configure", "flush", "get_client", "shutdown", "track", "track_feature"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 _client: Analytics | None = None
 _lock = threading.Lock()
+# Set by testing.recording(): configure() called by the code under test (an app factory)
+# must not replace the recording client with one the test cannot see.
+_configure_hook: Callable[[dict[str, Any]], Analytics] | None = None
 
 
 def _after_fork_in_child() -> None:
@@ -33,7 +39,13 @@ if hasattr(os, "register_at_fork"):
 
 def configure(**settings: Any) -> Analytics:
     """Create the global client from ``settings`` (see :class:`~analytics_sdk.config.Config`)
-    and return it; a previous global client is flushed and shut down first."""
+    and return it; a previous global client is flushed and shut down first.
+
+    Inside :func:`analytics_sdk.testing.recording` (and the ``analytics_recorder`` fixture)
+    the new client keeps ``settings`` but records on the recording's memory backends."""
+    hook = _configure_hook
+    if hook is not None:
+        return hook(settings)
     client = Analytics(**settings)
     previous = set_client(client)
     if previous is not None:
@@ -77,9 +89,22 @@ def track(
     client.track(event, user_id=user_id, properties=properties, value=value, timestamp=timestamp)
 
 
-def track_feature(name: str) -> FeatureTracker:
+@overload
+def track_feature(name: str) -> FeatureTracker: ...
+
+
+@overload
+def track_feature(name: Callable[P, R]) -> Callable[P, R]: ...
+
+
+def track_feature(name: str | Callable[P, R]) -> FeatureTracker | Callable[P, R]:
     """Return a decorator / context manager that records ``feature_used`` for ``name`` on
-    whichever client is global when the feature runs."""
+    whichever client is global when the feature runs.
+
+    Bare, ``@track_feature`` over a function names the feature after the function
+    (its ``__name__``)."""
+    if callable(name) and not isinstance(name, str):
+        return FeatureTracker(feature_name(name), get_client)(name)
     return FeatureTracker(name, get_client)
 
 

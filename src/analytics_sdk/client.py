@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, tzinfo
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import process
 from .aggregator import Aggregator
@@ -15,7 +15,7 @@ from .backends.base import CounterStore, Sink
 from .config import Config
 from .errors import ConfigurationError
 from .events import MAX_VALUE, Validator, validate_timestamp, validate_value
-from .feature import FEATURE_EVENT, FeatureTracker
+from .feature import FEATURE_EVENT, FeatureTracker, feature_name
 from .keys import Properties, day_of, hour_of
 from .query import (
     QueryEngine,
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Analytics"]
 
+P = ParamSpec("P")
+R = TypeVar("R")
 logger = logging.getLogger("analytics_sdk")
 
 
@@ -176,8 +178,17 @@ class Analytics:
         self._hour_cache = (hour * 3600.0, hour * 3600.0 + 3600.0, hour)
         return hour
 
-    def track_feature(self, name: str) -> FeatureTracker:
-        """Return a decorator / context manager recording ``feature_used`` on this client."""
+    @overload
+    def track_feature(self, name: str) -> FeatureTracker: ...
+
+    @overload
+    def track_feature(self, name: Callable[P, R]) -> Callable[P, R]: ...
+
+    def track_feature(self, name: str | Callable[P, R]) -> FeatureTracker | Callable[P, R]:
+        """Return a decorator / context manager recording ``feature_used`` on this client;
+        bare, ``@client.track_feature`` names the feature after the function."""
+        if callable(name) and not isinstance(name, str):
+            return FeatureTracker(feature_name(name), lambda: self)(name)
         return FeatureTracker(name, lambda: self)
 
     def _record_feature(self, name: str, outcome: Properties, ok: bool, duration: float) -> None:

@@ -21,11 +21,22 @@ from .keys import Properties
 if TYPE_CHECKING:
     from .client import Analytics
 
-__all__ = ["FEATURE_EVENT", "FeatureTracker"]
+__all__ = ["FEATURE_EVENT", "FeatureTracker", "feature_name"]
 
 FEATURE_EVENT = "feature_used"
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def feature_name(func: Callable[..., Any]) -> str:
+    """The feature name of a bare ``@track_feature``: the function's ``__name__``."""
+    name = getattr(func, "__name__", None)
+    if not isinstance(name, str) or name == "<lambda>":
+        raise TypeError(
+            f"track_feature needs a feature name for {func!r}: write "
+            f'@track_feature("name") (a bare @track_feature takes the function\'s name)'
+        )
+    return name
 
 
 class FeatureTracker:
@@ -34,6 +45,11 @@ class FeatureTracker:
     __slots__ = ("_client", "_outcomes", "_starts", "name")
 
     def __init__(self, name: str, client: Callable[[], Analytics]) -> None:
+        if callable(name) and not isinstance(name, str):
+            raise TypeError(
+                f"track_feature got the function {name!r} where a name belongs: write "
+                f'@track_feature("name"), or a bare @track_feature to use the function\'s name'
+            )
         self.name = validate_event_name(name)
         self._client = client
         self._outcomes: dict[bool, Properties] = {

@@ -41,6 +41,10 @@ class Recorder:
     def __init__(self, client: Analytics) -> None:
         self.client = client
         self.events: list[Recorded] = []
+        self._clients = [client]
+        self._watch(client)
+
+    def _watch(self, client: Analytics) -> None:
         add = client._add
 
         def recording_add(
@@ -58,6 +62,31 @@ class Recorder:
             )
 
         client._add = recording_add
+
+    def _configure(self, settings: dict[str, Any]) -> Analytics:
+        """``configure()`` from the code under test: a client with its settings, on the
+        recording's backends and synchronous, which the recorder follows from now on."""
+        previous = self.client
+        client = Analytics(
+            **{
+                **settings,
+                "store": previous.store,
+                "sink": previous.sink,
+                "background": False,
+                "metrics_port": None,
+                "clock": previous.config.clock,  # a test's ManualClock stays in charge
+            }
+        )
+        previous.flush()  # what it buffered reaches the shared store and sink
+        self._watch(client)
+        self._clients.append(client)
+        self.client = client
+        api.set_client(client)
+        return client
+
+    def _close(self) -> None:
+        for client in self._clients:
+            client.shutdown()
 
     def count(self, event: str, **query: Any) -> int:
         """Return :meth:`Analytics.count <analytics_sdk.Analytics.count>` on the client."""
@@ -87,16 +116,23 @@ def recording(**settings: Any) -> Iterator[Recorder]:
 
     ``settings`` override the test defaults (``store="memory://"``, ``sink="memory://"``,
     ``background=False``). The previous global client is restored on exit.
+
+    ``analytics_sdk.configure(**app_settings)`` called inside the block (an app factory)
+    creates a client with those settings except ``store``, ``sink``, ``background``,
+    ``metrics_port`` and ``clock``: it records on this block's memory backends, synchronously, and the
+    recorder follows it (counts tracked before it stay visible).
     """
     settings = {"store": "memory://", "sink": "memory://", "background": False, **settings}
     client = Analytics(**settings)
     recorder = Recorder(client)
     previous = api.set_client(client)
+    hook, api._configure_hook = api._configure_hook, recorder._configure
     try:
         yield recorder
     finally:
+        api._configure_hook = hook
         api.set_client(previous)
-        client.shutdown()
+        recorder._close()
 
 
 class ManualClock(Clock):

@@ -21,7 +21,14 @@ async def sync_remote(n: int) -> int:
     return n
 
 
+@analytics.track_feature
+def bare(rows: int) -> str:
+    return str(rows)
+
+
 def check() -> None:
+    assert_type(bare(1), str)
+    bare("1")  # type: ignore[arg-type]  # the bare form keeps the signature too
     assert_type(export(1, fmt="json"), str)
     coroutine = assert_type(sync_remote(1), Coroutine[Any, Any, int])
     coroutine.close()
