@@ -232,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K=V",
         help="filter; repeatable",
     )
-    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table", help="(default table)"
+    )
     q.add_argument("--sink", help="sink URL (default: ANALYTICS_SINK)")
     q.add_argument(
         "--store", help="store URL, to include pending counts (default: ANALYTICS_STORE)"
@@ -253,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--flush-interval", type=_positive_seconds, default=10.0, help="seconds (default 10)"
     )
     w.add_argument(
-        "--shutdown-timeout", type=_positive_seconds, default=30.0, help="final flush deadline"
+        "--shutdown-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        help="seconds the final flush may take when the worker stops (default 30)",
     )
     return parser
 

@@ -80,6 +80,7 @@ class Analytics:
         self._enter_hour(self._now())
         self.closed = False
         self._warned_after_shutdown = False
+        self._warned_incomplete: FlushResult | None = None
         process.register(self)
         if self.config.background:
             self.scheduler.start()
@@ -236,7 +237,10 @@ class Analytics:
             if self.metrics_server is not None:
                 self.metrics_server.close()
         if not result.complete:
-            logger.warning("shutdown flush incomplete: %s", result)
+            # the exit hook shuts down again: the same failure is not news the second time
+            repeated = result == self._warned_incomplete
+            (logger.debug if repeated else logger.warning)("shutdown flush incomplete: %s", result)
+            self._warned_incomplete = result
         return result
 
     def stats(self) -> dict[str, float | int | None]:

@@ -338,7 +338,15 @@ class MetricsServer:
     """A ``/metrics`` and ``/healthz`` HTTP server on a daemon thread."""
 
     def __init__(self, app: Callable[..., Any], port: int, addr: str = "127.0.0.1") -> None:
-        self._server = make_server(addr, port, app, _ThreadingServer, handler_class=_QuietHandler)
+        try:
+            self._server = make_server(
+                addr, port, app, _ThreadingServer, handler_class=_QuietHandler
+            )
+        except OSError as exc:  # the bare errno text names no address
+            where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+            raise OSError(
+                exc.errno, f"cannot serve /metrics on {where}: {exc.strerror or exc}"
+            ) from exc
         self._pid = os.getpid()  # the process whose thread serves
         host, self.port = self._server.server_address[:2]
         self.addr = host.decode() if isinstance(host, bytes) else host

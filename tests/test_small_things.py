@@ -1,0 +1,141 @@
+"""The small things a newcomer meets: messages that name what they are about, one warning
+per problem, a README that says what the numbers and the test command mean."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from analytics_sdk.cli import build_parser, main
+from analytics_sdk.prometheus import start_http_server
+
+from .utils import redis_and_postgres
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_busy_metrics_port_names_the_address() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"cannot serve /metrics on 127\.0\.0\.1:{port}: "):
+            start_http_server(port)
+
+
+def test_the_worker_on_a_busy_port_says_which(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as info:
+            main(
+                [
+                    "worker",
+                    "--store",
+                    "memory://",
+                    "--sink",
+                    "memory://",
+                    "--metrics-addr",
+                    f"127.0.0.1:{port}",
+                ]
+            )
+    assert info.value.code == 1
+    assert f"cannot serve /metrics on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_every_cli_option_with_a_default_shows_it() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [
+        f"{name} {action.option_strings[0]}"
+        for name, command in commands.items()
+        for action in command._actions
+        if action.option_strings
+        and action.default not in (None, False, [], argparse.SUPPRESS)
+        and "default" not in (action.help or "")
+    ]
+    assert missing == []
+    assert "(default 30)" in commands["worker"].format_help()
+
+
+def run_script(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+def test_a_failed_shutdown_warns_once_not_again_at_exit() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: connections are refused
+    done = run_script(
+        f"""
+        import logging
+        import analytics_sdk as analytics
+        logging.basicConfig(level=logging.WARNING)
+        analytics.configure(
+            store="redis://127.0.0.1:{port}/0?socket_connect_timeout=0.5", shutdown_timeout=1
+        )
+        analytics.track("signup")
+        assert not analytics.shutdown().complete
+        """
+    )
+    assert done.stderr.count("shutdown flush incomplete") == 1, done.stderr
+
+
+def test_a_successful_shutdown_leaves_nothing_to_say_at_exit() -> None:
+    with redis_and_postgres("exitmsg") as (store, sink):
+        done = run_script(
+            f"""
+            import logging
+            import analytics_sdk as analytics
+            logging.basicConfig(level=logging.WARNING)
+            analytics.configure(store={store!r}, sink={sink!r})
+            analytics.track("signup")
+            result = analytics.shutdown()
+            assert result.complete and result.flushed == 1, result
+            """
+        )
+    assert done.stderr == ""
+
+
+def test_the_demo_reports_the_real_track_rate_and_says_what_its_own_rate_is(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from analytics_sdk.demo import track_rate
+
+    assert track_rate(calls=1000) > 0
+    assert main(["demo", "--seconds", "0.5", "--threads", "2", "--users", "10"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"track\(\) alone +[\d,]+ calls/s on one thread \([\d.]+ µs per call", out)
+    assert "the rate above is the simulated application's" in out
+
+
+def test_the_readme_promises_no_rate_the_demo_contradicts() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "millions of calls per second" not in readme
+    assert "half a\nmicrosecond per call" in readme
+
+
+def test_the_readme_documents_every_variable_the_tests_read() -> None:
+    readme = (ROOT / "README.md").read_text()
+    read = set()
+    for path in (ROOT / "tests").glob("*.py"):
+        read |= set(re.findall(r"\"(ANALYTICS_(?:TEST_\w+|REQUIRE_SERVICES))\"", path.read_text()))
+    assert {"ANALYTICS_TEST_REDIS_URL", "ANALYTICS_TEST_POSTGRES_URL"} <= read
+    for variable in read:
+        assert f"`{variable}`" in readme, variable
+    assert "`redis://127.0.0.1:6379/0`" in readme
+    assert "`postgresql://postgres@127.0.0.1:5432/test`" in readme
