@@ -139,3 +139,22 @@ def test_the_readme_documents_every_variable_the_tests_read() -> None:
         assert f"`{variable}`" in readme, variable
     assert "`redis://127.0.0.1:6379/0`" in readme
     assert "`postgresql://postgres@127.0.0.1:5432/test`" in readme
+
+
+def test_every_troubleshooting_entry_has_a_cause_and_a_fix() -> None:
+    page = (ROOT / "docs" / "troubleshooting.md").read_text()
+    assert "troubleshooting.md" in (ROOT / "mkdocs.yml").read_text()
+    entries = re.split(r"^### ", page, flags=re.M)[1:]
+    assert len(entries) >= 20
+    for entry in entries:
+        title = entry.splitlines()[0]
+        assert "**Cause.**" in entry, title
+        assert "**Fix.**" in entry, title
+    for message in (
+        "unknown option(s)",
+        "is not accepted; accepted:",
+        "cannot serve /metrics on",
+        "shutdown flush incomplete",
+        "analytics-sdk-exact[redis]",
+    ):
+        assert message in page, message
