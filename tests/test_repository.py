@@ -60,7 +60,10 @@ def test_every_install_line_and_command_in_the_docs_uses_the_distribution_name()
                 for target in match.group(1).split():
                     if target.startswith("-") or target in (".", '".[dev]"'):
                         continue
-                    assert re.fullmatch(rf'"?{DISTRIBUTION}(\[[a-z,]+\])?"?', target), (page, line)
+                    assert re.fullmatch(rf"[\"']?{DISTRIBUTION}(\[[a-z,]+\])?[\"']?", target), (
+                        page,
+                        line,
+                    )
             for match in re.finditer(
                 r"(?<![\w./-])(analytics-sdk[\w-]*) (demo|migrate|query|worker)", line
             ):
