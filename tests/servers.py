@@ -26,11 +26,13 @@ def redis_answers(url: str = REDIS_URL) -> bool:
         import redis
     except ImportError:
         return False
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
         return bool(client.ping())
     except redis.RedisError:
         return False
+    finally:
+        client.close()
 
 
 def _is_free(port: int) -> bool:

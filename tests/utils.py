@@ -45,7 +45,7 @@ def postgres_url_or_skip() -> str:
     try:
         import psycopg
 
-        with psycopg.connect(POSTGRES_URL, connect_timeout=2) as conn:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
     except Exception as exc:
         skip_or_fail(f"no PostgreSQL server answers at {POSTGRES_URL}: {exc}")
