@@ -607,6 +607,28 @@ def test_the_policy_is_read_from_info_when_config_is_disabled() -> None:
         started.__exit__(None, None, None)
 
 
+def test_a_policy_that_cannot_be_read_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from .utils import skip_or_fail
+
+    try:
+        started = redis_server("--rename-command", "CONFIG", "", "--rename-command", "INFO", "")
+        url = started.__enter__()
+    except (RuntimeError, OSError) as exc:
+        skip_or_fail(f"cannot start a redis-server: {exc}")
+        raise
+    try:
+        store = RedisCounterStore.from_url(f"{url}?prefix=locked")
+        assert push(store, 3) is not None
+        assert store.pending_hourly("e", None, None, ()).live == {H: 3}
+        assert "cannot read maxmemory-policy" in caplog.text
+        [batch] = store.claim()  # reads evicted_keys where it can; here it cannot
+        store.ack(batch.id)
+        assert store.evicted_keys == 0
+        store.close()
+    finally:
+        started.__exit__(None, None, None)
+
+
 def test_evicted_keys_are_reported(caplog: pytest.LogCaptureFixture) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 

@@ -28,6 +28,7 @@ retries pushes itself, with backoff, so a hung node costs one ``socket_timeout``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -459,13 +460,13 @@ class RedisCounterStore(CounterStore):
         from redis.exceptions import ResponseError
 
         for node in self._nodes():
-            try:
+            policy = None
+            # CONFIG may be disabled or not allowed (managed Redis): then INFO says it.
+            with contextlib.suppress(ResponseError):
                 policy = self._redis.config_get("maxmemory-policy", **node).get("maxmemory-policy")
-            except ResponseError:  # CONFIG disabled or not allowed (managed Redis)
-                try:
+            if policy is None:
+                with contextlib.suppress(ResponseError):
                     policy = self._redis.info("memory", **node).get("maxmemory_policy")
-                except ResponseError:
-                    policy = None
             if policy is None:
                 logger.warning(
                     "Redis %s: cannot read maxmemory-policy; it must be noeviction, or live "
@@ -485,9 +486,13 @@ class RedisCounterStore(CounterStore):
         self._evicted_at_start = self._evicted_now()
 
     def _evicted_now(self) -> int:
-        return sum(
-            int(self._redis.info("stats", **node).get("evicted_keys", 0)) for node in self._nodes()
-        )
+        from redis.exceptions import ResponseError
+
+        evicted = 0
+        for node in self._nodes():
+            with contextlib.suppress(ResponseError):  # INFO disabled: nothing to report
+                evicted += int(self._redis.info("stats", **node).get("evicted_keys", 0))
+        return evicted
 
     def _watch(self) -> None:
         """Report keys evicted since start, and restore a shard-count key that was lost
