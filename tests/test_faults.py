@@ -250,3 +250,96 @@ def test_concurrent_flushers(
     assert all(s["flushes_failed"] == 0 for s in stats), stats
     assert sum(1 for s in stats if s["counts_flushed"] > 0) >= 2, json.dumps(stats)
     assert _deadlocks() == deadlocks_before
+
+
+def test_cluster_lost_replies_driver_retries_and_slot_migrations_mixed() -> None:
+    """Producers on a real 3-master cluster while replies are lost (some clients let
+    RedisCluster re-send, the SDK's own clients never do) and the slots of every shard
+    migrate key by key: the sink ends with exactly what was tracked."""
+    from redis.cluster import RedisCluster
+    from redis.crc import key_slot
+
+    from analytics_sdk.testing import ManualClock
+
+    from .servers import cluster
+    from .utils import drop_schema, skip_or_fail, unique_name
+
+    pg_url = postgres_url_or_skip()
+    try:
+        started = cluster(3, proxied=True)
+        nodes = started.__enter__()
+    except (RuntimeError, OSError) as exc:
+        skip_or_fail(f"cannot start a Redis Cluster: {exc}")
+        raise
+    prefix, schema = unique_name("fault"), unique_name("fault")
+    store_url = f"{nodes.url}?prefix={prefix}&shards=4&socket_timeout=2"
+    sink_url = f"{pg_url}?schema={schema}"
+    rng = random.Random(8)
+    clock = ManualClock()
+    clients: list[Analytics] = []
+    try:
+        for n in range(4):
+            if n % 2:  # built by the application: the driver re-sends after a lost reply
+                driver = RedisCluster.from_url(
+                    nodes.url.replace("redis+cluster://", "redis://"), decode_responses=True
+                )
+                store: object = RedisCounterStore(driver, prefix=prefix, shards=4)
+            else:
+                store = store_url
+            clients.append(
+                Analytics(
+                    store=store,
+                    sink=sink_url,
+                    clock=clock,
+                    background=False,
+                    flusher=n == 0,
+                    claim_lease=60,
+                )
+            )
+        truth: Counter[str] = Counter()
+        slots = sorted({int(key_slot(f"{{{prefix}:{s}}}:idx".encode())) for s in range(4)})
+        migrations = []
+        for round_ in range(60):
+            for client in clients:
+                for _ in range(rng.randrange(1, 6)):
+                    event = rng.choice(EVENTS)
+                    value = rng.randrange(1, 4)
+                    client.track(event, value=value, user_id=f"u{rng.randrange(5)}")
+                    truth[event] += value
+            if round_ % 15 == 5 and slots:  # a slot starts moving
+                migration = nodes.migration(slots.pop())
+                migration.begin()
+                migrations.append(migration)
+            for migration in migrations:
+                keys = migration.remaining()
+                if keys:
+                    migration.move(keys[: rng.randrange(1, 3)])
+            if round_ % 15 == 12:  # the oldest migration completes
+                for migration in migrations:
+                    migration.finish()
+                migrations = []
+            if rng.random() < 0.3:
+                rng.choice(list(nodes.proxies.values())).lose_next_reply = True
+            for client in rng.sample(clients, len(clients)):
+                client.flush(timeout=30)
+            clock.advance(1)
+        for migration in migrations:
+            migration.finish()
+        for proxy in nodes.proxies.values():
+            proxy.lose_next_reply = False
+        for _ in range(10):
+            clock.advance(61)  # past the lease: orphans of lost claim replies are re-applied
+            results = [c.flush(timeout=30) for c in clients]
+            if all(r.complete for r in results) and store_is_empty(store_url):
+                break
+        hourly, _ = sink_totals(sink_url, EVENTS)
+        flushed: Counter[str] = Counter()
+        for key, n in hourly.items():
+            flushed[json.loads(key)[0]] += n
+        assert flushed == truth  # 0 lost, 0 double
+        assert sum(c.stats()["counts_pushed"] for c in clients) == sum(truth.values())
+    finally:
+        for client in clients:
+            client.shutdown(timeout=5)
+        started.__exit__(None, None, None)
+        drop_schema(pg_url, schema)

@@ -252,7 +252,8 @@ def test_from_url_turns_driver_retries_off_so_a_lost_reply_is_sent_once(
             push(store, 5, sequence=2)
         assert proxy.sent(b"EVALSHA") == sent + 1  # one attempt: the driver did not re-send
         assert store.pending_hourly("e", None, None, ()).live == {H: 6}  # it did run
-        assert push(store, 5, sequence=2) is not None  # the SDK's retry: a no-op
+        retry = Push(producer="p", sequence=2, delta=Delta(hourly={("e", (), H): 5}))
+        assert store.push(retry) is False  # the SDK's retry: applied before, a no-op now
         assert store.pending_hourly("e", None, None, ()).live == {H: 6}
     finally:
         store.close()
@@ -277,8 +278,16 @@ def test_every_script_is_safe_when_the_driver_sends_it_twice(proxy: Proxy, prefi
         push(store, 1, sequence=1)
         for sequence in (2, 3):
             proxy.lose_next_reply = True
-            push(store, 5, sequence=sequence)  # applied, reply lost, re-sent: skipped
+            p = Push(
+                producer="p",
+                sequence=sequence,
+                delta=Delta(hourly={("e", (), H): 5}, users={("e", "u", H // 24): 5}),
+            )
+            # Applied, reply lost, re-sent by the driver: skipped, and still reported as
+            # applied by this call (the caller never saw the first reply).
+            assert store.push(p) is True
             assert proxy.lose_next_reply is False
+            assert store.push(p) is False  # a retry of the caller's own: applied before
         assert store.pending_hourly("e", None, None, ()).live == {H: 11}
         assert store.pending_users("e", None, None, None).live == {"u": 11}
         proxy.lose_next_reply = True
@@ -532,6 +541,13 @@ def test_push_reports_whether_it_was_applied(redis_url: str, prefix: str) -> Non
     assert store.push(p) is False
     assert store.push(Push(producer="p", sequence=2, delta=p.delta)) is True
     assert store.pending_hourly("e", None, None, ()).live == {H: 4}
+    # A sequence key written by an earlier version holds the bare sequence.
+    old = Push(producer="old", sequence=5, delta=p.delta)
+    store._redis.set(f"{store._tags[store._shard_of(old)]}:seq:old", "5")
+    assert store.has_push(old)
+    assert store.push(old) is False
+    assert store.push(Push(producer="old", sequence=6, delta=p.delta)) is True
+    assert store.pending_hourly("e", None, None, ()).live == {H: 6}
 
 
 # -- eviction: refuse a server that may evict counters, detect a lost shard count ------------

@@ -69,13 +69,24 @@ MAX_SHARDS = 1024
 FOUND_KEYS = 0
 """First element of a script's reply that ran nothing: the rest are the keys it needs."""
 
-# KEYS: {tag}:idx, {tag}:seq:<producer>, then the live hashes. ARGV: sequence, sequence ttl,
-# live ttl, then per live hash (in KEYS order): field count, field, delta, field, delta...
+# KEYS: {tag}:idx, {tag}:seq:<producer>, then the live hashes. ARGV: sequence, attempt (a
+# token per call of push()), sequence ttl, live ttl, then per live hash (in KEYS order):
+# field count, field, delta, field, delta... The sequence key holds "<sequence>:<attempt>"
+# (or, written by earlier versions, "<sequence>"). Returns 1 if this attempt applied the
+# push (also when the driver re-sent it after a lost reply), 0 if an earlier one did.
 PUSH = """
-local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
-if tonumber(ARGV[1]) <= last then return 0 end
-local ttl = tonumber(ARGV[3])
-local i = 4
+local seq = tonumber(ARGV[1])
+local current = redis.call('GET', KEYS[2])
+if current then
+  local colon = string.find(current, ':', 1, true)
+  local last = tonumber(colon and string.sub(current, 1, colon - 1) or current)
+  if seq <= last then
+    if seq == last and colon and string.sub(current, colon + 1) == ARGV[2] then return 1 end
+    return 0
+  end
+end
+local ttl = tonumber(ARGV[4])
+local i = 5
 for k = 3, #KEYS do
   local key = KEYS[k]
   local n = tonumber(ARGV[i])
@@ -90,7 +101,7 @@ for k = 3, #KEYS do
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 -- Last: a script stopped before this line left no mark that would skip its retry.
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[3])
 return 1
 """
 
@@ -604,7 +615,8 @@ class RedisCounterStore(CounterStore):
             )
         tag = self._tags[self._shard_of(push)]
         keys = [f"{tag}:idx", f"{tag}:seq:{push.producer}"]
-        args: list[Any] = [push.sequence, max(self.ttl, SEQUENCE_TTL), self.ttl]
+        attempt = uuid.uuid4().hex[:12]  # tells the driver's re-send of this call from others
+        args: list[Any] = [push.sequence, attempt, max(self.ttl, SEQUENCE_TTL), self.ttl]
         for suffix, fields in groups.items():
             keys.append(f"{tag}:live:{suffix}")
             args += [len(fields) // 2, *fields]
@@ -617,7 +629,7 @@ class RedisCounterStore(CounterStore):
             last = self._redis.get(key)
         except self._errors as exc:
             raise StoreError(f"Redis {self._description} read failed: {exc}") from exc
-        return last is not None and push.sequence <= int(last)
+        return last is not None and push.sequence <= int(last.partition(":")[0])
 
     def claim(self) -> list[Batch]:
         self._check_layout()
