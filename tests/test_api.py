@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
+import sys
 from enum import Enum
 from typing import get_type_hints
 
 import pytest
 
 import analytics_sdk as analytics
-from analytics_sdk import api
 from analytics_sdk.testing import Recorder
 
 
@@ -19,7 +20,16 @@ class EventType(str, Enum):
 
 
 def test_import_creates_no_client() -> None:
-    assert api._client is None
+    # A fresh interpreter: in this one the test fixtures reset the global client anyway.
+    probe = (
+        "import threading, analytics_sdk, analytics_sdk.api as api; "
+        "from analytics_sdk import process; "
+        "print(api._client is None, len(process._CLIENTS), threading.active_count())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["True", "0", "1"]
 
 
 def test_get_client_creates_the_default_from_the_environment(
@@ -193,29 +203,64 @@ def test_counts_tracked_during_and_after_shutdown_are_not_lost(
 ) -> None:
     import threading
 
-    client = analytics.Analytics(push_interval=0.01, flush_interval=0.05)
-    stop = threading.Event()
-    tracked = [0] * 4
+    from analytics_sdk.backends import MemoryCounterStore, MemorySink
+    from analytics_sdk.process import _shutdown_all
+    from analytics_sdk.testing import ManualClock
 
-    def work(n: int) -> None:
-        while not stop.is_set():
-            client.track("x")
-            tracked[n] += 1
+    from .faults import BLOCK_LIMIT, Faults
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    import time
+    clock = ManualClock()
+    store, sink = MemoryCounterStore(clock=clock.time), MemorySink(clock=clock.time)
+    faults = Faults(store)
+    client = analytics.Analytics(
+        store=store, sink=sink, clock=clock, push_interval=1, flush_interval=10
+    )
+    client.track("x", value=1)
+    final_apply = Faults(sink).block("apply")
+    results: list[analytics.FlushResult] = []
+    shutting = threading.Thread(target=lambda: results.append(client.shutdown(timeout=BLOCK_LIMIT)))
+    shutting.start()
+    try:
+        assert final_apply.entered.wait(BLOCK_LIMIT)  # the final flush pushed, now applies
+        client.track("x", value=2)  # tracked while the final flush runs: left in the buffer
+    finally:
+        final_apply.release.set()
+        shutting.join(BLOCK_LIMIT)
+    assert not shutting.is_alive()
+    [result] = results
+    assert not client.scheduler.running
+    # shutdown() flushed a second time, in its caller, once the thread had stopped.
+    assert result.complete, result
+    assert (result.pushed, result.flushed) == (3, 3)
+    assert faults.calls["push"] == 2
+    assert sum(client.sink.hourly_counts("x", None, None, ()).values()) == 3
+    client.track("x", value=4)  # after shutdown(): pushed from this thread
+    assert faults.calls["push"] == 3
+    assert sum("after shutdown()" in r.getMessage() for r in caplog.records) == 1
+    _shutdown_all()  # the interpreter's exit hook flushes what was pushed late
+    assert sum(client.sink.hourly_counts("x", None, None, ()).values()) == 7
 
-    time.sleep(0.1)
-    client.shutdown(timeout=5)  # while four threads keep tracking
-    time.sleep(0.1)
-    stop.set()
-    for t in threads:
-        t.join()
+
+def test_the_exit_hook_carries_on_after_one_client_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from analytics_sdk.process import _shutdown_all
 
-    _shutdown_all()  # the interpreter's exit hook
-    durable = sum(client.sink.hourly_counts("x", None, None, ()).values())
-    assert durable == sum(tracked)
-    assert sum("after shutdown()" in r.getMessage() for r in caplog.records) == 1
+    broken = analytics.Analytics(background=False)
+    healthy = analytics.Analytics(background=False)
+    healthy.track("x", value=5)
+
+    def fail(timeout: float | None = None) -> analytics.FlushResult:
+        raise RuntimeError("a bug in shutdown")
+
+    broken.shutdown = fail  # type: ignore[method-assign]
+    try:
+        _shutdown_all()
+        assert sum(healthy.sink.hourly_counts("x", None, None, ()).values()) == 5
+        assert healthy.closed
+        [record] = [r for r in caplog.records if r.exc_info is not None]
+        assert record.getMessage() == "analytics shutdown at exit failed"
+        assert "a bug in shutdown" in str(record.exc_info[1])
+    finally:
+        del broken.shutdown
+        broken.shutdown()

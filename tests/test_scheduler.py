@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import pairwise
+from typing import TypeVar
 
 import pytest
 
@@ -14,7 +15,9 @@ from analytics_sdk import Analytics
 from analytics_sdk.backends import MemoryCounterStore, MemorySink
 from analytics_sdk.testing import ManualClock
 
-from .faults import FaultySink, FaultyStore
+from .faults import BLOCK_LIMIT, Faults, FaultySink, FaultyStore
+
+T = TypeVar("T")
 
 
 def pending(client: Analytics, event: str = "x") -> int:
@@ -169,22 +172,98 @@ def test_orphaned_claims_of_a_dead_flusher_are_applied_after_the_lease(clock: Ma
         assert store.claimed() == []
 
 
+def returns_while_blocked(call: Callable[[], T], blocked: threading.Event) -> T:
+    """Run ``call`` in a thread; fail unless it returns while ``blocked`` is still clear.
+
+    The backend is released only after the check, so a call that waited for it could not
+    return in time: the bound is a limit on a hang, not a measure of speed.
+    """
+    results: list[T] = []
+    thread = threading.Thread(target=lambda: results.append(call()))
+    thread.start()
+    thread.join(BLOCK_LIMIT / 2)
+    assert not thread.is_alive(), "the call waited for a backend that never answered"
+    assert not blocked.is_set(), "the backend was released before the call returned"
+    return results[0]
+
+
 def test_flush_and_shutdown_honour_their_deadline_while_a_backend_hangs(
     client: Analytics, store: FaultyStore
 ) -> None:
     client.track("x", value=9)
     store.gate.clear()  # the next push hangs
-    started = time.monotonic()
-    result = client.flush(timeout=0.2)
+    result = returns_while_blocked(lambda: client.flush(timeout=0.2), store.gate)
     assert result.timed_out
     assert "within 0.2 s" in (result.error or "")
-    shut = client.shutdown(timeout=0.2)
+    shut = returns_while_blocked(lambda: client.shutdown(timeout=0.2), store.gate)
     assert shut.timed_out
-    assert time.monotonic() - started < 3  # two 0.2 s deadlines, not a hang
+    assert not shut.complete
     store.gate.set()
     # The counts were never lost: the outbox is pushed once the backend answers.
     assert client.flush(timeout=5).complete
     assert durable(client) == 9
+
+
+@pytest.fixture
+def synchronous(clock: ManualClock) -> Iterator[tuple[Analytics, Faults, Faults]]:
+    """A client without a thread (flush() runs in the caller), faults on store and sink."""
+    store, sink = MemoryCounterStore(clock=clock.time), MemorySink(clock=clock.time)
+    with Analytics(store=store, sink=sink, clock=clock, background=False, claim_lease=30) as c:
+        yield c, Faults(store), Faults(sink)
+
+
+def test_a_deadline_passing_during_the_push_stops_the_flush_before_the_claim(
+    synchronous: tuple[Analytics, Faults, Faults], clock: ManualClock
+) -> None:
+    client, store, _ = synchronous
+    client.track("x", value=3)
+    store.then("push", lambda: clock.advance(10))  # the push takes 10 s of a 5 s deadline
+    result = client.flush(timeout=5)
+    assert (result.timed_out, result.complete, result.flushed) == (True, False, 0)
+    assert store.calls["claim"] == 0
+    assert (pending(client), durable(client)) == (3, 0)
+    assert client.flush(timeout=5).complete
+    assert (pending(client), durable(client), client.count("x")) == (0, 3, 3)
+
+
+def test_a_deadline_passing_between_batches_leaves_the_rest_to_the_next_flush(
+    synchronous: tuple[Analytics, Faults, Faults], clock: ManualClock
+) -> None:
+    client, _, sink = synchronous
+    client.track("x", value=2)
+    client.scheduler.push()
+    client.store.claim()  # a flusher that died: its claim is applied after the lease
+    clock.advance(31)
+    client.track("x", value=5)
+    sink.then("apply", lambda: clock.advance(10))  # the first batch takes the whole deadline
+    result = client.flush(timeout=5)
+    assert (result.timed_out, result.complete) == (True, False)
+    assert sink.calls["apply"] == 1
+    assert (pending(client), durable(client), client.count("x")) == (5, 2, 7)
+    again = client.flush(timeout=5)  # our own claim: applied at once, no lease to wait for
+    assert again.complete, again
+    assert (pending(client), durable(client), client.count("x")) == (0, 7, 7)
+
+
+def test_a_flush_waiting_for_a_lock_stops_at_its_deadline(
+    synchronous: tuple[Analytics, Faults, Faults],
+) -> None:
+    client, store, _ = synchronous
+    client.track("x", value=4)
+    hung = store.block("push")
+    first = threading.Thread(target=client.flush, kwargs={"timeout": BLOCK_LIMIT})
+    first.start()
+    try:
+        assert hung.entered.wait(BLOCK_LIMIT)  # the first flush holds the push lock
+        released = threading.Event()
+        result = returns_while_blocked(lambda: client.flush(timeout=0.05), released)
+        assert (result.timed_out, result.pushed, result.complete) == (True, 0, False)
+    finally:
+        hung.release.set()
+        first.join(BLOCK_LIMIT)
+    assert not first.is_alive()
+    assert client.flush().complete
+    assert (durable(client), client.count("x")) == (4, 4)
 
 
 def test_the_scheduler_thread_survives_unexpected_errors(
@@ -192,66 +271,102 @@ def test_the_scheduler_thread_survives_unexpected_errors(
 ) -> None:
     calls = []
 
+    def broken(moved: tuple[int, int], seconds: float) -> None:  # not a backend error
+        calls.append(moved)
+        raise RuntimeError("bug in an on_flush callback")
+
+    client.scheduler.on_flush = broken
+    client.track("x", value=2)
+    clock.advance(10)  # the timer flushes, then the callback raises on the thread
+    assert calls == [(2, 1)]
+    assert client.scheduler.running
+    [record] = [r for r in caplog.records if r.exc_info is not None]
+    assert record.getMessage() == "unexpected error in the analytics scheduler"
+    assert "bug in an on_flush callback" in str(record.exc_info[1])
+    client.scheduler.on_flush = None
+    client.track("x", value=3)
+    clock.advance(10)  # the thread goes on moving counts
+    assert (pending(client), durable(client)) == (0, 5)
+
+
+def test_a_foreign_error_from_a_store_is_a_failed_flush_and_retried(
+    client: Analytics, clock: ManualClock
+) -> None:
+    claim = client.store.claim
+    calls = []
+
     def broken() -> list:  # type: ignore[type-arg]
         calls.append(1)
-        raise RuntimeError("bug in a third-party store")
+        if len(calls) == 1:
+            raise RuntimeError("bug in a third-party store")
+        return claim()
 
     client.store.claim = broken  # type: ignore[method-assign]
     client.track("x")
     clock.advance(10)
-    assert calls
+    assert calls == [1]
     assert client.scheduler.running
     assert client.stats()["flushes_failed"] == 1
+    assert durable(client) == 0
+    clock.advance(client.scheduler.next_flush - clock.monotonic())  # the backoff retry
+    assert calls == [1, 1]
+    assert (durable(client), client.stats()["flushes_ok"]) == (1, 1)
 
 
 def test_a_full_buffer_triggers_an_early_push(clock: ManualClock) -> None:
     with Analytics(clock=clock, max_buffered_keys=4, push_interval=60, flush_interval=600) as c:
-        pushed = threading.Event()
-        original = c.store.push
-
-        def watch(p):  # type: ignore[no-untyped-def]
-            original(p)
-            pushed.set()
-
-        c.store.push = watch  # type: ignore[method-assign]
-        for n in range(10):
+        faults = Faults(c.store)
+        for n in range(4):
             c.track(f"e{n}")
-        assert pushed.wait(5), "no early push"
+        clock.advance(0)  # nothing due: the thread sleeps on
+        assert faults.calls["push"] == 0
+        c.track("e4")  # no room: dropped, and the thread is asked to push now
+        clock.advance(0)  # no time passes; advance() returns once the thread went back to sleep
+        assert faults.calls["push"] == 1
+        assert c.stats()["dropped"] == 1
+        assert c.stats()["buffered_keys"] == 0
+        live = {
+            n: sum(c.store.pending_hourly(f"e{n}", None, None, ()).live.values()) for n in range(5)
+        }
+        assert live == {0: 1, 1: 1, 2: 1, 3: 1, 4: 0}
+        c.track("e4")  # room again after the push
+        assert c.count("e4") == 1
 
 
 def test_write_through_never_waits_for_a_flush_or_a_push_in_progress(clock: ManualClock) -> None:
-    store, sink = FaultyStore(clock=clock.time), FaultySink(clock=clock.time)
-    entered, release = threading.Event(), threading.Event()
-    apply = sink.apply
-
-    def slow_apply(batch):  # type: ignore[no-untyped-def]
-        entered.set()
-        release.wait(10)
-        return apply(batch)
-
-    sink.apply = slow_apply  # type: ignore[method-assign]
+    store, sink = MemoryCounterStore(clock=clock.time), MemorySink(clock=clock.time)
+    stores, sinks = Faults(store), Faults(sink)
+    applying = sinks.block("apply")
     with Analytics(store=store, sink=sink, clock=clock, push_interval=0, background=False) as c:
         c.track("x")
-        flusher = threading.Thread(target=c.flush)
+        flusher = threading.Thread(target=c.flush, kwargs={"timeout": BLOCK_LIMIT})
         flusher.start()
-        assert entered.wait(5)  # a flush is applying (slowly) to the sink
-        started = time.monotonic()
-        c.track("x", value=2)  # write-through: pushes without waiting for the flush
-        assert time.monotonic() - started < 1
-        assert sum(c.store.pending_hourly("x", None, None, ()).live.values()) == 2
-        store.gate.clear()  # now a push hangs in another thread
-        pusher = threading.Thread(target=c.track, args=("x",))
-        pusher.start()
-        time.sleep(0.2)
-        started = time.monotonic()
-        c.track("x", value=4)  # the push lock is taken: buffered, not waiting
-        assert time.monotonic() - started < 1
-        store.gate.set()
-        release.set()
-        pusher.join(5)
-        flusher.join(5)
+        pusher = None
+        try:
+            assert applying.entered.wait(BLOCK_LIMIT)  # a flush holds the flush lock
+            # Write-through pushes without waiting for the flush.
+            returns_while_blocked(lambda: c.track("x", value=2), applying.release)
+            assert stores.calls["push"] == 2
+            assert sum(store.pending_hourly("x", None, None, ()).live.values()) == 2
+            pushing = stores.block("push")
+            pusher = threading.Thread(target=c.track, args=("x",))
+            pusher.start()
+            assert pushing.entered.wait(BLOCK_LIMIT)  # a push holds the push lock
+            # The push lock is taken: buffered, not waiting.
+            returns_while_blocked(lambda: c.track("x", value=4), pushing.release)
+            assert stores.calls["push"] == 3
+        finally:
+            sinks.release_all()
+            stores.release_all()
+            flusher.join(BLOCK_LIMIT)
+            if pusher is not None:
+                pusher.join(BLOCK_LIMIT)
+        assert not flusher.is_alive()
+        assert pusher is not None
+        assert not pusher.is_alive()
         assert c.flush().complete
         assert c.count("x") == 8
+        assert sum(sink.hourly_counts("x", None, None, ()).values()) == 8
 
 
 def test_a_logging_handler_that_tracks_cannot_deadlock_the_scheduler(clock: ManualClock) -> None:
@@ -305,3 +420,121 @@ def test_a_claim_of_ours_applied_by_another_flusher_is_forgotten(clock: ManualCl
         assert result.complete, result  # a no longer waits for a claim that is gone
         assert result.flushed == 0
         assert sum(sink.hourly_counts("x", None, None, ()).values()) == 3
+
+
+# -- each step of the flush failing ----------------------------------------------------------
+
+
+def test_an_ack_failing_after_the_commit_counts_once(
+    synchronous: tuple[Analytics, Faults, Faults],
+) -> None:
+    client, store, sink = synchronous
+    client.track("x", value=6, user_id="u")
+    store.fail("ack")
+    result = client.flush()
+    assert "ack call 1 failed" in (result.error or "")
+    assert (result.complete, sink.calls["apply"]) == (False, 1)
+    # Committed and still claimed: the queries read the ledger and count it once.
+    assert (durable(client), len(client.store.claimed()), client.count("x")) == (6, 1, 6)
+    assert client.count("x", user_id="u") == 6
+    again = client.flush()
+    assert again.complete, again
+    assert again.flushed == 0  # the ledger knew the batch: applied once
+    assert (durable(client), client.store.claimed(), client.count("x")) == (6, [], 6)
+    assert client.count("x", user_id="u") == 6
+
+
+@pytest.mark.parametrize("step", ["claim", "claimed"])
+def test_a_claim_step_failing_keeps_the_counts_for_the_next_flush(
+    synchronous: tuple[Analytics, Faults, Faults], step: str
+) -> None:
+    client, store, sink = synchronous
+    client.track("x", value=3)
+    store.fail(step)
+    result = client.flush()
+    assert f"{step} call 1 failed" in (result.error or "")
+    assert (result.pushed, result.complete, sink.calls["apply"]) == (3, False, 0)
+    assert (pending(client), durable(client), client.count("x")) == (3, 0, 3)
+    assert client.flush().complete
+    assert (pending(client), durable(client), client.count("x")) == (0, 3, 3)
+
+
+def test_the_timed_flush_backs_off_and_recovers(
+    client: Analytics, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="analytics_sdk")
+    sink = Faults(client.sink)
+    sink.fail("apply", times=2)
+    client.track("x", value=4)
+    clock.advance(10)  # the first timed flush fails
+    scheduler = client.scheduler
+    assert (scheduler.flush_failures, durable(client), pending(client)) == (1, 0, 4)
+    first_retry = scheduler.next_flush - clock.monotonic()
+    assert 0.5 <= first_retry <= 1.0  # backoff_initial 1 s, jittered, not flush_interval
+    clock.advance(first_retry)
+    assert (scheduler.flush_failures, durable(client)) == (2, 0)
+    clock.advance(scheduler.next_flush - clock.monotonic())
+    assert (scheduler.flush_failures, durable(client), pending(client)) == (0, 4, 0)
+    assert scheduler.next_flush - clock.monotonic() == 10  # back to flush_interval
+    assert sink.calls["apply"] == 3
+    stats = client.stats()
+    assert (stats["flushes_failed"], stats["flushes_ok"], stats["counts_flushed"]) == (2, 1, 4)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("flush failed (1 in a row)") for m in messages), messages
+    assert "flush recovered after 2 failures" in messages
+
+
+def test_write_through_while_backing_off_leaves_the_counts_to_the_timer(
+    clock: ManualClock,
+) -> None:
+    store = MemoryCounterStore(clock=clock.time)
+    faults = Faults(store)
+    faults.fail("push")
+    with Analytics(store=store, clock=clock, push_interval=0, flush_interval=600) as c:
+        c.track("x")  # write-through push fails: backing off
+        assert (faults.calls["push"], c.scheduler.push_failures) == (1, 1)
+        for _ in range(5):
+            c.track("x")  # no push from track() while the store is failing
+        assert faults.calls["push"] == 1
+        assert c.count("x") == 6
+        for _ in range(8):  # the timer retries within its backoff (at most 1 s here)
+            clock.advance(0.25)
+        # One retry of the failed push (1 count), then the buffer behind it (5 counts).
+        assert (faults.calls["push"], c.scheduler.push_failures) == (3, 0)
+        assert (pending(c), c.count("x")) == (6, 6)
+        c.track("x")  # recovered: track() pushes again
+        assert (faults.calls["push"], pending(c)) == (4, 7)
+
+
+def test_a_buffer_filling_during_a_flush_is_pushed_right_after_it(clock: ManualClock) -> None:
+    store, sink = MemoryCounterStore(clock=clock.time), MemorySink(clock=clock.time)
+    stores = Faults(store)
+    with Analytics(
+        store=store,
+        sink=sink,
+        clock=clock,
+        max_buffered_keys=2,
+        push_interval=60,
+        flush_interval=60,
+        schedule_jitter=0,
+    ) as c:
+        c.track("a")
+        applying = Faults(sink).block("apply")
+        advancing = threading.Thread(target=clock.advance, args=(60,))
+        advancing.start()  # the timer pushes, then its flush hangs in apply
+        try:
+            assert applying.entered.wait(BLOCK_LIMIT)
+            assert stores.calls["push"] == 1
+            c.track("b")
+            c.track("c")
+            c.track("d")  # the buffer is full while the thread is busy: a push is requested
+        finally:
+            applying.release.set()
+            advancing.join(BLOCK_LIMIT)
+        assert not advancing.is_alive()
+        # advance() returned once the thread slept again: it pushed at once, not at 120 s.
+        assert stores.calls["push"] == 2
+        assert clock.monotonic() == 60
+        assert c.stats()["dropped"] == 1
+        assert {e: pending(c, e) for e in "bcd"} == {"b": 1, "c": 1, "d": 0}
+        assert sum(sink.hourly_counts("a", None, None, ()).values()) == 1
