@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from analytics_sdk.backends import Batch, MemoryCounterStore, MemorySink, Push, Sink
+from analytics_sdk.backends import Batch, CounterStore, MemoryCounterStore, MemorySink, Push, Sink
 from analytics_sdk.errors import SinkError, StoreError
 
 BLOCK_LIMIT = 30.0
@@ -110,9 +110,10 @@ class Faults:
         self.calls: Counter[str] = Counter()
         self._rules: dict[str, list[_Rule]] = {}
         self._lock = threading.Lock()
-        for name in dir(type(target)):  # public methods are counted from the start
-            if not name.startswith("_") and callable(getattr(target, name)):
-                self._wrap(name)
+        if isinstance(target, (CounterStore, Sink)):  # their methods are counted from the start
+            for name in dir(type(target)):
+                if not name.startswith("_") and callable(getattr(target, name)):
+                    self._wrap(name)
 
     def fail(
         self,

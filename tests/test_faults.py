@@ -3,22 +3,25 @@ exactly the ground truth, and the store holding nothing."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import random
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from analytics_sdk import Analytics, SinkError
-from analytics_sdk.backends import Batch
+from analytics_sdk import Analytics, SinkError, StoreError
+from analytics_sdk.backends import Batch, Delta, Push
 from analytics_sdk.backends.postgres import PostgresSink
 from analytics_sdk.backends.redis import RedisCounterStore
 
 from . import workloads
+from .faults import Faults
 from .utils import postgres_url_or_skip, redis_and_postgres
 
 EVENTS = ["signup", "checkout:paid", "ページ"]
@@ -343,3 +346,107 @@ def test_cluster_lost_replies_driver_retries_and_slot_migrations_mixed() -> None
             client.shutdown(timeout=5)
         started.__exit__(None, None, None)
         drop_schema(pg_url, schema)
+
+
+# -- one step failing, deterministically ------------------------------------------------------
+
+
+def test_a_claim_failing_on_a_later_shard_hands_over_the_batches_already_claimed(
+    urls: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    store_url, sink_url = urls
+    store, sink = RedisCounterStore.from_url(store_url), PostgresSink.from_url(sink_url)
+    hour = int(time.time() // 3600)
+    by_shard: dict[int, Push] = {}
+    for n in itertools.count(1):  # one push on each shard, each with its own total
+        push = Push(producer=f"p{n}", sequence=1, delta=Delta(hourly={("x", (), hour): n}))
+        by_shard.setdefault(store._shard_of(push), push)
+        if len(by_shard) == store.shards == 3:
+            break
+    for push in by_shard.values():
+        store.push(push)
+    truth = sum(p.delta.total for p in by_shard.values())
+    claims = Faults(store)
+    claims.fail(
+        "_call",
+        nth=2,
+        error=StoreError("shard 1 unreachable (injected)"),
+        when=lambda what, *args: what == "claim",
+    )
+    with Analytics(store=store, sink=sink, background=False, claim_lease=3600) as client:
+        client.flush()
+        assert "claim stopped at shard 1 of 3" in caplog.text
+        # Shard 0's batch was applied at once, not left claimed for an hour's lease.
+        assert sum(sink.hourly_counts("x", None, None, ()).values()) == by_shard[0].delta.total
+        assert store.claimed() == []
+        assert client.count("x") == truth
+        assert client.flush().complete
+        assert sum(sink.hourly_counts("x", None, None, ()).values()) == truth
+        assert client.count("x") == truth
+    assert store_is_empty(store_url)
+
+
+def test_counts_between_commit_and_ack_are_counted_once(urls: tuple[str, str]) -> None:
+    """Committed in PostgreSQL, still claimed in Redis: every query reads the ledger."""
+    store_url, sink_url = urls
+    with Analytics(store=store_url, sink=sink_url, background=False) as client:
+        client.track("x", value=5, user_id="u1")
+        client.track("x", value=2, user_id="u2")
+        Faults(client.store).fail("ack")
+        assert "ack call 1 failed" in (client.flush().error or "")
+        claimed = [b.id for b in client.store.claimed()]
+        assert len(claimed) == 1
+        assert client.sink.applied(claimed) == set(claimed)
+        today = datetime.now(timezone.utc).date()
+        assert client.count("x") == 7
+        assert client.count("x", day=today) == 7
+        assert client.count("x", user_id="u1") == 5
+        assert client.unique_users("x", today, today) == 2
+        assert client.top_users("x", day=today) == [("u1", 5), ("u2", 2)]
+        assert client._query.fleet_totals() == {"x": 7}
+        again = client.flush()
+        assert again.complete, again
+        assert again.flushed == 0
+        assert client.count("x") == 7
+        assert client.count("x", user_id="u1") == 5
+    assert store_is_empty(store_url)
+
+
+def test_per_user_counts_in_an_outbox_the_store_has_not_accepted(urls: tuple[str, str]) -> None:
+    store_url, sink_url = urls
+    with Analytics(store=store_url, sink=sink_url, background=False) as client:
+        client.track("x", value=3, user_id="u1")
+        Faults(client.store).fail("push")  # refused: the counts wait in the outbox
+        assert "push call 1 failed" in (client.flush().error or "")
+        assert client.aggregator.local_counts().outbox is not None
+        today = datetime.now(timezone.utc).date()
+        assert client.count("x", user_id="u1") == 3
+        assert client.unique_users("x", today, today) == 1
+        assert client.count("x") == 3
+        assert client.flush().complete
+        assert client.count("x", user_id="u1") == 3
+        assert client.count("x") == 3
+
+
+def test_a_query_whose_push_check_fails_raises_a_store_error_and_loses_nothing(
+    urls: tuple[str, str],
+) -> None:
+    import redis
+
+    store_url, sink_url = urls
+    with Analytics(store=store_url, sink=sink_url, background=False) as client:
+        client.track("x", value=3, user_id="u1")
+        Faults(client.store).fail("push", after=True)  # applied, but the reply was lost
+        assert client.flush().error is not None
+        assert client.aggregator.local_counts().outbox is not None  # in doubt
+        reads = Faults(client.store._redis)
+        reads.fail("get", times=2, error=redis.ConnectionError("connection reset (injected)"))
+        with pytest.raises(StoreError, match="read failed: connection reset"):
+            client.count("x")
+        with pytest.raises(StoreError, match="read failed: connection reset"):
+            client.count("x", user_id="u1")
+        assert client.count("x") == 3  # the store has the push: the outbox is not added again
+        assert client.count("x", user_id="u1") == 3
+        assert client.flush().complete
+        assert client.count("x") == 3
+    assert store_is_empty(store_url)

@@ -16,13 +16,14 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from analytics_sdk import Analytics, ConfigurationError
+from analytics_sdk import Analytics, ConfigurationError, SinkError
 from analytics_sdk.backends import Batch, Delta, sink_from_url
 from analytics_sdk.backends.postgres import PostgresSink, migrations
 from analytics_sdk.cli import main
 from analytics_sdk.keys import day_of, hour_of
 from analytics_sdk.testing import ManualClock
 
+from .faults import Faults
 from .servers import Proxy
 from .utils import drop_schema, postgres_url_or_skip, unique_name
 
@@ -192,7 +193,7 @@ def test_passwords_stay_out_of_reprs_and_errors(schema: str) -> None:
         ManualClock().time,
     )
     assert "s3cr3t" not in repr(sink)
-    with pytest.raises(Exception) as info:  # noqa: PT011 - any error: what matters is its text
+    with pytest.raises(SinkError, match="apply failed") as info:
         sink.apply(batch({("e", (), 1): 1}))
     assert "s3cr3t" not in str(info.value)
     sink.close()
@@ -251,3 +252,42 @@ def test_hours_before_1970_roll_up_into_the_right_day(pg_url: str, schema: str) 
         ).fetchall()
     assert days == [(date(1969, 12, 30), 3), (date(1969, 12, 31), 2)]
     sink.close()
+
+
+def test_a_failed_retention_prune_never_fails_a_committed_apply(
+    pg_url: str, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = ManualClock(NOW)
+    sink = PostgresSink.from_url(f"{pg_url}?schema={schema}&user_retention_days=7", clock.time)
+    faults = Faults(sink)
+    faults.fail("prune")
+    try:
+        first = batch({("e", (), hour_of(NOW)): 3}, {("e", "u1", day_of(NOW.date())): 3})
+        assert sink.apply(first) is True  # committed; the upkeep after it failed
+        assert "retention pruning failed: prune call 1 failed" in caplog.text
+        assert sink.applied([first.id]) == {first.id}
+        assert sink.apply(first) is False  # in the ledger: never applied twice
+        assert sink.hourly_counts("e", None, None, ()) == {hour_of(NOW): 3}
+        assert faults.calls["prune"] == 1
+        clock.advance(3600)  # the next upkeep is an hour later, and succeeds
+        sink.apply(batch({("e", (), hour_of(NOW)): 1}))
+        assert faults.calls["prune"] == 2
+        assert sink.hourly_counts("e", None, None, ()) == {hour_of(NOW): 4}
+        assert sink.user_counts("e", None, None, None) == {"u1": 3}
+    finally:
+        sink.close()
+
+
+def test_a_batch_of_per_user_counts_only(pg_url: str, schema: str) -> None:
+    sink = PostgresSink.from_url(f"{pg_url}?schema={schema}")
+    day = day_of(NOW.date())
+    try:
+        users_only = batch({}, {("e", "u1", day): 2, ("e", "u2", day): 5, ("e", "u1", day - 1): 1})
+        assert sink.apply(users_only) is True
+        assert sink.apply(users_only) is False
+        assert sink.user_counts("e", day, day + 1, None) == {"u1": 2, "u2": 5}
+        assert sink.user_counts("e", None, None, "u1") == {"u1": 3}
+        assert sink.hourly_counts("e", None, None, ()) == {}
+        assert sink.event_totals() == {}
+    finally:
+        sink.close()

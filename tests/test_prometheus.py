@@ -12,6 +12,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 import pytest
@@ -23,7 +24,10 @@ from analytics_sdk import Analytics, ConfigurationError
 from analytics_sdk.backends import MemoryCounterStore, MemorySink
 from analytics_sdk.prometheus import FleetCollector, make_asgi_app, make_wsgi_app, registry_for
 from analytics_sdk.query import QueryEngine
+from analytics_sdk.testing import ManualClock
+from analytics_sdk.worker import Worker
 
+from .faults import Faults
 from .servers import _wait_for, cluster_port, prometheus_server
 from .utils import redis_and_postgres, skip_or_fail
 
@@ -347,17 +351,11 @@ def test_the_worker_endpoint_passes_promtool_and_fleet_totals_survive_a_restart(
     assert done.returncode == 0, done.stdout + done.stderr
     assert first.terminate()[0] == 0
     push_counts(store_url, "signup", 5)  # while no worker runs: pending in the store
-    second = WorkerProcess(store_url, sink_url, flush_interval=0.2)
+    second = WorkerProcess(store_url, sink_url, flush_interval=3600)
     try:
-        values = []
-        for _ in range(20):
-            values.append(
-                second.metrics().get(("analytics_fleet_events_total", (("event", "signup"),)), 0)
-            )
-            time.sleep(0.1)
-        assert values[0] == 15  # the flushed 10 and the pending 5, from the first scrape on
-        assert values == sorted(values)  # monotonic
-        assert values[-1] == 15
+        # The flushed 10 and the pending 5, from the first scrape on (monotonic under racing
+        # flushes: test_fleet_totals_never_go_back_when_a_flush_commits_during_a_refresh).
+        assert second.metrics()[("analytics_fleet_events_total", (("event", "signup"),))] == 15
     finally:
         assert second.terminate()[0] == 0
 
@@ -422,3 +420,135 @@ def test_apps_default_to_the_global_client() -> None:
     body = b"".join(make_wsgi_app()(environ, lambda status, headers: None))
     assert b'analytics_events_total{event="global_event"} 1.0' in body
     assert callable(make_asgi_app())
+
+
+# -- health and fleet totals when things fail ------------------------------------------------
+
+
+def wsgi_get(app: Any, path: str) -> tuple[str, str]:
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = path
+    statuses: list[str] = []
+    body = b"".join(app(environ, lambda status, headers: statuses.append(status)))
+    return statuses[0], body.decode()
+
+
+def test_worker_health_turns_unhealthy_while_flushes_fail_and_recovers() -> None:
+    clock = ManualClock()
+    sink = MemorySink(clock=clock.time)
+    applies = Faults(sink)
+    applies.fail("apply", times=10**6)
+    worker = Worker(
+        store="memory://",
+        sink=sink,
+        metrics_addr=None,
+        flush_interval=10,
+        clock=clock,  # type: ignore[arg-type]
+    )
+    app = make_wsgi_app(worker.registry, worker.health)
+    try:
+        worker.client.track("x", value=2)
+        assert wsgi_get(app, "/healthz") == ("200 OK", "ok\n")  # new: within its window
+        for _ in range(30):
+            clock.advance(1)  # flushes at 10 s, then retries: each one fails
+        assert wsgi_get(app, "/healthz") == ("200 OK", "ok\n")  # 30 s: still in the window
+        clock.advance(1)
+        status, reason = wsgi_get(app, "/healthz")
+        failures = worker.client.stats()["flushes_failed"]
+        assert failures >= 3
+        assert (status, reason) == (
+            "503 Service Unavailable",
+            f"no successful flush for 31 s (failures: {failures})\n",
+        )
+        applies._rules["apply"].clear()  # the sink is back
+        clock.advance(worker.client.scheduler.next_flush - clock.monotonic())
+        assert wsgi_get(app, "/healthz") == ("200 OK", "ok\n")
+        assert worker.client.count("x") == 2
+        assert sum(sink.hourly_counts("x", None, None, ()).values()) == 2
+    finally:
+        assert worker.stop() == 0
+    assert wsgi_get(app, "/healthz") == ("503 Service Unavailable", "shut down\n")
+
+
+def test_a_worker_whose_final_flush_is_incomplete_exits_with_1(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryCounterStore()
+    sink = MemorySink()
+    Faults(sink).fail("apply", times=10**6)
+    worker = Worker(store=store, sink=sink, metrics_addr=None, background=False)  # type: ignore[arg-type]
+    worker.client.track("x", value=3)
+    assert worker.stop() == 1
+    assert "worker stopped with counts left in the store" in caplog.text
+    assert (
+        sum(sum(c.values()) for c in store.pending_hourly("x", None, None, ()).claimed.values())
+        == 3
+    )
+    assert sink.hourly_counts("x", None, None, ()) == {}
+
+
+def test_an_app_whose_scheduler_thread_stopped_is_unhealthy() -> None:
+    from analytics_sdk.prometheus import _client_health
+
+    with Analytics(clock=ManualClock()) as client:
+        health = _client_health(client)
+        assert health() == (True, "ok")
+        assert client.scheduler.stop(timeout=5)
+        assert health() == (False, "scheduler thread not running")
+    assert health() == (False, "shut down")
+
+
+def test_fleet_totals_stay_at_their_last_value_while_a_refresh_fails() -> None:
+    store, sink = MemoryCounterStore(), MemorySink()
+    reads = Faults(sink)
+    now = [0.0]
+    with Analytics(store=store, sink=sink, background=False) as app:
+        fleet = FleetCollector(app._query, cache_seconds=10, clock=lambda: now[0])
+
+        def scrape() -> float:
+            text = generate_latest(_registry(fleet)).decode()
+            return samples(text)["analytics_fleet_events_total", (("event", "x"),)]
+
+        app.track("x", value=7)
+        app.flush()
+        assert scrape() == 7
+        app.track("x")
+        app.flush()
+        reads.fail("event_totals")
+        now[0] = 11
+        assert scrape() == 7  # the refresh failed: the last totals, not an error or a gap
+        assert (fleet.errors, fleet.refreshes) == (1, 1)
+        assert scrape() == 8  # the next scrape tries again at once
+        assert (fleet.errors, fleet.refreshes) == (1, 2)
+
+
+def test_fleet_totals_never_go_back_when_a_flush_commits_during_a_refresh(
+    backends: tuple[str, str],
+) -> None:
+    store_url, sink_url = backends
+    with Analytics(store=store_url, sink=sink_url, background=False) as app:
+        fleet = FleetCollector(app._query, cache_seconds=0)
+        app.track("x", value=10)
+        assert app.flush().complete
+        app.track("x", value=5)
+        assert app.scheduler.push() == 5  # pending in Redis
+        assert fleet.refresh() == {"x": 15}
+        raw: list[dict[str, int]] = []
+        query = app._query.fleet_totals
+        app._query.fleet_totals = lambda: raw.append(query()) or raw[-1]  # type: ignore[method-assign]
+        acks = Faults(app.store)
+        acks.fail("ack")
+        # The sink is read first (10); then a flush commits the pending 5 and has not acked
+        # it when the store is read: the ledger drops that claim, so the read says 10.
+        Faults(app.sink).then(
+            "event_totals", lambda: app.scheduler.flush_now(time.monotonic() + 60)
+        )
+        assert fleet.refresh() == {"x": 15}  # the exported total never goes back
+        assert raw == [{"x": 10}]  # a lagging read, never an excess
+        assert acks.calls["ack"] == 1
+        assert app.flush().complete
+        assert fleet.refresh() == {"x": 15}
+        assert raw[-1] == {"x": 15}

@@ -538,3 +538,17 @@ def test_a_buffer_filling_during_a_flush_is_pushed_right_after_it(clock: ManualC
         assert c.stats()["dropped"] == 1
         assert {e: pending(c, e) for e in "bcd"} == {"b": 1, "c": 1, "d": 0}
         assert sum(sink.hourly_counts("a", None, None, ()).values()) == 1
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_flush_and_shutdown_accept_an_unbounded_timeout(
+    clock: ManualClock, background: bool
+) -> None:
+    with Analytics(clock=clock, background=background) as c:
+        c.track("x", value=2)
+        result = c.flush(timeout=float("inf"))
+        assert result.complete, result
+        assert durable(c) == 2
+        c.track("x")
+        assert c.shutdown(timeout=float("inf")).complete
+        assert durable(c) == 3

@@ -66,7 +66,9 @@ class _Deadline(Exception):
 @contextmanager
 def _holding(lock: threading.Lock, deadline: float, clock: Clock) -> Iterator[None]:
     """Hold ``lock``, waiting for it until ``deadline`` at most."""
-    if not lock.acquire(timeout=max(0.0, deadline - clock.monotonic())):
+    # A lock wait longer than TIMEOUT_MAX (flush(timeout=inf)) raises OverflowError.
+    wait = min(max(0.0, deadline - clock.monotonic()), threading.TIMEOUT_MAX)
+    if not lock.acquire(timeout=wait):
         raise _Deadline
     try:
         yield
@@ -424,7 +426,7 @@ class Scheduler:
             return self.flush_now(deadline)
         self._wake_thread()
         try:
-            return future.result(timeout=timeout)
+            return future.result(timeout=min(timeout, threading.TIMEOUT_MAX))
         except FutureTimeout:
             future.cancel()
             return FlushResult(
@@ -439,7 +441,7 @@ class Scheduler:
         thread = self._thread
         if thread is None or thread is threading.current_thread():
             return True
-        thread.join(max(0.0, timeout))
+        thread.join(min(max(0.0, timeout), threading.TIMEOUT_MAX))
         return not thread.is_alive()
 
     def after_fork_in_child(self) -> None:

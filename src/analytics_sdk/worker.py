@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from types import FrameType
 from typing import Any
 
@@ -54,7 +53,8 @@ class Worker:
         opened_store, opened_sink = _open_checked(config)
         self.client = Analytics(attrs.evolve(config, store=opened_store, sink=opened_sink))
         self.client.scheduler.on_flush = self._log_flush
-        self.started = time.time()
+        self._now = self.client.config.clock.time  # the clock the flush timestamps use
+        self.started = self._now()
         self.stop_requested = threading.Event()
         self.registry = registry_for(self.client, fleet=True, cache_seconds=fleet_cache_seconds)
         self.server: MetricsServer | None = None
@@ -77,7 +77,7 @@ class Worker:
         stats = self.client.scheduler.stats
         window = max(3 * self.client.config.flush_interval, 30.0)
         last = stats.last_flush_success or self.started
-        age = time.time() - last
+        age = self._now() - last
         if age > window:
             return False, f"no successful flush for {age:.0f} s (failures: {stats.flushes_failed})"
         return True, "ok"
