@@ -10,6 +10,7 @@ import contextlib
 import random
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -18,7 +19,7 @@ from analytics_sdk.backends import Delta, Pending, Push, store_from_url
 from analytics_sdk.backends.redis import RedisCounterStore
 from analytics_sdk.testing import ManualClock
 
-from .servers import Cluster, Proxy, cluster, redis_server
+from .servers import REDIS_URL, Cluster, Proxy, cluster, redis_server
 from .utils import delete_redis_prefix, redis_url_or_skip, unique_name
 
 H = 490_000
@@ -34,12 +35,21 @@ def prefix(redis_url: str) -> Iterator[str]:
     name = unique_name("test")
     yield name
     delete_redis_prefix(redis_url, name)
+    # Nothing left behind, in the configured database or in database 0 (a URL that named the
+    # wrong one would write where the cleanup above never looks).
+    import redis
+
+    parts = urlsplit(redis_url)
+    for db in {0, int(parts.path.lstrip("/") or 0)}:
+        with redis.Redis(
+            host=parts.hostname or "127.0.0.1", port=parts.port or 6379, db=db
+        ) as conn:
+            left = list(conn.scan_iter(match=f"{{{name}[:}}]*", count=1000))
+        assert left == [], f"keys left behind in Redis db {db}: {left[:5]}"
 
 
 @pytest.fixture
 def proxy(redis_url: str) -> Iterator[Proxy]:
-    from urllib.parse import urlsplit
-
     parts = urlsplit(redis_url)
     p = Proxy(parts.hostname or "127.0.0.1", parts.port or 6379)
     yield p
@@ -140,7 +150,8 @@ def test_cluster_urls(redis_cluster_url: str) -> None:
 
 
 def client_via(proxy: Proxy, prefix: str, clock: ManualClock, **settings) -> Analytics:  # type: ignore[no-untyped-def]
-    url = f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}&socket_timeout=1&socket_connect_timeout=1"
+    db = urlsplit(REDIS_URL).path.lstrip("/") or "0"  # the database the cleanup empties
+    url = f"redis://127.0.0.1:{proxy.port}/{db}?prefix={prefix}&socket_timeout=1&socket_connect_timeout=1"
     client = Analytics(store=url, clock=clock, **settings)
     client.scheduler._rng = random.Random(1)
     return client
