@@ -482,7 +482,9 @@ def test_a_worker_whose_final_flush_is_incomplete_exits_with_1(
     worker = Worker(store=store, sink=sink, metrics_addr=None, background=False)  # type: ignore[arg-type]
     worker.client.track("x", value=3)
     assert worker.stop() == 1
-    assert "worker stopped with counts left in the store" in caplog.text
+    [error] = [r for r in caplog.records if r.name == "analytics_sdk.worker"]
+    assert error.levelname == "ERROR"
+    assert "apply call 1 failed (injected)" in error.getMessage()
     assert (
         sum(sum(c.values()) for c in store.pending_hourly("x", None, None, ()).claimed.values())
         == 3

@@ -552,3 +552,43 @@ def test_flush_and_shutdown_accept_an_unbounded_timeout(
         c.track("x")
         assert c.shutdown(timeout=float("inf")).complete
         assert durable(c) == 3
+
+
+@pytest.mark.parametrize(
+    ("backend", "method", "message"),
+    [
+        ("store", "claim", "claim from MemoryCounterStore() failed: RuntimeError('bug')"),
+        ("sink", "apply", "apply to MemorySink() failed: RuntimeError('bug')"),
+        ("store", "ack", "ack on MemoryCounterStore() failed: RuntimeError('bug')"),
+    ],
+)
+def test_a_foreign_error_in_a_flush_step_is_reported_with_the_backend_and_step(
+    synchronous: tuple[Analytics, Faults, Faults], backend: str, method: str, message: str
+) -> None:
+    client, store, sink = synchronous
+    client.track("x", value=2)
+    (store if backend == "store" else sink).fail(method, error=RuntimeError("bug"))
+    result = client.flush()
+    assert result.error == message
+    assert client.count("x") == 2
+    assert client.flush().complete
+    assert (durable(client), client.count("x")) == (2, 2)
+
+
+def test_a_flush_of_several_batches_reports_and_counts_each_once(
+    synchronous: tuple[Analytics, Faults, Faults], clock: ManualClock
+) -> None:
+    client, _, _ = synchronous
+    client.track("x", value=2)
+    client.scheduler.push()
+    client.store.claim()  # an orphan, applied after the lease along with the new claim
+    clock.advance(31)
+    client.track("x", value=5)
+    first = client.flush()
+    assert (first.complete, first.pushed, first.flushed, first.batches) == (True, 5, 7, 2)
+    client.track("x", value=1)
+    second = client.flush()
+    assert (second.pushed, second.flushed, second.batches) == (1, 1, 1)
+    stats = client.stats()
+    assert (stats["counts_pushed"], stats["counts_flushed"], stats["batches_flushed"]) == (8, 8, 3)
+    assert (durable(client), client.count("x")) == (8, 8)
