@@ -90,6 +90,11 @@ def test_every_accepted_redis_option_really_works(name: str, value: str) -> None
             "socket_timeout='soon' is not accepted by redis-py; accepted: a number",
         ),
         ("db=zero", "db='zero' is not accepted by redis-py; accepted: a number"),
+        (
+            "socket_keepalive=off",  # redis-py would read it as true
+            "socket_keepalive='off' is not accepted by redis-py; accepted: true/false, yes/no",
+        ),
+        ("retry_on_timeout=maybe", "retry_on_timeout='maybe' is not accepted by redis-py"),
         ("cluster=maybe", "cluster='maybe' is not accepted; accepted: one of 1/0, true/false"),
     ],
 )

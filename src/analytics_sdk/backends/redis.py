@@ -262,6 +262,9 @@ _DRIVER_TLS_OPTIONS = {
 _DRIVER_UNUSABLE = {"timeout", "retry_on_error", "lib_name", "lib_version"}
 
 
+_DRIVER_BOOLS = {"1", "0", "true", "false", "yes", "no"}
+
+
 def driver_url_options(*, tls: bool, cluster: bool) -> set[str]:
     """Return the query options redis-py accepts in a URL of this kind."""
     from redis import cluster as redis_cluster
@@ -295,13 +298,19 @@ def _check_url(url: str, query: dict[str, str]) -> bool:
     check_url_options(url, "store", query, _OPTIONS, "redis-py", theirs)
     for name, value in query.items():
         parse: Any = connection.URL_QUERY_ARGUMENT_PARSERS.get(name)
+        accepted = "a number" if parse in (int, float) else ""
         try:
+            # redis-py reads any boolean but 0/f/false/n/no as true ("off" too): accept only
+            # the spellings it reads as meant
+            if parse is connection.to_bool and value.strip().lower() not in _DRIVER_BOOLS:
+                accepted = "true/false, yes/no or 1/0"
+                raise ValueError(value)
             if parse is not None:
                 parse(value)
         except (TypeError, ValueError):
             raise ConfigurationError(
                 f"Redis URL {redact_url(url)!r}: {name}={value!r} is not accepted by redis-py"
-                + ("; accepted: a number" if parse in (int, float) else "")
+                + (f"; accepted: {accepted}" if accepted else "")
             ) from None
     return cluster
 
