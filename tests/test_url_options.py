@@ -152,3 +152,13 @@ def test_libpq_options_in_the_url_reach_the_connection() -> None:
     finally:
         sink.close()
         drop_schema(url, schema)
+
+
+@pytest.mark.parametrize("kind", ["store", "sink"])
+def test_memory_urls_take_no_options(kind: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Analytics(**{kind: "memory://?prefix=x"}, background=False)  # type: ignore[arg-type]
+    assert str(info.value).startswith(
+        f"{kind} URL 'memory://?prefix=***': unknown option(s) prefix"
+    )
+    assert str(info.value).endswith("accepted: none")

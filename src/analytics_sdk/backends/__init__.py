@@ -51,6 +51,13 @@ def _require(url: str, kind: str, extra: str, *modules: str) -> None:
             ) from exc
 
 
+def _memory(url: str, kind: str, backend: B) -> B:
+    """A memory backend takes no options: one given is a mistake (a wrong scheme?)."""
+    given = [name for name, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)]
+    check_url_options(url, kind, given, (), "", ())
+    return backend
+
+
 def _redis_store(url: str, clock: Clock) -> CounterStore:
     _require(url, "store", "redis", "redis")
     from .redis import RedisCounterStore
@@ -66,13 +73,13 @@ def _postgres_sink(url: str, clock: Clock) -> Sink:
 
 
 _STORES: dict[str, StoreFactory] = {
-    "memory": lambda url, clock: MemoryCounterStore(clock=clock),
+    "memory": lambda url, clock: _memory(url, "store", MemoryCounterStore(clock=clock)),
     "redis": _redis_store,
     "rediss": _redis_store,
     "redis+cluster": _redis_store,
 }
 _SINKS: dict[str, SinkFactory] = {
-    "memory": lambda url, clock: MemorySink(clock=clock),
+    "memory": lambda url, clock: _memory(url, "sink", MemorySink(clock=clock)),
     "postgresql": _postgres_sink,
     "postgres": _postgres_sink,
 }
@@ -175,10 +182,12 @@ def check_url_options(
         return
     close = [m for name in unknown for m in difflib.get_close_matches(name, ours | theirs, 1)]
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    accepted = ", ".join(sorted(ours)) or "none"
+    if theirs:
+        accepted += f"; and the {driver} options {', '.join(sorted(theirs))}"
     raise ConfigurationError(
-        f"{kind} URL {redact_url(url, also=unknown)!r}: unknown option(s) {', '.join(unknown)}{hint}; "
-        f"accepted: {', '.join(sorted(ours))}; and the {driver} options "
-        f"{', '.join(sorted(theirs))}"
+        f"{kind} URL {redact_url(url, also=unknown)!r}: unknown option(s) "
+        f"{', '.join(unknown)}{hint}; accepted: {accepted}"
     )
 
 
