@@ -367,3 +367,99 @@ def test_a_child_forked_while_the_global_client_is_created_can_create_its_own() 
 
     with api._lock:  # another thread creating the global client at the moment of fork()
         assert in_forked_child(child) is True
+
+
+# -- multiprocessing children -----------------------------------------------------------------
+
+# An application in the shape users write: the client is configured when the module is
+# imported (in the parent, and again in every spawn or forkserver child, which re-imports it),
+# the children track, and nobody calls flush() or shutdown().
+MULTIPROCESSING_APP = textwrap.dedent(
+    """
+    import concurrent.futures, multiprocessing, sys
+    import analytics_sdk as analytics
+
+    # Store and sink come from the environment. Children push; the parent also flushes
+    # (fork children inherit its client, so they flush too).
+    analytics.configure(
+        push_interval=3600, flush_interval=3600, flusher=__name__ == "__main__"
+    )
+
+    def track_many(event, n):
+        for _ in range(n):
+            analytics.track(event)
+
+    def one(event):
+        analytics.track(event)
+        return 1
+
+    if __name__ == "__main__":
+        ctx = multiprocessing.get_context(sys.argv[1])
+        children = [ctx.Process(target=track_many, args=("mp_process", 200)) for _ in range(2)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join()
+        assert [child.exitcode for child in children] == [0] * 2
+        pool = ctx.Pool(2)
+        assert sum(pool.map(one, ["mp_pool"] * 200)) == 200
+        pool.close()
+        pool.join()
+        pool = ctx.Pool(2, maxtasksperchild=10)  # each worker is replaced after 10 tasks
+        assert sum(pool.map(one, ["mp_pool_recycled"] * 30, chunksize=1)) == 30
+        pool.close()
+        pool.join()
+        with ctx.Pool(2) as pool:  # leaving the block terminates the workers (SIGTERM)
+            assert sum(pool.map(one, ["mp_pool_terminated"] * 200)) == 200
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as executor:
+            assert sum(executor.map(one, ["mp_executor"] * 200)) == 200
+    """
+)
+
+MULTIPROCESSING_EXPECTED = {
+    "mp_process": 400,
+    "mp_pool": 200,
+    "mp_pool_recycled": 30,
+    "mp_pool_terminated": 200,
+    "mp_executor": 200,
+}
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_multiprocessing_children_flush_their_counts_when_they_end(
+    tmp_path: Path, method: str
+) -> None:
+    import multiprocessing
+
+    from analytics_sdk.backends.postgres import PostgresSink
+    from analytics_sdk.backends.redis import RedisCounterStore
+
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method on this platform")
+    script = tmp_path / "app.py"
+    script.write_text(MULTIPROCESSING_APP)
+    with redis_and_postgres("mp") as (store_url, sink_url):
+        env = {**os.environ, "ANALYTICS_STORE": store_url, "ANALYTICS_SINK": sink_url}
+        done = subprocess.run(
+            [sys.executable, str(script), method],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        sink = PostgresSink.from_url(sink_url)
+        store = RedisCounterStore.from_url(store_url)
+        try:
+            in_sink = {
+                e: sum(sink.hourly_counts(e, None, None, ()).values())
+                for e in MULTIPROCESSING_EXPECTED
+            }
+            pending = store.pending_event_totals()
+        finally:
+            sink.close()
+            store.close()
+        assert in_sink == MULTIPROCESSING_EXPECTED, done.stderr
+        assert (pending.live, pending.claimed) == ({}, {})

@@ -113,3 +113,71 @@ def test_ci_runs_the_suite_on_every_supported_python() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert f"for version in {' '.join(supported)}; do" in ci
     assert 'nox --error-on-missing-interpreters -s "${sessions[@]}"' in ci
+
+
+def import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Return the SDK's imports between its own modules: ``(runtime, type_only)``, each
+    ``{module: {imported module}}``. Runtime edges include imports inside functions (lazy
+    ones); type-only edges are those under ``if TYPE_CHECKING:``."""
+    import ast
+
+    src = ROOT / "src"
+    modules = {
+        ".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (src / "analytics_sdk").rglob("*.py")
+    }
+    runtime: dict[str, set[str]] = {m: set() for m in modules}
+    type_only: dict[str, set[str]] = {m: set() for m in modules}
+
+    def targets(node: ast.AST, module: str, is_package: bool) -> set[str]:
+        found = set()
+        if isinstance(node, ast.Import):
+            found = {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = module if is_package else module.rpartition(".")[0]
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            stem = node.module or ""
+            if node.level:
+                stem = f"{base}.{stem}" if stem else base
+            found = {f"{stem}.{a.name}" for a in node.names if f"{stem}.{a.name}" in modules}
+            if len(found) < len(node.names):
+                found.add(stem)  # names from the module itself
+        return {name for name in found if name in modules}
+
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text())
+        checking: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                checking.update(id(n) for child in node.body for n in ast.walk(child))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                edges = type_only if id(node) in checking else runtime
+                edges[module] |= targets(node, module, path.name == "__init__.py") - {module}
+    return runtime, type_only
+
+
+def test_imports_point_down_from_api_to_client_to_prometheus_and_feature() -> None:
+    runtime, type_only = import_graph()
+    sdk = "analytics_sdk"
+    # The layers: api over client; client over feature and prometheus. No import goes up,
+    # not even a lazy one inside a function.
+    assert f"{sdk}.api" not in runtime[f"{sdk}.prometheus"] | type_only[f"{sdk}.prometheus"]
+    for upper in ("api", "client"):
+        assert f"{sdk}.{upper}" not in runtime[f"{sdk}.feature"] | type_only[f"{sdk}.feature"]
+    # No circle through these modules at run time (type-only imports do not run).
+    focus = {f"{sdk}.{m}" for m in ("api", "client", "feature", "prometheus", "process")}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in runtime[todo.pop()] - seen:
+                if nxt == goal:
+                    return True
+                seen.add(nxt)
+                todo.append(nxt)
+        return False
+
+    circles = sorted(m for m in focus if reaches(m, m))
+    assert circles == [], f"import circle through {circles}"

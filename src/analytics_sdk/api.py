@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, overload
 
+from . import current
 from .client import Analytics
 from .feature import FeatureTracker, feature_name
 from .scheduler import FlushResult
@@ -71,6 +72,9 @@ def set_client(client: Analytics | None) -> Analytics | None:
     with _lock:
         previous, _client = _client, client
     return previous
+
+
+current.install(get_client)
 
 
 def track(

@@ -13,15 +13,12 @@ import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from .events import validate_event_name
 from .keys import Properties
 
-if TYPE_CHECKING:
-    from .client import Analytics
-
-__all__ = ["FEATURE_EVENT", "FeatureTracker", "feature_name"]
+__all__ = ["FEATURE_EVENT", "FeatureRecorder", "FeatureTracker", "feature_name"]
 
 FEATURE_EVENT = "feature_used"
 P = ParamSpec("P")
@@ -39,12 +36,22 @@ def feature_name(func: Callable[..., Any]) -> str:
     return name
 
 
+class FeatureRecorder(Protocol):
+    """What a tracker records into: a client (this module never imports one)."""
+
+    def _record_feature(
+        self, name: str, outcome: Properties, ok: bool, duration: float
+    ) -> None: ...
+
+
 class FeatureTracker:
     """Records one feature's use; see :func:`analytics_sdk.track_feature`."""
 
     __slots__ = ("_client", "_outcomes", "_starts", "name")
 
-    def __init__(self, name: str, client: Callable[[], Analytics]) -> None:
+    def __init__(self, name: str, client: Callable[[], FeatureRecorder]) -> None:
+        """``client`` returns the client to record into at each call (the global one may
+        change)."""
         if callable(name) and not isinstance(name, str):
             raise TypeError(
                 f"track_feature got the function {name!r} where a name belongs: write "

@@ -29,6 +29,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .current import global_client
+from .errors import BackendError
 from .query import QueryEngine
 from .stats import DURATION_BUCKETS, HistogramSnapshot
 
@@ -223,8 +225,6 @@ class FleetCollector(Collector):
         return totals
 
     def collect(self) -> Iterable[Metric]:
-        from .errors import BackendError
-
         if self._pid != os.getpid():
             # A forked child: the parent's refresh may have held the lock at the fork.
             self._lock, self._pid = threading.Lock(), os.getpid()
@@ -269,9 +269,7 @@ def _default(
     """The global client's registry and health, when no registry is given."""
     if registry is not None:
         return registry, health
-    from .api import get_client
-
-    client = get_client()
+    client = global_client()
     return registry_for(client), health or _client_health(client)
 
 
