@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -43,6 +44,19 @@ def redis_cluster_url() -> Iterator[str]:
         yield url
     finally:
         cluster.__exit__(None, None, None)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_spool_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What a test's clients spool goes to the session's temporary directory, never to the
+    user's own spool (subprocesses inherit it)."""
+    previous = os.environ.get("ANALYTICS_SPOOL_DIR")
+    os.environ["ANALYTICS_SPOOL_DIR"] = str(tmp_path_factory.mktemp("spool"))
+    yield
+    if previous is None:
+        os.environ.pop("ANALYTICS_SPOOL_DIR", None)
+    else:
+        os.environ["ANALYTICS_SPOOL_DIR"] = previous
 
 
 @pytest.fixture(autouse=True)

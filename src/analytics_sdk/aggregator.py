@@ -216,6 +216,43 @@ class Aggregator:
             if self._outbox is push:
                 self._outbox = None
 
+    def spill(self, write: Callable[[list[Push]], object]) -> list[Push]:
+        """Hand the outbox and the buffer to ``write`` (the spool) as pushes; return them.
+
+        If ``write`` returns, this process goes on as a new producer: the store drops a push
+        whose sequence is not above its producer's last, so a later push of the old producer
+        landing first would make the spooled ones no-ops. If it raises, the counts stay here.
+        """
+        with self._outbox_lock:
+            pushes = [] if self._outbox is None else [self._outbox]
+            delta = self._take()
+            if delta:
+                sequence = self._sequence + 1
+                pushes.append(Push(producer=self._producer, sequence=sequence, delta=delta))
+            if not pushes:
+                return []
+            try:
+                write(pushes)
+            except BaseException:
+                if delta:
+                    self._put_back(delta)
+                raise
+            if delta:
+                self._on_drain(delta)
+            self._outbox = None  # a push of it still in flight is harmless: same sequence
+            self._producer = uuid.uuid4().hex
+            self._sequence = 0
+            return pushes
+
+    def _put_back(self, delta: Delta) -> None:
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self._shard()
+        with shard.lock:
+            _add(shard.hourly, delta.hourly)
+            _add(shard.users, delta.users)
+
     def local_counts(self) -> LocalCounts:
         """Return a copy of the buffer and the outbox (each shard read consistently)."""
         buffer = Delta()

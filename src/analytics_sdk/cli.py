@@ -180,12 +180,14 @@ def worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    spool = {} if args.spool_dir is None else {"spool_dir": args.spool_dir}
     w = Worker(
         store=_url(args.store, "ANALYTICS_STORE", "--store"),
         sink=_url(args.sink, "ANALYTICS_SINK", "--sink"),
         flush_interval=args.flush_interval,
         shutdown_timeout=args.shutdown_timeout,
         metrics_addr=None if args.no_metrics else args.metrics_addr,
+        **spool,
     )
     return w.run()
 
@@ -259,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_seconds,
         default=30.0,
         help="seconds the final flush may take when the worker stops (default 30)",
+    )
+    w.add_argument(
+        "--spool-dir",
+        help="spool directory to replay into the store (default: ANALYTICS_SPOOL_DIR, or "
+        "the per-user default)",
     )
     return parser
 

@@ -8,6 +8,8 @@ from datetime import date, datetime, tzinfo
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+import attrs
+
 from . import process
 from .aggregator import Aggregator
 from .backends import sink_from_url, store_from_url
@@ -231,17 +233,36 @@ class Analytics:
                     complete=late.complete,
                     timed_out=late.timed_out,
                     error=late.error or result.error,
+                    replayed=result.replayed + late.replayed,
                 )
             self.store.close()  # connections reopen if a late track() pushes
             self.sink.close()
             if self.metrics_server is not None:
                 self.metrics_server.close()
-        if not result.complete:
+        if not self.aggregator.is_empty():
+            result = self._spool_rest(result)
+        if not result.complete and not result.spooled:
             # the exit hook shuts down again: the same failure is not news the second time
             repeated = result == self._warned_incomplete
             (logger.debug if repeated else logger.warning)("shutdown flush incomplete: %s", result)
             self._warned_incomplete = result
         return result
+
+    def _spool_rest(self, result: FlushResult) -> FlushResult:
+        """Write what the store did not take to the local spool, and say so once."""
+        spilled = self.scheduler.spill(exiting=True)
+        if spilled is None:
+            return result
+        counts, path = spilled
+        logger.warning(
+            "the store could not take %d counts at shutdown (%s); spooled to %s, replayed "
+            "into %r at the next start or by the flush worker",
+            counts,
+            result.error or ("timed out" if result.timed_out else "incomplete"),
+            path,
+            self.store,
+        )
+        return attrs.evolve(result, spooled=result.spooled + counts)
 
     def stats(self) -> dict[str, float | int | None]:
         """Return the pipeline's own counters: buffer size, overflow, drops, pushes, flushes."""

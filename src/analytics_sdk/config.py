@@ -13,6 +13,7 @@ import attrs
 from .backends.base import CounterStore, Sink
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError
+from .spool import default_spool_dir
 
 __all__ = ["ENVIRONMENT", "Config"]
 
@@ -108,6 +109,24 @@ def _optional_port(instance: object, attribute: attrs.Attribute[Any], value: Any
         raise _refuse(attribute.name, value, "a port from 0 to 65535, or None")
 
 
+def _spool_dir(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _spool_dir_check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    accepted = "a directory path (created if missing), or None to turn the spool off"
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise _refuse(attribute.name, value, accepted)
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise _refuse(attribute.name, value, accepted, "it exists and is not a directory")
+
+
+def _optional_path(text: str) -> str | None:
+    return text or None
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -185,6 +204,15 @@ class Config:
     application processes when a worker process does the flushing."""
     background: bool = attrs.field(default=True, validator=_bool_setting)
     """Run the scheduler thread; if false, counts move only on ``flush()``."""
+    spool_dir: str | None = attrs.field(
+        factory=default_spool_dir, converter=_spool_dir, validator=_spool_dir_check
+    )
+    """Directory where counts the store cannot take at exit (or during a long outage) wait
+    on disk until the next start or a worker replays them; ``None`` (env: empty) turns the
+    spool off. Default: per user, e.g. ``~/.local/state/analytics_sdk/spool``."""
+    spool_after: float = attrs.field(default=60.0, validator=_positive)
+    """Seconds of failing pushes after which the buffer is spooled to disk, keeping memory
+    bounded through a long outage."""
     clock: Clock = attrs.field(factory=SystemClock, validator=_clock)
     """Time source (tests pass :class:`~analytics_sdk.testing.ManualClock`)."""
 
@@ -246,5 +274,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "metrics_addr": ("ANALYTICS_METRICS_ADDR", str),
     "flusher": ("ANALYTICS_FLUSHER", parse_bool),
     "background": ("ANALYTICS_BACKGROUND", parse_bool),
+    "spool_dir": ("ANALYTICS_SPOOL_DIR", _optional_path),
+    "spool_after": ("ANALYTICS_SPOOL_AFTER", _FLOAT),
 }
 """Setting name -> (environment variable, parser); every setting but ``clock`` has one."""

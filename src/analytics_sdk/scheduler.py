@@ -27,6 +27,7 @@ from .backends.base import Batch, CounterStore, Push, Sink
 from .clock import Clock
 from .config import Config
 from .errors import BackendError, SinkError, StoreError
+from .spool import ReplayResult, Spool
 from .stats import PipelineStats
 
 __all__ = ["FlushResult", "Scheduler"]
@@ -57,6 +58,10 @@ class FlushResult:
     """True if the deadline passed first; the rest goes on in the background."""
     error: str | None = None
     """The backend failure that stopped the flush, if any; the counts are kept."""
+    spooled: int = 0
+    """Counts the store could not take, written to the local spool (at shutdown)."""
+    replayed: int = 0
+    """Counts pushed from the local spool into the store."""
 
 
 class _Deadline(Exception):
@@ -104,6 +109,7 @@ class Scheduler:
         # In write-through mode (push_interval=0) track() pushes; the timer only sweeps up
         # what a failing store left in the buffer.
         self._push_period = config.push_interval or WRITE_THROUGH_SWEEP
+        self.spool = Spool.for_store(config.spool_dir, store)
         self._init_state()
 
     def _init_state(self) -> None:
@@ -124,6 +130,16 @@ class Scheduler:
         self.push_failures = 0
         self.flush_failures = 0
         self._warned_at = {"push": -math.inf, "flush": -math.inf}
+        # The spool: replayed at start, by a flusher after each flush, and by a process that
+        # spooled once its store is back; written at exit and every spool_after of failures.
+        self._replay_lock = threading.Lock()
+        self._replay_due = self.spool is not None
+        self.next_replay = now
+        self.replay_failures = 0
+        self._spill_at = math.inf
+        self._outage_spills = 0
+        self.counts_spooled = 0
+        self.counts_replayed = 0
 
     # -- the work -------------------------------------------------------------------------
 
@@ -200,23 +216,117 @@ class Scheduler:
 
     def flush_now(self, deadline: float) -> FlushResult:
         """Push and flush in the calling thread, stopping at ``deadline`` (monotonic)."""
-        pushed = flushed = batches = 0
+        pushed = flushed = batches = replayed = 0
         moved: tuple[tuple[int, int], float] | None = None
         try:
             with _holding(self._push_lock, deadline, self.clock):
                 pushed = self._measured("push", lambda: self.push(deadline))[0]
+            if self.spool is not None and (self._replay_due or self.config.flusher):
+                with _holding(self._replay_lock, deadline, self.clock):
+                    replayed = self.replay(deadline).counts
             if self.config.flusher:
                 with _holding(self._flush_lock, deadline, self.clock):
                     moved = self._measured("flush", lambda: self.flush_store(deadline))
                 flushed, batches = moved[0]
         except _Deadline:
-            return FlushResult(pushed=pushed, flushed=flushed, batches=batches, timed_out=True)
+            return FlushResult(
+                pushed=pushed, flushed=flushed, batches=batches, replayed=replayed, timed_out=True
+            )
         except BackendError as exc:
-            return FlushResult(pushed=pushed, flushed=flushed, batches=batches, error=str(exc))
+            return FlushResult(
+                pushed=pushed, flushed=flushed, batches=batches, replayed=replayed, error=str(exc)
+            )
         if moved is not None and self.on_flush is not None:
             self.on_flush(*moved)
         complete = self.aggregator.is_empty() and not self._own_claims
-        return FlushResult(pushed=pushed, flushed=flushed, batches=batches, complete=complete)
+        return FlushResult(
+            pushed=pushed, flushed=flushed, batches=batches, replayed=replayed, complete=complete
+        )
+
+    # -- the spool ------------------------------------------------------------------------
+
+    def replay(self, deadline: float = math.inf) -> ReplayResult:
+        """Push the spooled pushes into the store (the caller holds the replay lock)."""
+        if self.spool is None:
+            return ReplayResult()
+        try:
+            result = self.spool.replay(
+                self.store, deadline=deadline, monotonic=self.clock.monotonic
+            )
+        except BackendError:
+            raise
+        except OSError as exc:  # the disk, not the store: retried on the next occasion
+            logger.error("cannot read the spool %s: %s", self.spool.directory, exc)
+            return ReplayResult()
+        except Exception as exc:
+            raise StoreError(f"replay to {self.store!r} failed: {exc!r}") from exc
+        self._replay_due = self.clock.monotonic() >= deadline  # cut short: go on later
+        self.counts_replayed += result.counts
+        if result.files:
+            logger.info(
+                "replayed %d counts from %d spool files in %s",
+                result.counts,
+                result.files,
+                self.spool.directory,
+            )
+        return result
+
+    def _timed_replay(self, now: float) -> None:
+        """Replay on the timer's behalf; back off while the store fails."""
+        if not self._replay_lock.acquire(blocking=False):
+            return  # a flush() replays right now
+        try:
+            self.replay()
+        except BackendError as exc:
+            self.replay_failures += 1
+            self.next_replay = now + self.backoff(self.replay_failures)
+            log = logger.warning if self.replay_failures == 1 else logger.debug
+            log("spool replay failed, retrying later; the spooled counts are kept: %s", exc)
+        else:
+            self.replay_failures = 0
+        finally:
+            self._replay_lock.release()
+
+    def spill(self, *, exiting: bool = False) -> tuple[int, str] | None:
+        """Write the outbox and the buffer to the spool; return ``(counts, path)``, or None
+        if there was nothing to spool, no spool, or the disk refused (the counts stay).
+
+        A process that goes on replays its spool once the store is back; one that is
+        ``exiting`` leaves that to the next start or a worker."""
+        spool = self.spool
+        if spool is None:
+            return None
+        paths: list[str] = []
+        try:
+            pushes = self.aggregator.spill(lambda p: paths.append(spool.write(p)))
+        except OSError as exc:
+            logger.error("cannot write to the spool %s: %s; counts stay in memory", spool, exc)
+            return None
+        if not pushes:
+            return None
+        counts = sum(p.delta.total for p in pushes)
+        self.counts_spooled += counts
+        if not exiting:
+            self._replay_due = True
+        return counts, paths[0]
+
+    def _spill_if_due(self, now: float) -> tuple[Any, ...] | None:
+        """During a long outage, move the outbox and buffer to the spool: memory stays
+        bounded and nothing is dropped for want of room."""
+        if self.spool is None or now < self._spill_at:
+            return None
+        self._spill_at = now + self.config.spool_after
+        spilled = self.spill()
+        if spilled is None:
+            return None
+        self._outage_spills += 1
+        return (
+            logger.warning if self._outage_spills == 1 else logger.debug,
+            "store failing for over %.0f s: %d counts spooled to %s; replayed once it is back",
+            self.config.spool_after,
+            spilled[0],
+            spilled[1],
+        )
 
     # -- the timer ------------------------------------------------------------------------
 
@@ -241,6 +351,8 @@ class Scheduler:
             self._timed("push")
         if now >= self.next_flush and self.config.flusher:
             self._timed("flush")
+        if self._replay_due and not self.push_failures and now >= self.next_replay:
+            self._timed_replay(now)
 
     def _measured(self, kind: str, step: Callable[[], T]) -> tuple[T, float]:
         """Run a push or flush step; record its duration and result; return both."""
@@ -275,7 +387,7 @@ class Scheduler:
         if not lock.acquire(blocking=blocking):
             self.request_push()  # write-through while a push runs: the next push takes it
             return
-        message: tuple[Any, ...] | None = None
+        messages: list[tuple[Any, ...] | None] = []
         moved: tuple[tuple[int, int], float] | None = None
         try:
             if kind == "push" and self.push_failures and not blocking:
@@ -287,20 +399,26 @@ class Scheduler:
                 else:
                     moved = self._measured("flush", self.flush_store)
             except BackendError as exc:
-                message = self._failed(kind, now, exc)
+                messages.append(self._failed(kind, now, exc))
+                if kind == "push" and blocking:  # the timer's thread: never track()'s
+                    messages.append(self._spill_if_due(now))
             else:
-                message = self._succeeded(kind, now)
+                messages.append(self._succeeded(kind, now))
         finally:
             lock.release()
-        if message is not None:
-            log, *args = message
-            log(*args)
+        for message in messages:
+            if message is not None:
+                log, *args = message
+                log(*args)
         if moved is not None and self.on_flush is not None:
             self.on_flush(*moved)
 
     def _failed(self, kind: str, now: float, exc: BackendError) -> tuple[Any, ...]:
         if kind == "push":
             self.push_failures += 1
+            if self.push_failures == 1:  # an outage starts: spool if it lasts
+                self._spill_at = now + self.config.spool_after
+                self._outage_spills = 0
             delay = self.backoff(self.push_failures)
             self.next_push = now + delay
             failures = self.push_failures
@@ -334,6 +452,8 @@ class Scheduler:
                 message = (logger.info, "flush recovered after %d failures", self.flush_failures)
             self.flush_failures = 0
             self.next_flush = now + self._jittered(self.config.flush_interval)
+            if self.spool is not None:  # a flusher replays what exited processes spooled
+                self._replay_due = True
         return message
 
     def push_through(self) -> None:

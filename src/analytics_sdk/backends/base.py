@@ -171,6 +171,11 @@ class CounterStore(ABC):
     evicted_keys: int = 0
     """Keys the store's server evicted since this store first used it (counts may be lost)."""
 
+    def identity(self) -> str | None:
+        """Return a stable name of the data this store holds (server and prefix, never
+        credentials), or None if it lives only in this process; it keys the local spool."""
+        return None
+
     def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Drop what a forked child must not share with its parent (connections, locks)."""
 

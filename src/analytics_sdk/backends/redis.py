@@ -380,6 +380,7 @@ class RedisCounterStore(CounterStore):
         self._tags = [f"{{{escape(prefix)}:{s}}}" for s in range(shards)]
         self._layout_lock = threading.Lock()
         self._layout_checked = False
+        self._location = _location(client)
         self._lua_push = client.register_script(PUSH)
         self._lua_claim = client.register_script(CLAIM)
         self._lua_claimed = client.register_script(CLAIMED)
@@ -430,7 +431,7 @@ class RedisCounterStore(CounterStore):
             client: Any = RedisCluster.from_url(driver_url, **kwargs)
         else:
             client = redis.Redis.from_url(driver_url, **kwargs)
-        return cls(
+        store = cls(
             client,
             prefix=options.get("prefix", DEFAULT_PREFIX),
             shards=shards,
@@ -439,9 +440,15 @@ class RedisCounterStore(CounterStore):
             description=redact_url(url),
             allow_eviction=parse_bool(options.get("allow_eviction", "false")),
         )
+        if cluster:  # the address configured, not whichever node the driver found first
+            store._location = f"cluster:{parts.hostname}:{parts.port or 6379}"
+        return store
 
     def __repr__(self) -> str:
         return f"RedisCounterStore({self._description!r}, prefix={self.prefix!r}, shards={self.shards})"
+
+    def identity(self) -> str:
+        return f"redis:{self._location}/{escape(self.prefix)}"
 
     def _check_layout(self) -> None:
         """At first use: refuse a server that may evict counters, and adopt the shard count
@@ -755,6 +762,17 @@ class RedisCounterStore(CounterStore):
             self._redis.close()
         except self._errors:
             pass
+
+
+def _location(client: Any) -> str:
+    """Return the server (and database) ``client`` talks to, without credentials."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        kwargs = pool.connection_kwargs
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return f"{where}/{kwargs.get('db', 0)}"
+    node = client.get_default_node()  # a cluster client built by the caller
+    return f"cluster:{node.host}:{node.port}"
 
 
 def _add_fields(
