@@ -92,6 +92,14 @@ SETTINGS: dict[str, tuple[list[object], tuple[str, list[object]]]] = {
     "metrics_addr": (["127.0.0.1", "::1"], ("a non-empty string", [None, 127, "", "  "])),
     "flusher": ([True, False], BOOL),
     "background": ([True, False], BOOL),
+    "spool_dir": (
+        [None, "/tmp/analytics-spool"],
+        (
+            "a directory path (created if missing), or None",
+            [3, "", b"/tmp", "/dev/null"],  # /dev/null exists and is not a directory
+        ),
+    ),
+    "spool_after": ([5, 60.0], NUMBER_GT0),
     "clock": ([ManualClock()], ("a Clock", [None, 0, "system", time.time])),
 }
 
@@ -114,6 +122,8 @@ ENV_OK: dict[str, list[tuple[str, object]]] = {
     "flusher": [(t, True) for t in ("1", "true", "YES", " on ")]
     + [(f, False) for f in ("0", "False", "no", "OFF")],
     "background": [("true", True), ("0", False)],
+    "spool_dir": [("", None), ("/tmp/analytics-spool", "/tmp/analytics-spool")],
+    "spool_after": [("30", 30.0)],
 }
 ENV_BAD: dict[str, list[str]] = {
     "store": ["", "redis"],
@@ -133,6 +143,8 @@ ENV_BAD: dict[str, list[str]] = {
     "metrics_addr": ["", " "],
     "flusher": ["", "2", "maybe", "y"],
     "background": ["nope"],
+    "spool_dir": ["/dev/null"],
+    "spool_after": ["0", "soon"],
 }
 
 
