@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -469,6 +470,7 @@ def test_a_long_outage_spools_the_buffer_and_a_recovery_replays_it_exactly(
         spool_after=30,
     )
     scheduler = client.scheduler
+    scheduler._rng = random.Random(7)  # the backoff's jitter, fixed
 
     def tick(seconds: float) -> None:
         for _ in range(int(seconds)):
@@ -504,6 +506,7 @@ def test_a_long_outage_spools_the_buffer_and_a_recovery_replays_it_exactly(
     assert scheduler.push_failures == 0
     assert spool_files(spool_dir) == []
     assert live_total(direct_url, "outage") == 22
+    assert (client.stats()["counts_spooled"], client.stats()["counts_replayed"]) == (15, 15)
     assert client.count("outage") == 22
     assert client.count("outage", user_id="v3") == 1
     client.shutdown()

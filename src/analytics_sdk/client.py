@@ -265,7 +265,8 @@ class Analytics:
         return attrs.evolve(result, spooled=result.spooled + counts)
 
     def stats(self) -> dict[str, float | int | None]:
-        """Return the pipeline's own counters: buffer size, overflow, drops, pushes, flushes."""
+        """Return the pipeline's own counters: buffer size, overflow, drops, pushes, flushes,
+        spool."""
         s = self.scheduler.stats
         return {
             "buffered_keys": self.aggregator.buffered_keys,
@@ -279,6 +280,8 @@ class Analytics:
             "counts_flushed": s.counts_flushed,
             "batches_flushed": s.batches_flushed,
             "last_flush_success": s.last_flush_success,
+            "counts_spooled": self.scheduler.counts_spooled,
+            "counts_replayed": self.scheduler.counts_replayed,
         }
 
     # -- queries ----------------------------------------------------------------------------

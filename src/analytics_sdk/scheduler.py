@@ -136,6 +136,7 @@ class Scheduler:
         self._replay_due = self.spool is not None
         self.next_replay = now
         self.replay_failures = 0
+        self._outage = False  # until the store takes a push again (an empty one proves nothing)
         self._spill_at = math.inf
         self._outage_spills = 0
         self.counts_spooled = 0
@@ -261,6 +262,8 @@ class Scheduler:
         except Exception as exc:
             raise StoreError(f"replay to {self.store!r} failed: {exc!r}") from exc
         self._replay_due = self.clock.monotonic() >= deadline  # cut short: go on later
+        if result.pushes:
+            self._outage = False
         self.counts_replayed += result.counts
         if result.files:
             logger.info(
@@ -395,7 +398,8 @@ class Scheduler:
             now = self.clock.monotonic()
             try:
                 if kind == "push":
-                    self._measured("push", self.push)
+                    if self._measured("push", self.push)[0]:
+                        self._outage = False
                 else:
                     moved = self._measured("flush", self.flush_store)
             except BackendError as exc:
@@ -416,7 +420,8 @@ class Scheduler:
     def _failed(self, kind: str, now: float, exc: BackendError) -> tuple[Any, ...]:
         if kind == "push":
             self.push_failures += 1
-            if self.push_failures == 1:  # an outage starts: spool if it lasts
+            if not self._outage:  # an outage starts: spool if it lasts
+                self._outage = True
                 self._spill_at = now + self.config.spool_after
                 self._outage_spills = 0
             delay = self.backoff(self.push_failures)
