@@ -89,7 +89,7 @@ class ReplayResult:
     pushes: int = 0
     """Pushes sent to the store (those it had already applied are no-ops there)."""
     counts: int = 0
-    """Counts in those pushes."""
+    """Counts the store added (a push it had already applied adds none)."""
 
 
 def encode(identity: str, pushes: list[Push], created: float) -> bytes:
@@ -288,9 +288,9 @@ class Spool:
                 if loaded is None:
                     continue
                 for push in loaded:
-                    store.push(push)  # a store failure propagates; the file stays
+                    applied = store.push(push)  # a store failure propagates; the file stays
                     pushes += 1
-                    counts += push.delta.total
+                    counts += push.delta.total if applied else 0
                 os.unlink(path)  # while locked: no other replayer can be between read and delete
                 _fsync_dir(self.directory)
                 files += 1
