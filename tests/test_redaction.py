@@ -98,8 +98,13 @@ def test_store_errors_flush_results_logs_and_the_shutdown_warning_hide_the_passw
     assert result.error
     assert SECRET not in repr(result)
     client.shutdown(timeout=0.5)
-    assert "shutdown flush incomplete" in caplog.text
+    assert "could not take 1 counts at shutdown" in caplog.text  # and spooled them
     assert SECRET not in caplog.text
+    assert client.scheduler.spool is not None
+    spooled = client.scheduler.spool.files()
+    assert len(spooled) == 1
+    with open(spooled[0]) as f:
+        assert SECRET not in f.read()
     assert SECRET not in generate_latest().decode()
 
 
