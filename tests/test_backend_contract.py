@@ -184,6 +184,24 @@ class TestSink:
         assert sink.hourly_counts(ODD, None, None, ((ODD, ODD),)) == {H: 4}
         assert sink.user_counts(ODD, None, None, ODD) == {ODD: 4}
 
+    def test_a_snapshot_reads_counts_and_ledger_as_of_one_moment(self, sink: Sink) -> None:
+        before = batch({("a", (), H): 1}, {("a", "u", D): 1})
+        sink.apply(before)
+        position = sink.position()
+        assert sink.position() == position  # nothing committed since
+        after = batch({("a", (), H): 2}, {("a", "u", D): 2})
+        sink.apply(after)
+        with sink.snapshot() as snapshot:
+            assert snapshot.applied_since(position) == {after.id}
+            assert snapshot.applied([before.id, after.id, "unknown"]) == {before.id, after.id}
+            assert snapshot.hourly_counts("a", None, None, ()) == {H: 3}
+            assert snapshot.user_counts("a", None, None, "u") == {"u": 3}
+            assert snapshot.event_totals() == {"a": 3}
+        position = sink.position()
+        with sink.snapshot(fence=True) as snapshot:
+            assert snapshot.applied_since(position) == set()
+            assert snapshot.hourly_counts("a", None, None, ()) == {H: 3}
+
 
 # -- the protocol between them ---------------------------------------------------------------
 

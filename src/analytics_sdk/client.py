@@ -74,7 +74,9 @@ class Analytics:
             on_drain=self.event_totals.account,
         )
         self.scheduler = Scheduler(self.aggregator, self.store, self.sink, self.config)
-        self._query = QueryEngine(self.aggregator, self.store, self.sink)
+        self._query = QueryEngine(
+            self.aggregator, self.store, self.sink, self.scheduler.pushes_paused
+        )
         self._add = self.aggregator.add
         if self.config.push_interval == 0:
             self._add = self._add_write_through

@@ -1,12 +1,24 @@
 """Exact queries: sink + the store's pending counts + this process's buffer.
 
-The three tiers are read in an order that can lag the truth but never exceed it:
+A count travels buffer -> outbox (a push in flight) -> store live -> claimed -> applied but
+not acknowledged -> acknowledged, and other processes move counts along this path while a
+query reads. A query returns, for each key, every count that was readable when it started,
+once, and counts that arrived meanwhile at most once: it never exceeds the truth and never
+goes backwards. How (``docs/concepts.md`` tells the same with the reasons):
 
-1. the sink's counts;
-2. the store's live counters and claimed batches;
-3. the sink's ledger, for those claimed batches: a batch committed after step 1 is dropped
-   from the pending counts (it is not in step 1 either: a lag, never a double count);
-4. this process's buffer and outbox; an outbox the store already applied is skipped.
+1. take the sink's :meth:`~analytics_sdk.backends.base.Sink.position` (its ledger's commit
+   order, now);
+2. with this process's pushes held (``track()`` never waits), copy the buffer and outbox,
+   then read the store (live counters and claimed batches, atomically per shard). The outbox
+   counts here unless the store had applied it before the read;
+3. read the sink in one snapshot: its counts, and which of the claimed batches its ledger
+   holds (those are in its counts, so their pending counts are skipped);
+4. if a batch the store read did not show as claimed committed after step 1, it may hold
+   counts the store read saw live (or a push made after step 2): read again. After
+   ``attempts`` reads, read once behind the sink's fence, under which nothing commits.
+
+Reading the store before the sink is what makes a count that moves during the read seen
+rather than missed; the ledger tells the one case where it could be seen twice.
 
 Time is bucketed by UTC hour; day, week and month periods in other time zones are built from
 those hours (in a zone whose offset is not a whole hour, the UTC hour that straddles a
@@ -15,19 +27,24 @@ period boundary counts toward the later period).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from datetime import date, datetime, time, timedelta, tzinfo
-from typing import Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import attrs
+
 from .aggregator import Aggregator
-from .backends.base import CounterStore, Pending, Sink, hourly_of, users_of
+from .backends.base import CounterStore, Delta, Pending, Sink, SinkSnapshot, hourly_of, users_of
 from .keys import Properties, day_of, hour_of
 
-__all__ = ["GRANULARITIES", "Granularity", "QueryEngine", "periods", "resolve_tz"]
+__all__ = ["GRANULARITIES", "READ_ATTEMPTS", "Granularity", "QueryEngine", "periods", "resolve_tz"]
 
 Granularity = Literal["hour", "day", "week", "month"]
 GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
+READ_ATTEMPTS = 4
+"""Reads a query makes before it reads behind the sink's fence (which always succeeds)."""
 K = TypeVar("K")
 
 
@@ -36,55 +53,127 @@ def _add(target: dict[K, int], counts: dict[K, int]) -> None:
         target[key] = target.get(key, 0) + value
 
 
-class QueryEngine:
-    """Merges the three tiers into exact counts."""
+@attrs.frozen(kw_only=True)
+class _Read(Generic[K]):
+    """One query's reads of each tier, by the same keys."""
 
-    def __init__(self, aggregator: Aggregator, store: CounterStore, sink: Sink) -> None:
+    pending: Callable[[], Pending[K]]
+    durable: Callable[[SinkSnapshot], dict[K, int]]
+    local: Callable[[Delta], dict[K, int]] | None
+    """Counts of a buffer or outbox; None: this process's buffer is not read."""
+
+
+class QueryEngine:
+    """Merges the three tiers into exact counts that never go backwards."""
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        store: CounterStore,
+        sink: Sink,
+        pushes_paused: Callable[[], AbstractContextManager[None]] = nullcontext,
+    ) -> None:
         self.aggregator = aggregator
         self.store = store
         self.sink = sink
+        self._pushes_paused = pushes_paused
+        self.attempts = READ_ATTEMPTS
+        self.retries = 0
+        """Reads started again because a batch committed under them."""
+        self.fenced = 0
+        """Queries that read behind the sink's fence after ``attempts`` reads."""
 
-    def _merge(self, durable: dict[K, int], pending: Pending[K]) -> dict[K, int]:
+    def _read(self, read: _Read[K]) -> dict[K, int]:
+        for _ in range(self.attempts):
+            out = self._attempt(read, fence=False)
+            if out is not None:
+                return out
+            self.retries += 1
+        self.fenced += 1
+        out = self._attempt(read, fence=True)
+        assert out is not None  # nothing commits behind the fence
+        return out
+
+    def _attempt(self, read: _Read[K], *, fence: bool) -> dict[K, int] | None:
+        """Read every tier once; return the counts, or None if a batch committed under the
+        read in a way that could count something twice."""
+        with ExitStack() as stack:
+            snapshot = stack.enter_context(self.sink.snapshot(fence=True)) if fence else None
+            position = None if fence else self.sink.position()
+            local: dict[K, int] = {}
+            with self._pushes_paused() if read.local is not None else nullcontext():
+                # No push of ours starts until the store is read; an outbox left by a push
+                # that failed may still have been applied (a lost reply): ask the store.
+                outbox = None
+                if read.local is not None:
+                    held = self.aggregator.local_counts()
+                    local = read.local(held.buffer)
+                    outbox = held.outbox
+                while True:
+                    outbox_read = outbox is not None and self.store.has_push(outbox)
+                    pending = read.pending()
+                    if outbox is None or outbox_read or not self.store.has_push(outbox):
+                        break
+                    # That earlier attempt landed during this read: read the store again.
+                if outbox is not None and not outbox_read and read.local is not None:
+                    _add(local, read.local(outbox.delta))
+            if snapshot is None:
+                snapshot = stack.enter_context(self.sink.snapshot())
+            durable = read.durable(snapshot)
+            # A batch that was not claimed when the store was read but committed since may
+            # hold counts read live, or pushed from this buffer after the read.
+            if (
+                position is not None
+                and (pending.live or local)
+                and snapshot.applied_since(position) - pending.claimed.keys()
+            ):
+                return None
+            committed = snapshot.applied(pending.claimed) if pending.claimed else set()
         out = dict(durable)
         _add(out, pending.live)
-        committed = self.sink.applied(pending.claimed) if pending.claimed else set()
         for batch_id, counts in pending.claimed.items():
             if batch_id not in committed:
                 _add(out, counts)
+        _add(out, local)
         return out
 
     def hourly_counts(
         self, event: str, start: int | None, end: int | None, properties: Properties
     ) -> dict[int, int]:
         """Return exact counts of ``event`` by hour bucket in ``[start, end)``."""
-        durable = self.sink.hourly_counts(event, start, end, properties)
-        out = self._merge(durable, self.store.pending_hourly(event, start, end, properties))
-        local = self.aggregator.local_counts()
-        _add(out, hourly_of(local.buffer.hourly, event, start, end, properties))
-        if local.outbox is not None and not self.store.has_push(local.outbox):
-            _add(out, hourly_of(local.outbox.delta.hourly, event, start, end, properties))
-        return out
+        return self._read(
+            _Read(
+                pending=lambda: self.store.pending_hourly(event, start, end, properties),
+                durable=lambda sink: sink.hourly_counts(event, start, end, properties),
+                local=lambda delta: hourly_of(delta.hourly, event, start, end, properties),
+            )
+        )
 
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> dict[str, int]:
         """Return exact counts of ``event`` by user over day buckets ``[start, end)``."""
-        durable = self.sink.user_counts(event, start, end, user_id)
-        out = self._merge(durable, self.store.pending_users(event, start, end, user_id))
-        local = self.aggregator.local_counts()
-        _add(out, users_of(local.buffer.users, event, start, end, user_id))
-        if local.outbox is not None and not self.store.has_push(local.outbox):
-            _add(out, users_of(local.outbox.delta.users, event, start, end, user_id))
-        return out
+        return self._read(
+            _Read(
+                pending=lambda: self.store.pending_users(event, start, end, user_id),
+                durable=lambda sink: sink.user_counts(event, start, end, user_id),
+                local=lambda delta: users_of(delta.users, event, start, end, user_id),
+            )
+        )
 
     def fleet_totals(self) -> dict[str, int]:
         """Return the all-time count of every event that reached the store or the sink.
 
         Counts still in some process's buffer are not included (they arrive within a push
-        interval); the same read order as the other queries keeps it from exceeding the truth.
+        interval); the same reads as the other queries keep it from exceeding the truth.
         """
-        durable = self.sink.event_totals()
-        return self._merge(durable, self.store.pending_event_totals())
+        return self._read(
+            _Read(
+                pending=self.store.pending_event_totals,
+                durable=lambda sink: sink.event_totals(),
+                local=None,
+            )
+        )
 
 
 def resolve_tz(tz: str | tzinfo) -> tzinfo:

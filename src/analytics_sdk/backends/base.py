@@ -12,19 +12,33 @@ the other in three steps:
 
 A flusher that dies between steps leaves a claim behind; ``store.claimed(older_than=...)``
 finds it and the next flush applies it again, which the ledger makes safe.
+
+Queries read the store, then a :class:`SinkSnapshot` in which counts and ledger agree; the
+sink's :meth:`Sink.position` tells which batches committed while the store was read (see
+:mod:`analytics_sdk.query`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
 
 import attrs
 
 from ..keys import HourKey, Properties, UserKey
 
-__all__ = ["Batch", "CounterStore", "Delta", "Pending", "Push", "Sink", "matches"]
+__all__ = [
+    "Batch",
+    "CounterStore",
+    "Delta",
+    "Pending",
+    "Push",
+    "Sink",
+    "SinkSnapshot",
+    "matches",
+]
 
 T = TypeVar("T")
 
@@ -183,6 +197,34 @@ class CounterStore(ABC):
         """Release connections."""
 
 
+class SinkSnapshot(ABC):
+    """Reads of a sink that all see one committed state: the counts and the ledger agree."""
+
+    @abstractmethod
+    def hourly_counts(
+        self, event: str, start: int | None, end: int | None, properties: Properties
+    ) -> dict[int, int]:
+        """Return counts of ``event`` by hour, as :meth:`Sink.hourly_counts` does."""
+
+    @abstractmethod
+    def user_counts(
+        self, event: str, start: int | None, end: int | None, user_id: str | None
+    ) -> dict[str, int]:
+        """Return counts of ``event`` by user, as :meth:`Sink.user_counts` does."""
+
+    @abstractmethod
+    def event_totals(self) -> dict[str, int]:
+        """Return the all-time count of every event, as :meth:`Sink.event_totals` does."""
+
+    @abstractmethod
+    def applied(self, batch_ids: Iterable[str]) -> set[str]:
+        """Return those of ``batch_ids`` that are in the ledger (their counts are read here)."""
+
+    @abstractmethod
+    def applied_since(self, position: str) -> set[str]:
+        """Return the batches committed after :meth:`Sink.position` returned ``position``."""
+
+
 class Sink(ABC):
     """The durable tier: applies claimed batches exactly once and answers queries."""
 
@@ -218,6 +260,18 @@ class Sink(ABC):
     def check_readable(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
         """Check, changing nothing, that the sink holds data this SDK can read; from then on
         queries change nothing either (read commands call this first)."""
+
+    @abstractmethod
+    def position(self) -> str:
+        """Return an opaque mark of the ledger's commit order, now."""
+
+    @abstractmethod
+    def snapshot(self, *, fence: bool = False) -> AbstractContextManager[SinkSnapshot]:
+        """Return a context whose reads see one committed state.
+
+        With ``fence``, no batch commits from entering the context until leaving it (applies
+        in progress finish first, new ones wait), and every read sees what committed before.
+        """
 
     def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Drop what a forked child must not share with its parent (connections, locks)."""

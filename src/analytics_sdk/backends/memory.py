@@ -11,7 +11,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from ..keys import Properties
@@ -22,6 +23,7 @@ from .base import (
     Pending,
     Push,
     Sink,
+    SinkSnapshot,
     hourly_of,
     in_range,
     matches,
@@ -136,6 +138,7 @@ class MemorySink(Sink):
         self._hourly: defaultdict[str, dict[tuple[Properties, int], int]] = defaultdict(dict)
         self._users: defaultdict[str, dict[tuple[str, int], int]] = defaultdict(dict)
         self._ledger: dict[str, float] = {}
+        self._order: list[str] = []  # batch ids in commit order: positions index it
 
     def __repr__(self) -> str:
         return "MemorySink()"
@@ -145,6 +148,7 @@ class MemorySink(Sink):
             if batch.id in self._ledger:
                 return False
             self._ledger[batch.id] = self._clock()
+            self._order.append(batch.id)
             for (event, properties, hour), value in batch.delta.hourly.items():
                 rows = self._hourly[event]
                 rows[properties, hour] = rows.get((properties, hour), 0) + value
@@ -155,31 +159,67 @@ class MemorySink(Sink):
 
     def applied(self, batch_ids: Iterable[str]) -> set[str]:
         with self._lock:
-            return {batch_id for batch_id in batch_ids if batch_id in self._ledger}
+            return _MemorySnapshot(self).applied(batch_ids)
+
+    def hourly_counts(
+        self, event: str, start: int | None, end: int | None, properties: Properties
+    ) -> dict[int, int]:
+        with self._lock:
+            return _MemorySnapshot(self).hourly_counts(event, start, end, properties)
+
+    def user_counts(
+        self, event: str, start: int | None, end: int | None, user_id: str | None
+    ) -> dict[str, int]:
+        with self._lock:
+            return _MemorySnapshot(self).user_counts(event, start, end, user_id)
+
+    def event_totals(self) -> dict[str, int]:
+        with self._lock:
+            return _MemorySnapshot(self).event_totals()
+
+    def position(self) -> str:
+        with self._lock:
+            return str(len(self._order))
+
+    @contextmanager
+    def snapshot(self, *, fence: bool = False) -> Iterator[SinkSnapshot]:
+        # Holding the lock is both: nothing commits meanwhile, so every read agrees.
+        with self._lock:
+            yield _MemorySnapshot(self)
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+
+class _MemorySnapshot(SinkSnapshot):
+    """Reads of a :class:`MemorySink` whose lock the caller holds."""
+
+    def __init__(self, sink: MemorySink) -> None:
+        self._sink = sink
 
     def hourly_counts(
         self, event: str, start: int | None, end: int | None, properties: Properties
     ) -> dict[int, int]:
         out: dict[int, int] = {}
-        with self._lock:
-            for (props, hour), value in self._hourly.get(event, {}).items():
-                if in_range(hour, start, end) and matches(props, properties):
-                    out[hour] = out.get(hour, 0) + value
+        for (props, hour), value in self._sink._hourly.get(event, {}).items():
+            if in_range(hour, start, end) and matches(props, properties):
+                out[hour] = out.get(hour, 0) + value
         return out
 
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> dict[str, int]:
         out: dict[str, int] = {}
-        with self._lock:
-            for (user, day), value in self._users.get(event, {}).items():
-                if in_range(day, start, end) and (user_id is None or user == user_id):
-                    out[user] = out.get(user, 0) + value
+        for (user, day), value in self._sink._users.get(event, {}).items():
+            if in_range(day, start, end) and (user_id is None or user == user_id):
+                out[user] = out.get(user, 0) + value
         return out
 
     def event_totals(self) -> dict[str, int]:
-        with self._lock:
-            return {event: sum(rows.values()) for event, rows in self._hourly.items() if rows}
+        return {event: sum(rows.values()) for event, rows in self._sink._hourly.items() if rows}
 
-    def after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
+    def applied(self, batch_ids: Iterable[str]) -> set[str]:
+        return {batch_id for batch_id in batch_ids if batch_id in self._sink._ledger}
+
+    def applied_since(self, position: str) -> set[str]:
+        return set(self._sink._order[int(position) :])

@@ -4,6 +4,11 @@ A batch is applied in one transaction: insert its id into the ledger (a conflict
 was applied already: do nothing), COPY its counters into temporary tables, then upsert them
 with ``INSERT ... SELECT ... ORDER BY <primary key> ... ON CONFLICT DO UPDATE``. The ORDER BY
 makes concurrent flushers lock rows in the same order, so they never deadlock.
+
+Each ledger row records the transaction that applied it (``xact``): a query compares it with
+a snapshot taken before it read the store, to learn which batches committed meanwhile. A
+fenced read holds an exclusive advisory lock that every apply takes shared, so no batch
+commits while it reads (see ``analytics_sdk.query``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from ..errors import ConfigurationError, SinkError
 from ..keys import Properties, encode_properties
 from ..process import exiting
 from . import check_url_options, redact_url
-from .base import Batch, Sink
+from .base import Batch, Sink, SinkSnapshot
 
 __all__ = ["PostgresSink", "migrate"]
 
@@ -327,6 +332,7 @@ class PostgresSink(Sink):
 
     def apply(self, batch: Batch) -> bool:
         with self._connection("apply") as conn, conn.transaction():
+            conn.execute(self._sql["fence_shared"], [self._fence_key])  # a fenced read waits
             counters = len(batch.delta.hourly) + len(batch.delta.users)
             claimed = conn.execute(self._sql["ledger_insert"], [batch.id, counters]).fetchone()
             if claimed is None:
@@ -369,33 +375,40 @@ class PostgresSink(Sink):
     def hourly_counts(
         self, event: str, start: int | None, end: int | None, properties: Properties
     ) -> dict[int, int]:
-        cutoff = self._hourly_cutoff_day()
-        wanted = json.dumps(dict(properties)) if properties else None
-        low = start if cutoff is None else max(start or cutoff * 24, cutoff * 24)
-        params: dict[str, Any] = {"event": event, "start": low, "end": end, "props": wanted}
-        out: dict[int, int] = {}
-        with self._connection("query") as conn:
-            for hour, total in conn.execute(self._sql["query_hourly"], params):
-                out[int(hour)] = int(total)
-            if cutoff is not None and (start is None or start < cutoff * 24):
-                # Older than the hourly retention: daily totals, at each day's first hour.
-                first_day = None if start is None else -(-start // 24)
-                last_day = cutoff if end is None else min(cutoff, -(-end // 24))
-                daily = {"event": event, "start": first_day, "end": last_day, "props": wanted}
-                for day, total in conn.execute(self._sql["query_daily"], daily):
-                    out[int(day) * 24] = out.get(int(day) * 24, 0) + int(total)
-        return out
+        with self.snapshot() as snapshot:
+            return snapshot.hourly_counts(event, start, end, properties)
 
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> dict[str, int]:
-        params = {"event": event, "start": start, "end": end, "user": user_id}
-        with self._connection("query") as conn:
-            return {u: int(n) for u, n in conn.execute(self._sql["query_users"], params)}
+        with self.snapshot() as snapshot:
+            return snapshot.user_counts(event, start, end, user_id)
 
     def event_totals(self) -> dict[str, int]:
-        with self._connection("query") as conn:
-            return {event: int(n) for event, n in conn.execute(self._sql["event_totals"])}
+        with self.snapshot() as snapshot:
+            return snapshot.event_totals()
+
+    def position(self) -> str:
+        with self._connection("ledger read") as conn:
+            row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+            return str(row[0])
+
+    @contextmanager
+    def snapshot(self, *, fence: bool = False) -> Iterator[SinkSnapshot]:
+        # REPEATABLE READ: every statement sees the snapshot of the first. A fence reads in
+        # READ COMMITTED instead: its snapshot must be taken after the lock is granted, and
+        # nothing commits while it is held.
+        with self._connection("query") as conn, conn.transaction():
+            if fence:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                conn.execute(self._sql["fence"], [self._fence_key])
+            else:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield _PostgresSnapshot(self, conn)
+
+    @property
+    def _fence_key(self) -> str:
+        return f"analytics_sdk:fence:{self.schema}"
 
     # -- upkeep -----------------------------------------------------------------------------
 
@@ -448,6 +461,55 @@ class PostgresSink(Sink):
             pool.close(timeout=5.0)
 
 
+class _PostgresSnapshot(SinkSnapshot):
+    """Reads on one connection inside the transaction of :meth:`PostgresSink.snapshot`."""
+
+    def __init__(self, sink: PostgresSink, conn: Any) -> None:
+        self._sink = sink
+        self._conn = conn
+        self._sql = sink._sql
+
+    def _rows(self, name: str, params: Any) -> Any:
+        return self._conn.execute(self._sql[name], params).fetchall()  # errors: see snapshot()
+
+    def hourly_counts(
+        self, event: str, start: int | None, end: int | None, properties: Properties
+    ) -> dict[int, int]:
+        cutoff = self._sink._hourly_cutoff_day()
+        wanted = json.dumps(dict(properties)) if properties else None
+        low = start if cutoff is None else max(start or cutoff * 24, cutoff * 24)
+        params: dict[str, Any] = {"event": event, "start": low, "end": end, "props": wanted}
+        out: dict[int, int] = {}
+        for hour, total in self._rows("query_hourly", params):
+            out[int(hour)] = int(total)
+        if cutoff is not None and (start is None or start < cutoff * 24):
+            # Older than the hourly retention: daily totals, at each day's first hour.
+            first_day = None if start is None else -(-start // 24)
+            last_day = cutoff if end is None else min(cutoff, -(-end // 24))
+            daily = {"event": event, "start": first_day, "end": last_day, "props": wanted}
+            for day, total in self._rows("query_daily", daily):
+                out[int(day) * 24] = out.get(int(day) * 24, 0) + int(total)
+        return out
+
+    def user_counts(
+        self, event: str, start: int | None, end: int | None, user_id: str | None
+    ) -> dict[str, int]:
+        params = {"event": event, "start": start, "end": end, "user": user_id}
+        return {u: int(n) for u, n in self._rows("query_users", params)}
+
+    def event_totals(self) -> dict[str, int]:
+        return {event: int(n) for event, n in self._rows("event_totals", None)}
+
+    def applied(self, batch_ids: Iterable[str]) -> set[str]:
+        ids = list(batch_ids)
+        if not ids:
+            return set()
+        return {row[0] for row in self._rows("ledger_select", [ids])}
+
+    def applied_since(self, position: str) -> set[str]:
+        return {row[0] for row in self._rows("ledger_since", {"position": position})}
+
+
 def _hourly_rows(batch: Batch) -> tuple[list[tuple[str, int, str, int]], dict[str, str]]:
     """Return rows ``(event, hour, props_key, count)`` and the batch's property sets as
     ``{props_key: properties JSON}``, each set encoded once."""
@@ -471,10 +533,19 @@ _MATCHING_SETS = (
 
 _STATEMENTS = {
     "ledger_insert": (
-        "INSERT INTO {s}.flush_ledger (batch_id, counters) VALUES (%s, %s) "
+        "INSERT INTO {s}.flush_ledger (batch_id, counters, xact) "
+        "VALUES (%s, %s, pg_current_xact_id()) "
         "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id"
     ),
     "ledger_select": "SELECT batch_id FROM {s}.flush_ledger WHERE batch_id = ANY(%s)",
+    # Batches whose transaction had not committed when the position's snapshot was taken.
+    "ledger_since": (
+        "SELECT batch_id FROM {s}.flush_ledger "
+        "WHERE xact >= pg_snapshot_xmin(%(position)s::pg_snapshot) "
+        "AND NOT pg_visible_in_snapshot(xact, %(position)s::pg_snapshot)"
+    ),
+    "fence": "SELECT pg_advisory_xact_lock(hashtext(%s))",
+    "fence_shared": "SELECT pg_advisory_xact_lock_shared(hashtext(%s))",
     "upsert_sets": (
         "INSERT INTO {s}.property_sets (props_hash, properties) "
         "SELECT md5(k)::uuid, p::jsonb FROM unnest(%s::text[], %s::text[]) AS u (k, p) ORDER BY 1 "

@@ -1,0 +1,282 @@
+"""Queries never go backwards and never exceed the truth while counts move between tiers.
+
+One thread tracks and flushes without pause (buffer -> outbox -> store -> claim -> sink ->
+ack); readers in the same process and in another process count all the while. Every answer
+must be at most what was tracked when it returned and at least the answer before it; once
+the writer stops and flushes, the count is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analytics_sdk import Analytics, StoreError
+from analytics_sdk.backends import CounterStore, Push, Sink
+from analytics_sdk.query import READ_ATTEMPTS
+from analytics_sdk.testing import ManualClock
+
+from .utils import redis_and_postgres
+
+EVENT = "read:check"
+USERS = ("u0", "u1")
+WHEN = datetime.now(timezone.utc).replace(minute=30, second=0, microsecond=0) - timedelta(days=1)
+DAY: date = WHEN.date()
+QUERIES = 5_000
+"""Per reader; two readers: 10,000 queries."""
+
+
+class Tracked:
+    """What the writer tracked so far, raised before each track() so a reader that reads it
+    after a query has an upper bound for the answer (shared with reader processes)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.total = ctx.RawValue("q", 0)
+        self.user = ctx.RawValue("q", 0)  # tracked for USERS[0]
+
+
+def _write(client: Analytics, tracked: Tracked, stop: threading.Event) -> None:
+    i = 0
+    while not stop.is_set():
+        user = USERS[i % 2]
+        tracked.total.value += 1
+        if user == USERS[0]:
+            tracked.user.value += 1
+        client.track(EVENT, user_id=user, timestamp=WHEN)
+        if i % 3 == 2:
+            client.flush(timeout=30)
+        i += 1
+
+
+def read_many(client: Analytics, tracked: Tracked, queries: int) -> dict[str, Any]:
+    """Count ``queries`` times (all-time and one user's day, in turn); report every answer
+    that went down or above the truth."""
+    last = {"total": 0, "user": 0}
+    decreases: list[tuple[str, int, int]] = []
+    above: list[tuple[str, int, int]] = []
+    for n in range(queries):
+        if n % 2 == 0:
+            kind, answer = "total", client.count(EVENT)
+            bound = tracked.total.value
+        else:
+            kind, answer = "user", client.count(EVENT, day=DAY, user_id=USERS[0])
+            bound = tracked.user.value
+        if answer < last[kind]:
+            decreases.append((kind, last[kind], answer))
+        if answer > bound:
+            above.append((kind, answer, bound))
+        last[kind] = max(last[kind], answer)
+    return {"decreases": decreases, "above": above, "last": last}
+
+
+def read_in_process(
+    store_url: str, sink_url: str, tracked: Tracked, queries: int, report: str
+) -> None:
+    """A reader in its own process, with its own client: it sees only store and sink."""
+    with Analytics(store=store_url, sink=sink_url, flusher=False, background=False) as client:
+        result = read_many(client, tracked, queries)
+    Path(report).write_text(json.dumps(result))
+
+
+def _check(results: dict[str, dict[str, Any]]) -> None:
+    wrong = {
+        reader: (len(r["decreases"]), r["decreases"][:3], len(r["above"]), r["above"][:3])
+        for reader, r in results.items()
+        if r["decreases"] or r["above"]
+    }
+    assert not wrong, f"reader: (decreases, e.g., answers above the truth, e.g.): {wrong}"
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """Switch threads often, so the readers interleave with every step of the writer."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(before)
+
+
+def _run(
+    client: Analytics,
+    tracked: Tracked,
+    readers: list[Any],
+    reports: list[Path],
+    same_process: int,
+    queries: int = QUERIES,
+) -> None:
+    stop = threading.Event()
+    writer = threading.Thread(target=_write, args=(client, tracked, stop))
+    results: list[dict[str, Any]] = []
+    local = [
+        threading.Thread(target=lambda: results.append(read_many(client, tracked, queries)))
+        for _ in range(same_process)
+    ]
+    writer.start()
+    for t in local:
+        t.start()
+    for p in readers:
+        p.start()
+    for t in local:
+        t.join()
+    for p in readers:
+        p.join(600)
+    stop.set()
+    writer.join()
+    assert all(p.exitcode == 0 for p in readers)
+    assert len(results) == same_process
+    _check(
+        {f"thread {n}": r for n, r in enumerate(results)}
+        | {f"process {n}": json.loads(p.read_text()) for n, p in enumerate(reports)}
+    )
+    assert client.flush(timeout=60).complete
+    assert client.count(EVENT) == tracked.total.value
+    assert client.count(EVENT, day=DAY, user_id=USERS[0]) == tracked.user.value
+    assert client.scheduler.stats.counts_flushed == tracked.total.value
+
+
+def test_queries_never_go_backwards_with_redis_and_postgres(tmp_path: Path) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    tracked = Tracked(spawn)
+    with (
+        redis_and_postgres("reads") as (store_url, sink_url),
+        Analytics(store=store_url, sink=sink_url, background=False) as client,
+    ):
+        report = tmp_path / "reader.json"
+        reader = spawn.Process(
+            target=read_in_process, args=(store_url, sink_url, tracked, QUERIES, str(report))
+        )
+        _run(client, tracked, [reader], [report], same_process=1)
+
+
+def test_reads_behind_the_fence_never_go_backwards_with_redis_and_postgres() -> None:
+    tracked = Tracked(multiprocessing.get_context("spawn"))
+    with (
+        redis_and_postgres("fence") as (store_url, sink_url),
+        Analytics(store=store_url, sink=sink_url, background=False) as client,
+    ):
+        client._query.attempts = 0  # every query reads behind the fence
+        _run(client, tracked, [], [], same_process=1, queries=1_000)
+        assert client._query.fenced >= 1_000
+
+
+@pytest.mark.parametrize("attempts", [READ_ATTEMPTS, 0])
+def test_queries_never_go_backwards_with_memory_backends(
+    fast_switching: None, attempts: int
+) -> None:
+    tracked = Tracked(multiprocessing.get_context("spawn"))
+    with Analytics(store="memory://", sink="memory://", background=False) as client:
+        client._query.attempts = attempts
+        _run(client, tracked, [], [], same_process=2)
+
+
+# -- each interleaving, step by step, on every store and sink -------------------------------
+
+
+@pytest.fixture
+def client(store: CounterStore, sink: Sink, clock: ManualClock) -> Iterator[Analytics]:
+    with Analytics(store=store, sink=sink, clock=clock, background=False) as c:
+        yield c
+
+
+def after_store_read(client: Analytics, step: Any) -> list[int]:
+    """Run ``step`` once, right after a query's first read of the store; return a list that
+    counts the store reads."""
+    read = client.store.pending_hourly
+    calls: list[int] = []
+
+    def hooked(*args: Any) -> Any:
+        pending = read(*args)
+        calls.append(1)
+        if len(calls) == 1:
+            step()
+        return pending
+
+    client.store.pending_hourly = hooked  # type: ignore[method-assign]
+    return calls
+
+
+def flush_elsewhere(client: Analytics) -> None:
+    """Claim, apply and acknowledge what the store holds, as another process's flusher."""
+    for batch in [*client.store.claimed(), *client.store.claim()]:
+        client.sink.apply(batch)
+        client.store.ack(batch.id)
+
+
+def test_a_batch_committed_while_the_store_is_read_counts_once(client: Analytics) -> None:
+    client.track("e", value=3)
+    client.scheduler.push()
+    client.store.claim()  # a flush in flight: claimed, not yet applied
+    after_store_read(client, lambda: flush_elsewhere(client))
+    assert client.count("e") == 3
+
+
+def test_counts_read_live_then_committed_before_the_sink_is_read_count_once(
+    client: Analytics,
+) -> None:
+    client.track("e", value=2)
+    client.scheduler.push()
+    reads = after_store_read(client, lambda: flush_elsewhere(client))
+    assert client.count("e") == 2
+    assert (len(reads), client._query.retries, client._query.fenced) == (2, 1, 0)
+
+
+def test_when_reads_keep_being_overtaken_one_read_behind_the_fence_answers(
+    client: Analytics,
+) -> None:
+    client._query.attempts = 1
+    client.track("e", value=2)
+    client.scheduler.push()
+    reads = after_store_read(client, lambda: flush_elsewhere(client))
+    assert client.count("e") == 2
+    assert (len(reads), client._query.retries, client._query.fenced) == (2, 1, 1)
+
+
+def test_a_push_waits_while_the_buffer_and_store_are_read(client: Analytics) -> None:
+    client.track("e", value=4)
+    after_store_read(client, client.scheduler.push_through)  # the push must not happen now
+    assert client.count("e") == 4
+    assert client.scheduler.push() == 4  # the buffer was still there
+    assert client.count("e") == 4
+
+
+def test_an_outbox_whose_reply_was_lost_counts_once(client: Analytics) -> None:
+    push = client.store.push
+
+    def applied_then_lost(p: Push) -> None:
+        push(p)
+        raise StoreError("injected: reply lost")
+
+    client.store.push = applied_then_lost  # type: ignore[method-assign]
+    client.track("e", value=5)
+    assert client.flush().error is not None  # the outbox stays, though the store has it
+    assert client.count("e") == 5
+    client.store.push = push  # type: ignore[method-assign]
+    assert client.flush().complete
+    assert client.count("e") == 5
+
+
+def test_an_outbox_landing_during_the_read_counts_once(client: Analytics) -> None:
+    push = client.store.push
+
+    def failing(p: Push) -> None:
+        raise StoreError("injected: timeout")
+
+    client.store.push = failing  # type: ignore[method-assign]
+    client.track("e", value=6)
+    assert client.flush().error is not None
+    outbox = client.aggregator.local_counts().outbox
+    assert outbox is not None
+    reads = after_store_read(client, lambda: push(outbox))  # the lost attempt lands late
+    assert client.count("e") == 6
+    assert len(reads) == 2
+    client.store.push = push  # type: ignore[method-assign]
+    assert client.flush().complete
+    assert client.count("e") == 6
