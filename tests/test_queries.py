@@ -8,7 +8,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from analytics_sdk import Analytics
+from analytics_sdk.backends.postgres import PostgresSink
+from analytics_sdk.cli import main
+from analytics_sdk.query import MAX_PERIODS
 from analytics_sdk.testing import ManualClock
+
+from .utils import redis_and_postgres
 
 DAY = date(2026, 11, 25)
 T0 = datetime(2026, 11, 25, tzinfo=timezone.utc)
@@ -159,8 +164,92 @@ def test_top_users_order_and_limit(client: Analytics) -> None:
         (lambda c: c.unique_users("v", DAY, DAY - timedelta(days=1)), ValueError, "start <= end"),
         (lambda c: c.top_users("v", day=DAY, limit=0), ValueError, "limit 0"),
         (lambda c: c.count("bad\nname"), ValueError, "control"),
+        (
+            lambda c: c.series("v", at(0), at(0) + timedelta(days=10_000), granularity="hour"),
+            ValueError,
+            "has 240,001 periods; accepted: at most 10,000",
+        ),
+        (
+            lambda c: c.series("v", date(2000, 1, 1), date(2100, 1, 1)),
+            ValueError,
+            "by day has 36,526 periods; accepted: at most 10,000",
+        ),
+        (
+            lambda c: c.count("v", day=date(1999, 12, 31)),
+            ValueError,
+            "day 1999-12-31 is out of range; accepted: days from 2000-01-01",
+        ),
+        (
+            lambda c: c.count("v", hour=datetime(1970, 1, 1, tzinfo=timezone.utc)),
+            ValueError,
+            "hour 1970-01-01T00:00:00[+]00:00 is out of range",
+        ),
+        (
+            lambda c: c.series("v", date(1, 1, 1), DAY),
+            ValueError,
+            "start 0001-01-01 is out of range",
+        ),
+        (
+            lambda c: c.series("v", DAY, date(9999, 12, 31)),
+            ValueError,
+            "end 9999-12-31 is out of range; accepted: days from 2000-01-01 .* to 9998-12-31",
+        ),
+        (
+            lambda c: c.unique_users("v", date(1999, 1, 1), DAY),
+            ValueError,
+            "start 1999-01-01 is out of range",
+        ),
+        (
+            lambda c: c.track("v", timestamp=datetime(1999, 12, 31, 23, 59, tzinfo=timezone.utc)),
+            ValueError,
+            "timestamp 1999-12-31T23:59:00[+]00:00 is before 2000-01-01T00:00:00[+]00:00; "
+            "accepted: from 2000-01-01 UTC",
+        ),
+        (
+            lambda c: c.track("v", timestamp=datetime(1, 1, 1, tzinfo=timezone.utc)),
+            ValueError,
+            "timestamp 0001-01-01T00:00:00[+]00:00 is before",
+        ),
     ],
 )
 def test_bad_queries_say_what_is_accepted(client: Analytics, call, error, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error, match=message):
         call(client)
+
+
+def test_series_at_the_period_cap_and_the_first_day_with_redis_and_postgres() -> None:
+    first = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    with (
+        redis_and_postgres("limits") as (store_url, sink_url),
+        Analytics(store=store_url, sink=sink_url, background=False) as client,
+    ):
+        client.track("v", timestamp=first)  # the earliest moment accepted
+        client.track("v", timestamp=first + timedelta(hours=MAX_PERIODS - 1), value=2)
+        with pytest.raises(ValueError, match="is before 2000-01-01"):
+            client.track("v", timestamp=first - timedelta(microseconds=1))
+        assert client.flush().complete
+        client.track("v", timestamp=first + timedelta(hours=5), value=4)  # buffered
+        hours = client.series(
+            "v", first, first + timedelta(hours=MAX_PERIODS - 1), granularity="hour"
+        )
+        assert len(hours) == MAX_PERIODS
+        assert {i: n for i, (_, n) in enumerate(hours) if n} == {0: 1, 5: 4, MAX_PERIODS - 1: 2}
+        assert hours[-1][0] == first + timedelta(hours=MAX_PERIODS - 1)
+        with pytest.raises(ValueError, match=f"has {MAX_PERIODS + 1:,} periods"):
+            client.series("v", first, first + timedelta(hours=MAX_PERIODS), granularity="hour")
+        months = client.series("v", date(2000, 1, 1), date(2833, 4, 1), granularity="month")
+        assert len(months) == MAX_PERIODS and sum(n for _, n in months) == 7
+        assert client.count("v", day=first.date()) == 5
+
+
+def test_the_cli_refuses_days_before_2000(capsys: pytest.CaptureFixture[str]) -> None:
+    with redis_and_postgres("limits") as (_, sink_url):
+        sink = PostgresSink.from_url(sink_url)
+        sink.migrate()
+        sink.close()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["query", "v", "--from", "1970-01-01", "--to", "2000-01-02", "--sink", sink_url])
+    assert exit_info.value.code == 2
+    assert "start 1970-01-01 is out of range; accepted: days from 2000-01-01" in (
+        capsys.readouterr().err
+    )

@@ -250,7 +250,7 @@ def test_a_push_waits_while_the_buffer_and_store_are_read(client: Analytics) -> 
 def test_an_outbox_whose_reply_was_lost_counts_once(client: Analytics) -> None:
     push = client.store.push
 
-    def applied_then_lost(p: Push) -> None:
+    def applied_then_lost(p: Push) -> bool:
         push(p)
         raise StoreError("injected: reply lost")
 
@@ -266,7 +266,7 @@ def test_an_outbox_whose_reply_was_lost_counts_once(client: Analytics) -> None:
 def test_an_outbox_landing_during_the_read_counts_once(client: Analytics) -> None:
     push = client.store.push
 
-    def failing(p: Push) -> None:
+    def failing(p: Push) -> bool:
         raise StoreError("injected: timeout")
 
     client.store.push = failing  # type: ignore[method-assign]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, tzinfo
 from types import TracebackType
@@ -355,17 +356,21 @@ class Analytics:
         ``start`` to the one containing ``end``, zeros included.
 
         ``granularity`` is ``"hour"``, ``"day"``, ``"week"`` (ISO, from Monday) or
-        ``"month"``; periods begin at midnight in ``tz``.
+        ``"month"``; periods begin at midnight in ``tz``. At most ``MAX_PERIODS`` (10,000)
+        periods, on days from 2000-01-01.
         """
         name = self._event(event)
         spans = list(periods(start, end, granularity, resolve_tz(tz)))
         counts = self._query.hourly_counts(
             name, spans[0][1], spans[-1][2], self._filter(properties)
         )
-        return [
-            (label, sum(counts.get(h, 0) for h in range(first, stop)))
-            for label, first, stop in spans
-        ]
+        # Periods are contiguous: each hour with a count goes to the last period starting at
+        # or before it (a cost in hours with counts, not in hours spanned).
+        starts = [first for _, first, _ in spans]
+        totals = [0] * len(spans)
+        for hour, n in counts.items():
+            totals[bisect_right(starts, hour) - 1] += n
+        return [(label, total) for (label, _, _), total in zip(spans, totals, strict=True)]
 
     def unique_users(self, event: str, start: date, end: date) -> int:
         """Return the exact number of distinct users with ``event`` on UTC days start..end."""

@@ -8,7 +8,7 @@ remembered (up to a bound), so the hot path pays a dictionary lookup, not a vali
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
@@ -20,6 +20,7 @@ __all__ = [
     "MAX_PROPERTY_VALUE_LENGTH",
     "MAX_USER_ID_LENGTH",
     "MAX_VALUE",
+    "MIN_TIMESTAMP",
     "Validator",
 ]
 
@@ -28,6 +29,9 @@ MAX_PROPERTY_KEY_LENGTH = 100
 MAX_PROPERTY_VALUE_LENGTH = 500
 MAX_USER_ID_LENGTH = 256
 MAX_VALUE = 2**32 - 1
+MIN_TIMESTAMP = datetime(2000, 1, 1, tzinfo=timezone.utc)
+"""The earliest event time accepted (and queried): older ones are bugs, such as a timestamp
+of 0 (1970-01-01) or a mistyped year, not product events."""
 FUTURE_TOLERANCE = timedelta(minutes=5)
 """How far ahead of the client's clock an explicit timestamp may be (clock skew)."""
 CACHE_LIMIT = 10_000
@@ -81,7 +85,8 @@ def validate_value(value: object) -> int:
 
 
 def validate_timestamp(timestamp: object, now: float) -> datetime:
-    """Return ``timestamp`` if it is an aware datetime not far in the future, or raise."""
+    """Return ``timestamp`` if it is an aware datetime from 2000 on, not far in the future,
+    or raise."""
     if not isinstance(timestamp, datetime):
         raise TypeError(
             f"timestamp {timestamp!r} is of type {type(timestamp).__name__}; "
@@ -91,6 +96,12 @@ def validate_timestamp(timestamp: object, now: float) -> datetime:
         raise ValueError(
             f"timestamp {timestamp.isoformat()} is naive; accepted: a timezone-aware datetime "
             "(e.g. datetime.now(timezone.utc))"
+        )
+    if timestamp < MIN_TIMESTAMP:
+        raise ValueError(
+            f"timestamp {timestamp.isoformat()} is before {MIN_TIMESTAMP.isoformat()}; "
+            f"accepted: from {MIN_TIMESTAMP.date()} UTC to {FUTURE_TOLERANCE.total_seconds():.0f} "
+            "s ahead of the clock"
         )
     ahead = timestamp.timestamp() - now
     if ahead > FUTURE_TOLERANCE.total_seconds():

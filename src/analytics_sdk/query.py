@@ -37,12 +37,29 @@ import attrs
 
 from .aggregator import Aggregator
 from .backends.base import CounterStore, Delta, Pending, Sink, SinkSnapshot, hourly_of, users_of
+from .events import MIN_TIMESTAMP
 from .keys import Properties, day_of, hour_of
 
-__all__ = ["GRANULARITIES", "READ_ATTEMPTS", "Granularity", "QueryEngine", "periods", "resolve_tz"]
+__all__ = [
+    "FIRST_DAY",
+    "GRANULARITIES",
+    "LAST_DAY",
+    "MAX_PERIODS",
+    "READ_ATTEMPTS",
+    "Granularity",
+    "QueryEngine",
+    "periods",
+    "resolve_tz",
+]
 
 Granularity = Literal["hour", "day", "week", "month"]
 GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
+MAX_PERIODS = 10_000
+"""The most periods one series returns: a year by hour (8,784), 27 years by day."""
+FIRST_DAY = MIN_TIMESTAMP.date()
+"""The earliest day a query accepts: the earliest event time ``track()`` accepts."""
+LAST_DAY = date(9998, 12, 31)
+"""The latest day a query accepts (the period after it must still be a valid date)."""
 READ_ATTEMPTS = 4
 """Reads a query makes before it reads behind the sink's fence (which always succeeds)."""
 K = TypeVar("K")
@@ -193,24 +210,34 @@ def resolve_tz(tz: str | tzinfo) -> tzinfo:
         ) from None
 
 
+def _check_range(name: str, value: date | datetime, day: date) -> None:
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError(
+            f"{name} {value.isoformat()} is out of range; accepted: days from {FIRST_DAY} "
+            f"(the earliest event time track() accepts) to {LAST_DAY}"
+        )
+
+
 def check_day(day: object, name: str = "day") -> date:
-    """Return ``day`` if it is a ``date`` (and not a ``datetime``), or raise."""
+    """Return ``day`` if it is a ``date`` (and not a ``datetime``) from 2000 on, or raise."""
     if isinstance(day, datetime) or not isinstance(day, date):
         raise TypeError(
             f"{name} {day!r} is of type {type(day).__name__}; accepted: a datetime.date "
             "(use hour= for a datetime)"
         )
+    _check_range(name, day, day)
     return day
 
 
 def check_moment(moment: object, name: str) -> datetime:
-    """Return ``moment`` if it is an aware ``datetime``, or raise."""
+    """Return ``moment`` if it is an aware ``datetime`` on a day from 2000 on, or raise."""
     if not isinstance(moment, datetime):
         raise TypeError(
             f"{name} {moment!r} is of type {type(moment).__name__}; accepted: an aware datetime"
         )
     if moment.utcoffset() is None:
         raise ValueError(f"{name} {moment.isoformat()} is naive; accepted: an aware datetime")
+    _check_range(name, moment, moment.date())  # the caller's calendar day, in its own offset
     return moment
 
 
@@ -224,7 +251,7 @@ def _local(moment: date | datetime, tz: tzinfo, name: str) -> datetime:
     if isinstance(moment, datetime):
         return check_moment(moment, name).astimezone(tz)
     if isinstance(moment, date):
-        return datetime.combine(moment, time(0), tzinfo=tz)
+        return datetime.combine(check_day(moment, name), time(0), tzinfo=tz)
     raise TypeError(
         f"{name} {moment!r} is of type {type(moment).__name__}; accepted: a date or an aware datetime"
     )
@@ -257,6 +284,17 @@ def _next_period(start: datetime, granularity: str) -> datetime:
     return datetime.combine(day, time(0), tzinfo=tz)
 
 
+def count_periods(first: datetime, last: datetime, granularity: str) -> int:
+    """Return how many periods run from the one starting at ``first`` to the one starting at
+    ``last``, both included (without listing them)."""
+    if granularity == "hour":
+        return hour_of(last) - hour_of(first) + 1
+    if granularity == "month":
+        return (last.year - first.year) * 12 + last.month - first.month + 1
+    days = (last.date() - first.date()).days
+    return days // 7 + 1 if granularity == "week" else days + 1
+
+
 def periods(
     start: date | datetime, end: date | datetime, granularity: str, tz: tzinfo
 ) -> Iterator[tuple[datetime, int, int]]:
@@ -271,6 +309,13 @@ def periods(
     if hour_of(first) > hour_of(last):
         raise ValueError(
             f"start {first.isoformat()} is after end {last.isoformat()}; accepted: start <= end"
+        )
+    count = count_periods(first, last, granularity)
+    if count > MAX_PERIODS:
+        raise ValueError(
+            f"series from {first.isoformat()} to {last.isoformat()} by {granularity} has "
+            f"{count:,} periods; accepted: at most {MAX_PERIODS:,} (a shorter range or a "
+            "coarser granularity)"
         )
     current, last_hour = first, hour_of(last)
     while hour_of(current) <= last_hour:
