@@ -238,7 +238,8 @@ def test_series_at_the_period_cap_and_the_first_day_with_redis_and_postgres() ->
         with pytest.raises(ValueError, match=f"has {MAX_PERIODS + 1:,} periods"):
             client.series("v", first, first + timedelta(hours=MAX_PERIODS), granularity="hour")
         months = client.series("v", date(2000, 1, 1), date(2833, 4, 1), granularity="month")
-        assert len(months) == MAX_PERIODS and sum(n for _, n in months) == 7
+        assert len(months) == MAX_PERIODS
+        assert sum(n for _, n in months) == 7
         assert client.count("v", day=first.date()) == 5
 
 
