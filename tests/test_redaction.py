@@ -152,3 +152,25 @@ def test_the_cli_error_hides_the_password(capsys: pytest.CaptureFixture[str]) ->
     captured = capsys.readouterr()
     assert "error" in captured.err
     assert SECRET not in captured.out + captured.err
+
+
+def test_a_sink_built_from_a_conninfo_string_hides_its_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from analytics_sdk.backends.postgres import PostgresSink
+
+    password = "s3cret%zzConninfo"  # quoted back by libpq: 'invalid percent-encoded token'
+    sink = PostgresSink(
+        f"postgresql://app:{password}@127.0.0.1:{closed_port()}/db", pool_timeout=0.5
+    )
+    try:
+        assert password not in repr(sink)
+        with pytest.raises(SinkError) as info:
+            sink.migrate()
+        assert "percent-encoded" in str(info.value)
+        assert password not in str(info.value)
+    finally:
+        sink.close()
+    conninfo = PostgresSink(f"host=127.0.0.1 port={closed_port()} password={SECRET}")
+    assert SECRET not in repr(conninfo)
+    conninfo.close()

@@ -23,10 +23,10 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..errors import ConfigurationError, SinkError
+from ..errors import ConfigurationError, SinkError, remember_secret
 from ..keys import Properties, encode_properties
 from ..process import exiting
-from . import check_url_options, redact_url
+from . import check_url_options, redact_url, url_secrets
 from .base import Batch, Sink, SinkSnapshot
 
 __all__ = ["PostgresSink", "migrate"]
@@ -182,6 +182,8 @@ class PostgresSink(Sink):
         self.ledger_retention_days = ledger_retention_days
         self._clock = clock
         self._description = description or redact_url(conninfo)
+        for secret in url_secrets(conninfo):  # a libpq message may quote it: errors hide it
+            remember_secret(secret)
         self._migrated = False
         self._next_maintenance = 0.0
         self._lock = threading.Lock()
