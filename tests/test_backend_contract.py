@@ -115,6 +115,37 @@ class TestStore:
         assert sum(sum(c.values()) for c in pending.claimed.values()) == 3
         assert store.claim() == []
 
+    def test_claims_are_bounded_and_made_one_batch_at_a_time(self, store: CounterStore) -> None:
+        hourly = {("a", (("n", str(i)),), H + i % 2): i + 1 for i in range(25)}
+        users = {("a", f"u{i}", D): 1 for i in range(30)}  # one hash larger than a batch
+        push(store, hourly, users)
+        claims = store.claim_batches(max_keys=7)
+        first = next(claims)
+        assert first.delta.keys == 7
+        # The rest is live until the iteration reaches it: memory stays one batch.
+        live = store.pending_hourly("a", None, None, ())
+        assert sum(live.live.values()) == sum(hourly.values()) - sum(first.delta.hourly.values())
+        assert sum(store.pending_users("a", None, None, None).live.values()) == 30 - len(
+            first.delta.users
+        )
+        batches = [first, *claims]
+        assert all(0 < b.delta.keys <= 7 for b in batches)
+        assert len(batches) >= 55 // 7
+        merged_hourly: dict = {}  # type: ignore[type-arg]
+        merged_users: dict = {}  # type: ignore[type-arg]
+        for b in batches:
+            assert not merged_hourly.keys() & b.delta.hourly.keys()
+            assert not merged_users.keys() & b.delta.users.keys()
+            merged_hourly.update(b.delta.hourly)
+            merged_users.update(b.delta.users)
+        assert (merged_hourly, merged_users) == (hourly, users)
+        assert store.claim() == []
+        assert set(store.claimed_ids()) == {b.id for b in batches}
+        again = store.read_claim(first.id)
+        assert again is not None
+        assert again.delta == first.delta
+        assert store.read_claim("no-such-batch") is None
+
     def test_counts_pushed_after_a_claim_stay_live(self, store: CounterStore) -> None:
         push(store, {("a", (), H): 1})
         [batch] = store.claim()

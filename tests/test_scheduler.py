@@ -12,7 +12,7 @@ from typing import TypeVar
 import pytest
 
 from analytics_sdk import Analytics
-from analytics_sdk.backends import MemoryCounterStore, MemorySink
+from analytics_sdk.backends import Batch, MemoryCounterStore, MemorySink
 from analytics_sdk.testing import ManualClock
 
 from .faults import BLOCK_LIMIT, Faults, FaultySink, FaultyStore
@@ -292,16 +292,16 @@ def test_the_scheduler_thread_survives_unexpected_errors(
 def test_a_foreign_error_from_a_store_is_a_failed_flush_and_retried(
     client: Analytics, clock: ManualClock
 ) -> None:
-    claim = client.store.claim
+    claim_batches = client.store.claim_batches
     calls = []
 
-    def broken() -> list:  # type: ignore[type-arg]
+    def broken(*args: int) -> Iterator[Batch]:
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("bug in a third-party store")
-        return claim()
+        return claim_batches(*args)
 
-    client.store.claim = broken  # type: ignore[method-assign]
+    client.store.claim_batches = broken  # type: ignore[method-assign]
     client.track("x")
     clock.advance(10)
     assert calls == [1]

@@ -128,13 +128,13 @@ def flush_and_die(store_url: str, sink_url: str, step: str) -> None:
 
     client = Analytics(store=store_url, sink=sink_url, background=False)
     if step == "after_claim":
-        claim = client.store.claim
+        claim_batches = client.store.claim_batches
 
-        def claim_then_die():  # type: ignore[no-untyped-def]
-            claim()
+        def claim_then_die(max_keys):  # type: ignore[no-untyped-def]
+            list(claim_batches(max_keys))  # every live counter claimed, none applied
             die()
 
-        client.store.claim = claim_then_die  # type: ignore[method-assign]
+        client.store.claim_batches = claim_then_die  # type: ignore[method-assign]
     elif step == "during_apply":
         hourly_rows = postgres._hourly_rows
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from .backends.base import CounterStore, Sink
+from .backends.base import DEFAULT_MAX_BATCH_KEYS, CounterStore, Sink
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError
 from .spool import default_spool_dir
@@ -190,6 +190,10 @@ class Config:
     started together (a deploy) do not push and flush in lockstep."""
     claim_lease: float = attrs.field(default=300.0, validator=_positive)
     """Age after which another flusher's unacknowledged claim counts as orphaned."""
+    max_batch_keys: int = attrs.field(default=DEFAULT_MAX_BATCH_KEYS, validator=_positive_int)
+    """Counters one claimed batch holds at most: each batch is one sink transaction, so this
+    bounds its duration (keep it well inside PostgreSQL's ``statement_timeout``) and the
+    flusher's memory."""
     prometheus_labels: tuple[str, ...] = attrs.field(
         default=(), converter=_label_tuple, validator=_label_names
     )
@@ -269,6 +273,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "backoff_max": ("ANALYTICS_BACKOFF_MAX", _FLOAT),
     "schedule_jitter": ("ANALYTICS_SCHEDULE_JITTER", _FLOAT),
     "claim_lease": ("ANALYTICS_CLAIM_LEASE", _FLOAT),
+    "max_batch_keys": ("ANALYTICS_MAX_BATCH_KEYS", _INT),
     "prometheus_labels": ("ANALYTICS_PROMETHEUS_LABELS", _labels),
     "metrics_port": ("ANALYTICS_METRICS_PORT", _INT),
     "metrics_addr": ("ANALYTICS_METRICS_ADDR", str),

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 import attrs
@@ -62,6 +63,18 @@ class FlushResult:
     """Counts the store could not take, written to the local spool (at shutdown)."""
     replayed: int = 0
     """Counts pushed from the local spool into the store."""
+
+
+FAILURES_IN_A_ROW = 2
+"""Batches failing one after the other that stop a flush: the sink is likely down."""
+
+
+@attrs.define
+class _Moved:
+    """What a flush has committed so far, kept when it stops early."""
+
+    counts: int = 0
+    batches: int = 0
 
 
 class _Deadline(Exception):
@@ -122,6 +135,8 @@ class Scheduler:
         self._accepting = False  # whether the thread takes flush() requests
         self._thread: threading.Thread | None = None
         self._own_claims: set[str] = set()
+        self._failed_claims: set[str] = set()  # applied last by the next flush
+        self._claims_left = False  # whether the last flush left a claim it saw
         self._push_requested = False
         self._in_doubt: Push | None = None  # a push whose last attempt failed in doubt
         now = self.clock.monotonic()
@@ -170,54 +185,130 @@ class Scheduler:
             self._in_doubt = None
         return pushed
 
-    def flush_store(self, deadline: float = math.inf) -> tuple[int, int]:
-        """Move claims from the store into the sink exactly once; return (counts, batches)."""
-        flushed = batches = 0
-        try:
-            todo = self._claims_to_apply()
+    def flush_store(
+        self, deadline: float = math.inf, moved: _Moved | None = None
+    ) -> tuple[int, int]:
+        """Move claims from the store into the sink exactly once, one bounded batch at a time;
+        return (counts, batches) committed.
+
+        Each batch is applied on its own: one that fails stays claimed, is tried again after
+        the others by the next flush, and does not stop this one, which raises its first
+        failure at the end. Two failures in a row stop the flush early (the sink is likely
+        down: no point claiming more). ``moved`` receives the progress as it is made.
+        """
+        moved = moved if moved is not None else _Moved()
+        failures: list[BackendError] = []
+        streak = 0
+
+        def apply(batch: Batch | None, batch_id: str) -> bool:
+            """Apply and ack one batch; return whether the flush should go on."""
+            nonlocal streak
+            error = self._apply_one(batch, batch_id, moved)
+            if error is None:
+                streak = 0
+                return True
+            failures.append(error)
+            streak += 1
+            return streak < FAILURES_IN_A_ROW
+
+        todo, seen = self._store_step("claim", self._claims_to_apply)
+        earlier = [i for i in todo if i not in self._failed_claims]
+        later = [i for i in todo if i in self._failed_claims]
+        going = True
+        for batch_id in earlier:
             _check(deadline, self.clock.monotonic())
-            new = self.store.claim()
+            if not (going := apply(None, batch_id)):
+                break
+        if going:
+            claims: Iterator[Batch] | None = None
+            while True:
+                _check(deadline, self.clock.monotonic())
+                try:
+                    if claims is None:
+                        claims = self._store_step(
+                            "claim", lambda: self.store.claim_batches(self.config.max_batch_keys)
+                        )
+                    batch = self._store_step("claim", partial(next, claims, None))
+                except StoreError as exc:
+                    # A claim whose reply was lost may exist: ours to apply next time.
+                    self._own_claims |= self.store.take_claims_in_doubt()
+                    failures.append(exc)
+                    going = False
+                    break
+                if batch is None:
+                    break
+                self._own_claims.add(batch.id)
+                if not (going := apply(batch, batch.id)):
+                    break
+        if going:
+            for batch_id in later:
+                _check(deadline, self.clock.monotonic())
+                if not apply(None, batch_id):
+                    break
+        if going:
+            self.stats.last_flush_round = self.clock.time()
+        if failures:
+            raise failures[0]
+        try:
+            # Complete means every claim this flush saw is gone, ours or not (a claim whose
+            # reply was lost by another process is no less pending).
+            self._claims_left = bool(seen & set(self.store.claimed_ids()))
+        except Exception:
+            self._claims_left = True
+        return moved.counts, moved.batches
+
+    def _store_step(self, what: str, step: Callable[[], T]) -> T:
+        try:
+            return step()
         except BackendError:
             raise
         except Exception as exc:
-            raise StoreError(f"claim from {self.store!r} failed: {exc!r}") from exc
-        self._own_claims.update(b.id for b in new)
-        for batch in [*todo, *new]:
-            _check(deadline, self.clock.monotonic())
+            raise StoreError(f"{what} from {self.store!r} failed: {exc!r}") from exc
+
+    def _apply_one(self, batch: Batch | None, batch_id: str, moved: _Moved) -> BackendError | None:
+        """Read (if not given), apply and ack one claimed batch; return the failure, if any."""
+        try:
+            if batch is None:
+                batch = self._store_step("read", lambda: self.store.read_claim(batch_id))
+                if batch is None:  # acknowledged by another flusher meanwhile
+                    self._own_claims.discard(batch_id)
+                    self._failed_claims.discard(batch_id)
+                    return None
             try:
                 applied = self.sink.apply(batch)
             except BackendError:
                 raise
             except Exception as exc:
                 raise SinkError(f"apply to {self.sink!r} failed: {exc!r}") from exc
-            try:
-                self.store.ack(batch.id)
-            except BackendError:
-                raise
-            except Exception as exc:
-                raise StoreError(f"ack on {self.store!r} failed: {exc!r}") from exc
-            self._own_claims.discard(batch.id)
-            if applied:
-                flushed += batch.delta.total
-                batches += 1
-        self.stats.counts_flushed += flushed
-        self.stats.batches_flushed += batches
-        return flushed, batches
+            self._store_step("ack", lambda: self.store.ack(batch_id))
+        except BackendError as exc:
+            self._failed_claims.add(batch_id)
+            return exc
+        self._own_claims.discard(batch_id)
+        self._failed_claims.discard(batch_id)
+        if applied:
+            moved.counts += batch.delta.total
+            moved.batches += 1
+            self.stats.counts_flushed += batch.delta.total
+            self.stats.batches_flushed += 1
+        return None
 
-    def _claims_to_apply(self) -> list[Batch]:
-        """Claims left by a failed flush of ours, and orphans of flushers that died."""
-        stale = self.store.claimed(older_than=self.config.claim_lease)
-        if self._own_claims:
-            current = self.store.claimed()
-            # A claim of ours that another flusher applied and acknowledged is done.
-            self._own_claims &= {b.id for b in current}
-            seen = {b.id for b in stale}
-            stale += [b for b in current if b.id in self._own_claims and b.id not in seen]
-        return stale
+    def _claims_to_apply(self) -> tuple[list[str], set[str]]:
+        """Ids of the claims to apply (ours left by a failed flush or a lost reply, and
+        orphans of flushers that died, past the lease); and of every claim there is now."""
+        self._own_claims |= self.store.take_claims_in_doubt()
+        current = self.store.claimed_ids()
+        stale = self.store.claimed_ids(older_than=self.config.claim_lease) if current else {}
+        # A claim of ours that another flusher applied and acknowledged is done.
+        self._own_claims &= current.keys()
+        self._failed_claims &= current.keys()
+        todo = [i for i in current if i in stale or i in self._own_claims]
+        return todo, set(current)
 
     def flush_now(self, deadline: float) -> FlushResult:
         """Push and flush in the calling thread, stopping at ``deadline`` (monotonic)."""
-        pushed = flushed = batches = replayed = 0
+        pushed = replayed = 0
+        progress = _Moved()
         moved: tuple[tuple[int, int], float] | None = None
         try:
             with _holding(self._push_lock, deadline, self.clock):
@@ -227,21 +318,32 @@ class Scheduler:
                     replayed = self.replay(deadline).counts
             if self.config.flusher:
                 with _holding(self._flush_lock, deadline, self.clock):
-                    moved = self._measured("flush", lambda: self.flush_store(deadline))
-                flushed, batches = moved[0]
+                    moved = self._measured("flush", lambda: self.flush_store(deadline, progress))
         except _Deadline:
             return FlushResult(
-                pushed=pushed, flushed=flushed, batches=batches, replayed=replayed, timed_out=True
+                pushed=pushed,
+                flushed=progress.counts,
+                batches=progress.batches,
+                replayed=replayed,
+                timed_out=True,
             )
         except BackendError as exc:
             return FlushResult(
-                pushed=pushed, flushed=flushed, batches=batches, replayed=replayed, error=str(exc)
+                pushed=pushed,
+                flushed=progress.counts,
+                batches=progress.batches,
+                replayed=replayed,
+                error=str(exc),
             )
         if moved is not None and self.on_flush is not None:
             self.on_flush(*moved)
-        complete = self.aggregator.is_empty() and not self._own_claims
+        complete = self.aggregator.is_empty() and not self._own_claims and not self._claims_left
         return FlushResult(
-            pushed=pushed, flushed=flushed, batches=batches, replayed=replayed, complete=complete
+            pushed=pushed,
+            flushed=progress.counts,
+            batches=progress.batches,
+            replayed=replayed,
+            complete=complete,
         )
 
     # -- the spool ------------------------------------------------------------------------

@@ -71,12 +71,13 @@ class Worker:
             )
 
     def health(self) -> tuple[bool, str]:
-        """Healthy while flushes succeed: the last success is recent (or the worker is new)."""
+        """Healthy while flushes go round: the last success, or the last flush that tried
+        every batch (one failing batch is an alert, not a reason to restart), is recent."""
         if self.client.closed:
             return False, "shut down"
         stats = self.client.scheduler.stats
         window = max(3 * self.client.config.flush_interval, 30.0)
-        last = stats.last_flush_success or self.started
+        last = max(stats.last_flush_success or 0.0, stats.last_flush_round or 0.0) or self.started
         age = self._now() - last
         if age > window:
             return False, f"no successful flush for {age:.0f} s (failures: {stats.flushes_failed})"

@@ -4,14 +4,18 @@ A :class:`CounterStore` is the shared, fast tier that every process pushes delta
 :class:`Sink` is the durable tier that dashboards query. The flusher moves counts from one to
 the other in three steps:
 
-1. ``store.claim()`` atomically moves live counters into claimed :class:`Batch` es, each with
-   a unique id (still visible to queries as pending);
+1. ``store.claim_batches(max_keys)`` atomically moves live counters into claimed
+   :class:`Batch` es of at most ``max_keys`` counters, each with a unique id (still visible
+   to queries as pending), one batch at a time as the flusher asks for it, so neither a sink
+   transaction nor the flusher's memory grows with the backlog;
 2. ``sink.apply(batch)`` records the batch id in a ledger and adds the counts, in one
    transaction; a batch id already in the ledger is a no-op;
 3. ``store.ack(batch_id)`` deletes the claim, only after the sink committed.
 
-A flusher that dies between steps leaves a claim behind; ``store.claimed(older_than=...)``
-finds it and the next flush applies it again, which the ledger makes safe.
+A flusher that dies between steps leaves a claim behind; ``store.claimed_ids(older_than=...)``
+finds it, ``store.read_claim(batch_id)`` reads it back, and the next flush applies it again,
+which the ledger makes safe (so applying a claim another flusher is still working on is
+safe too, only wasted work).
 
 Queries read the store, then a :class:`SinkSnapshot` in which counts and ledger agree; the
 sink's :meth:`Sink.position` tells which batches committed while the store was read (see
@@ -21,7 +25,7 @@ sink's :meth:`Sink.position` tells which batches committed while the store was r
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
 
@@ -30,6 +34,7 @@ import attrs
 from ..keys import HourKey, Properties, UserKey
 
 __all__ = [
+    "DEFAULT_MAX_BATCH_KEYS",
     "Batch",
     "CounterStore",
     "Delta",
@@ -41,6 +46,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+DEFAULT_MAX_BATCH_KEYS = 50_000
+"""Counters per claimed batch: about a second of PostgreSQL upsert and 20 MiB of flusher
+memory, far inside any statement timeout."""
 
 
 @attrs.frozen(kw_only=True)
@@ -149,12 +158,34 @@ class CounterStore(ABC):
         """Whether ``push`` (or a later push of its producer) was applied."""
 
     @abstractmethod
-    def claim(self) -> list[Batch]:
-        """Atomically move the live counters into new claimed batches and return them."""
+    def claim_batches(self, max_keys: int = DEFAULT_MAX_BATCH_KEYS) -> Iterator[Batch]:
+        """Claim the live counters in batches of at most ``max_keys`` counters, each claimed
+        atomically when the iteration reaches it; stop once every part of the store has been
+        drained (counters pushed meanwhile may wait for the next call)."""
+
+    def claim(self, max_keys: int = DEFAULT_MAX_BATCH_KEYS) -> list[Batch]:
+        """Claim every live counter now, in batches of at most ``max_keys``; return them."""
+        return list(self.claim_batches(max_keys))
 
     @abstractmethod
+    def claimed_ids(self, older_than: float = 0.0) -> dict[str, float]:
+        """Return ``{batch id: claimed_at}`` of the unacknowledged claims made at least
+        ``older_than`` seconds ago."""
+
+    @abstractmethod
+    def read_claim(self, batch_id: str) -> Batch | None:
+        """Return an unacknowledged claim, or ``None`` if ``batch_id`` is not (or no longer)
+        claimed."""
+
+    def take_claims_in_doubt(self) -> set[str]:
+        """Return, and forget, the ids of claims that failed with their outcome unknown (the
+        reply lost): they may exist, and the flusher that made them should apply them."""
+        return set()
+
     def claimed(self, older_than: float = 0.0) -> list[Batch]:
         """Return the unacknowledged claims made at least ``older_than`` seconds ago."""
+        found = (self.read_claim(i) for i in self.claimed_ids(older_than))
+        return [batch for batch in found if batch is not None]
 
     @abstractmethod
     def ack(self, batch_id: str) -> None:

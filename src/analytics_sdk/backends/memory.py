@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from ..keys import Properties
 from .base import (
+    DEFAULT_MAX_BATCH_KEYS,
     Batch,
     CounterStore,
     Delta,
@@ -38,6 +39,15 @@ K = TypeVar("K")
 def _add(target: dict[K, int], counts: dict[K, int]) -> None:
     for key, value in counts.items():
         target[key] = target.get(key, 0) + value
+
+
+def _take(source: dict[K, int], target: dict[K, int], room: int) -> int:
+    """Move up to ``room`` counters from ``source`` to ``target``; return the room left."""
+    while source and room:
+        key, value = source.popitem()
+        target[key] = value
+        room -= 1
+    return room
 
 
 class MemoryCounterStore(CounterStore):
@@ -66,20 +76,30 @@ class MemoryCounterStore(CounterStore):
         with self._lock:
             return push.sequence <= self._sequences.get(push.producer, -1)
 
-    def claim(self) -> list[Batch]:
-        now = self._clock()
-        with self._lock:
-            if not self._live:
-                return []
-            batch = Batch(id=uuid.uuid4().hex, delta=self._live, claimed_at=now)
-            self._claims[batch.id] = batch
-            self._live = Delta()
-            return [batch]
+    def claim_batches(self, max_keys: int = DEFAULT_MAX_BATCH_KEYS) -> Iterator[Batch]:
+        while True:
+            now = self._clock()
+            with self._lock:
+                if not self._live:
+                    return
+                delta = Delta()
+                room = _take(self._live.hourly, delta.hourly, max_keys)
+                room = _take(self._live.users, delta.users, room)
+                batch = Batch(id=uuid.uuid4().hex, delta=delta, claimed_at=now)
+                self._claims[batch.id] = batch
+                drained = room > 0 or not self._live
+            yield batch
+            if drained:
+                return
 
-    def claimed(self, older_than: float = 0.0) -> list[Batch]:
+    def claimed_ids(self, older_than: float = 0.0) -> dict[str, float]:
         cutoff = self._clock() - older_than
         with self._lock:
-            return [b for b in self._claims.values() if b.claimed_at <= cutoff]
+            return {b.id: b.claimed_at for b in self._claims.values() if b.claimed_at <= cutoff}
+
+    def read_claim(self, batch_id: str) -> Batch | None:
+        with self._lock:
+            return self._claims.get(batch_id)
 
     def ack(self, batch_id: str) -> None:
         with self._lock:

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -49,7 +50,16 @@ from ..keys import (
     unescape,
 )
 from . import check_url_options, redact_url
-from .base import Batch, CounterStore, Delta, Pending, Push, in_range, matches
+from .base import (
+    DEFAULT_MAX_BATCH_KEYS,
+    Batch,
+    CounterStore,
+    Delta,
+    Pending,
+    Push,
+    in_range,
+    matches,
+)
 
 __all__ = ["RedisCounterStore"]
 
@@ -61,6 +71,9 @@ DEFAULT_PREFIX = "analytics"
 DEFAULT_TTL = 7 * 24 * 3600
 """Live counters expire this long after creation: a safety net, far beyond any flush."""
 MIN_TTL = 3600
+MAX_HASHES_PER_CLAIM = 500
+"""Live hashes (two per event name) one CLAIM declares at most; the rest waits for the
+next claim of the flush."""
 SEQUENCE_TTL = 30 * 24 * 3600
 """How long a producer's last push sequence is kept: a push retried after a longer outage
 would be applied again, so this outlives any plausible outage."""
@@ -105,43 +118,72 @@ redis.call('SET', KEYS[2], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[3])
 return 1
 """
 
-# KEYS[1] = {tag}:idx. ARGV: tag, batch id, now. Renames every live hash into the batch.
+# KEYS: {tag}:idx, {tag}:claims, {tag}:claim:<batch>, then n live hashes and the n claim
+# hashes they move to (every key the script touches is declared, so a cluster refuses the
+# whole script, never half of it, while the slot moves). ARGV: batch id, now, max counters,
+# n. Moves at most max counters: whole hashes by RENAME, and from a hash larger than what
+# is left, that many distinct fields (HRANDFIELD). Returns a flag (1: stopped at max
+# counters, more may be live), then suffix, fields... for each hash of the batch.
+# A batch id already claimed is a CLAIM sent again (a lost reply the driver retried): it
+# returns that batch and claims nothing more.
 CLAIM = """
-local tag = ARGV[1]
-local live = redis.call('SMEMBERS', KEYS[1])
-local prefix = tag .. ':live:'
-local claim = tag .. ':claim:' .. ARGV[2]
-local out = {}
-for _, key in ipairs(live) do
-  if redis.call('EXISTS', key) == 1 then
-    local suffix = string.sub(key, #prefix + 1)
-    local dest = claim .. ':' .. suffix
-    redis.call('RENAME', key, dest)
+local idx, claims, claim = KEYS[1], KEYS[2], KEYS[3]
+local n = tonumber(ARGV[4])
+local function reply(full)
+  local out = {full}
+  for i = 1, n do
+    local dest = KEYS[3 + n + i]
+    if redis.call('SISMEMBER', claim, dest) == 1 then
+      table.insert(out, string.sub(dest, #claim + 2))
+      table.insert(out, redis.call('HGETALL', dest))
+    end
+  end
+  return out
+end
+if redis.call('ZSCORE', claims, ARGV[1]) then return reply(1) end
+local room = tonumber(ARGV[3])
+for i = 1, n do
+  if room == 0 then break end
+  local live, dest = KEYS[3 + i], KEYS[3 + n + i]
+  local size = redis.call('HLEN', live)
+  if size == 0 then
+    redis.call('SREM', idx, live)  -- expired, or claimed by another flusher meanwhile
+  elseif size <= room then
+    redis.call('RENAME', live, dest)
     redis.call('PERSIST', dest)  -- a claim never expires before its ack
+    redis.call('SREM', idx, live)
     redis.call('SADD', claim, dest)
-    table.insert(out, suffix)
-    table.insert(out, redis.call('HGETALL', dest))
+    room = room - size
+  else
+    local picked = redis.call('HRANDFIELD', live, room, 'WITHVALUES')
+    for first = 1, #picked, 2000 do  -- unpack() takes a few thousand values at most
+      local pairs, fields = {}, {}
+      for j = first, math.min(first + 1999, #picked), 2 do
+        table.insert(pairs, picked[j])
+        table.insert(pairs, picked[j + 1])
+        table.insert(fields, picked[j])
+      end
+      redis.call('HSET', dest, unpack(pairs))
+      redis.call('HDEL', live, unpack(fields))
+    end
+    redis.call('SADD', claim, dest)
+    room = 0
   end
 end
-redis.call('DEL', KEYS[1])
-if #out > 0 then redis.call('ZADD', tag .. ':claims', ARGV[3], ARGV[2]) end
-return out
+if redis.call('SCARD', claim) > 0 then redis.call('ZADD', claims, ARGV[2], ARGV[1]) end
+return reply(room == 0 and 1 or 0)
 """
 
-# KEYS[1] = {tag}:idx. ARGV: tag, cutoff. Returns batch, claimed_at, {suffix, fields...}...
+# KEYS: {tag}:claims, {tag}:claim:<batch>, then the batch's hashes (read from the batch's
+# set first: a claim never changes until its ack deletes it whole). ARGV: batch id.
+# Returns nothing if the batch is not claimed, else claimed_at, then suffix, fields...
 CLAIMED = """
-local tag = ARGV[1]
-local out = {}
-for _, batch in ipairs(redis.call('ZRANGEBYSCORE', tag .. ':claims', '-inf', ARGV[2])) do
-  local claim = tag .. ':claim:' .. batch
-  local hashes = {}
-  for _, key in ipairs(redis.call('SMEMBERS', claim)) do
-    table.insert(hashes, string.sub(key, #claim + 2))
-    table.insert(hashes, redis.call('HGETALL', key))
-  end
-  table.insert(out, batch)
-  table.insert(out, redis.call('ZSCORE', tag .. ':claims', batch))
-  table.insert(out, hashes)
+local claimed_at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not claimed_at then return {} end
+local out = {claimed_at}
+for i = 3, #KEYS do
+  table.insert(out, string.sub(KEYS[i], #KEYS[2] + 2))
+  table.insert(out, redis.call('HGETALL', KEYS[i]))
 end
 return out
 """
@@ -384,6 +426,7 @@ class RedisCounterStore(CounterStore):
         self._lua_push = client.register_script(PUSH)
         self._lua_claim = client.register_script(CLAIM)
         self._lua_claimed = client.register_script(CLAIMED)
+        self._in_doubt: set[str] = set()
         self._lua_ack = client.register_script(ACK)
         self._lua_pending = client.register_script(PENDING)
         self._lua_event_totals = client.register_script(EVENT_TOTALS)
@@ -647,44 +690,91 @@ class RedisCounterStore(CounterStore):
             raise StoreError(f"Redis {self._description} read failed: {exc}") from exc
         return last is not None and push.sequence <= int(last.partition(":")[0])
 
-    def claim(self) -> list[Batch]:
+    def claim_batches(self, max_keys: int = DEFAULT_MAX_BATCH_KEYS) -> Iterator[Batch]:
         self._check_layout()
         self._watch()
-        now = self._clock()
-        batches: list[Batch] = []
-        for shard in range(self.shards):
-            batch_id = f"{shard}.{uuid.uuid4().hex}"
-            try:
-                reply = self._call("claim", self._lua_claim, shard, batch_id, repr(now))
-            except StoreError:
-                if not batches:
-                    raise
-                # Hand over what was claimed (or it would wait a lease); the failed shard
-                # keeps its counters live for the next flush.
-                logger.warning(
-                    "claim stopped at shard %d of %d; the rest waits", shard, self.shards
-                )
-                break
-            if reply:
-                delta = Delta()
-                for suffix, flat in _pairs(reply):
-                    _decode_hash(suffix, flat, delta)  # type: ignore[arg-type]
-                batches.append(Batch(id=batch_id, delta=delta, claimed_at=now))
-        return batches
+        first = random.randrange(self.shards)  # flushers started together spread out
+        for n in range(self.shards):
+            shard = (first + n) % self.shards
+            more = True
+            while more:
+                batch, more = self._claim_shard(shard, max_keys)
+                if batch is not None:
+                    yield batch
 
-    def claimed(self, older_than: float = 0.0) -> list[Batch]:
+    def _claim_shard(self, shard: int, max_keys: int) -> tuple[Batch | None, bool]:
+        """Claim one batch of ``shard``; return it (if anything was live) and whether more
+        may be live. Two steps: read the index, then claim exactly the hashes read, all of
+        them declared to the script; a hash pushed in between waits for the next claim."""
+        tag = self._tags[shard]
+        try:
+            live = sorted(self._redis.smembers(f"{tag}:idx"))
+        except self._errors as exc:
+            raise StoreError(f"Redis {self._description} claim failed: {exc}") from exc
+        prefix = f"{tag}:live:"
+        declared = [key for key in live if key.startswith(prefix)][:MAX_HASHES_PER_CLAIM]
+        if not declared:
+            return None, False
+        now = self._clock()
+        batch_id = f"{shard}.{uuid.uuid4().hex}"
+        claim = f"{tag}:claim:{batch_id}"
+        keys = [f"{tag}:idx", f"{tag}:claims", claim, *declared]
+        keys += [f"{claim}:{key[len(prefix) :]}" for key in declared]
+        args = [batch_id, repr(now), max_keys, len(declared)]
+        try:
+            reply = self._lua_claim(keys=keys, args=args)
+        except self._errors as exc:
+            # The script may have run with its reply lost: the flusher must look for it.
+            self._in_doubt.add(batch_id)
+            raise StoreError(f"Redis {self._description} claim failed: {exc}") from exc
+        delta = Delta()
+        for suffix, flat in _pairs(reply[1:]):
+            _decode_hash(suffix, flat, delta)  # type: ignore[arg-type]
+        more = bool(reply[0]) or len(live) > len(declared)
+        if not delta:
+            return None, more
+        return Batch(id=batch_id, delta=delta, claimed_at=now), more
+
+    def take_claims_in_doubt(self) -> set[str]:
+        taken, self._in_doubt = self._in_doubt, set()
+        return taken
+
+    def claimed_ids(self, older_than: float = 0.0) -> dict[str, float]:
         self._check_layout()
-        cutoff = repr(self._clock() - older_than)
-        batches = []
-        for shard in range(self.shards):
-            reply = self._call("claimed", self._lua_claimed, shard, cutoff)
-            for i in range(0, len(reply), 3):
-                batch_id, claimed_at, hashes = reply[i : i + 3]
-                delta = Delta()
-                for suffix, flat in _pairs(hashes):
-                    _decode_hash(suffix, flat, delta)  # type: ignore[arg-type]
-                batches.append(Batch(id=batch_id, delta=delta, claimed_at=float(claimed_at)))
-        return batches
+        cutoff = self._clock() - older_than
+        found: dict[str, float] = {}
+        for tag in self._tags:
+            try:
+                rows = self._redis.zrangebyscore(f"{tag}:claims", "-inf", cutoff, withscores=True)
+            except self._errors as exc:
+                raise StoreError(f"Redis {self._description} read failed: {exc}") from exc
+            found.update((batch_id, float(at)) for batch_id, at in rows)
+        return found
+
+    def read_claim(self, batch_id: str) -> Batch | None:
+        self._check_layout()
+        shard = self._shard_of_batch(batch_id)
+        if shard is None:
+            return None
+        tag = self._tags[shard]
+        claim = f"{tag}:claim:{batch_id}"
+        try:
+            hashes = sorted(self._redis.smembers(claim))
+            reply = self._lua_claimed(keys=[f"{tag}:claims", claim, *hashes], args=[batch_id])
+        except self._errors as exc:
+            raise StoreError(f"Redis {self._description} read failed: {exc}") from exc
+        if not reply:
+            return None
+        delta = Delta()
+        for suffix, flat in _pairs(reply[1:]):
+            _decode_hash(suffix, flat, delta)  # type: ignore[arg-type]
+        return Batch(id=batch_id, delta=delta, claimed_at=float(reply[0]))
+
+    def _shard_of_batch(self, batch_id: str) -> int | None:
+        shard_text, _, _ = batch_id.partition(".")
+        if not shard_text.isdigit() or int(shard_text) >= self.shards:
+            return None  # not one of ours
+        return int(shard_text)
 
     def ack(self, batch_id: str) -> None:
         self._check_layout()
