@@ -14,12 +14,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from analytics_sdk import Analytics, ConfigurationError, SinkError
+from analytics_sdk import Analytics, SinkError
 from analytics_sdk.backends import Batch, Delta, MemoryCounterStore, Push
-from analytics_sdk.backends.base import DEFAULT_MAX_BATCH_KEYS
 from analytics_sdk.backends.postgres import PostgresSink
 from analytics_sdk.backends.redis import RedisCounterStore
-from analytics_sdk.config import Config
 from analytics_sdk.keys import day_of, hour_of
 from analytics_sdk.testing import ManualClock
 
@@ -303,16 +301,6 @@ def test_a_sink_that_is_down_costs_two_attempts_per_flush_not_one_per_batch(
         assert result.batches == 11  # 100 per-user counters and 1 hourly, 10 at most each
         assert sum(sink.hourly_counts("x", None, None, ()).values()) == 100
         assert store.claimed_ids() == {}
-
-
-def test_max_batch_keys_is_validated_and_read_from_the_environment() -> None:
-    assert Config().max_batch_keys == DEFAULT_MAX_BATCH_KEYS
-    assert Config.load({"ANALYTICS_MAX_BATCH_KEYS": "1000"}).max_batch_keys == 1000
-    for bad in (0, -1, 1.5, "10", True):
-        with pytest.raises(ConfigurationError, match=r"max_batch_keys=.* accepted: an int >= 1"):
-            Config(max_batch_keys=bad)  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="ANALYTICS_MAX_BATCH_KEYS='many'"):
-        Config.load({"ANALYTICS_MAX_BATCH_KEYS": "many"})
 
 
 class PoisonSink(FaultySink):

@@ -78,6 +78,7 @@ SETTINGS: dict[str, tuple[list[object], tuple[str, list[object]]]] = {
     "backoff_max": ([120], NUMBER_GT0),
     "schedule_jitter": ([0, 0.5], NUMBER_GE0),
     "claim_lease": ([30.0], NUMBER_GT0),
+    "max_batch_keys": ([1, 50_000], INT_GE1),
     "prometheus_labels": (
         [(), ("plan",), ["plan", "region"]],
         (
@@ -116,6 +117,7 @@ ENV_OK: dict[str, list[tuple[str, object]]] = {
     "backoff_max": [("30", 30.0)],
     "schedule_jitter": [("0", 0.0)],
     "claim_lease": [("60", 60.0)],
+    "max_batch_keys": [("1000", 1000)],
     "prometheus_labels": [("plan", ("plan",)), ("plan, region", ("plan", "region")), ("", ())],
     "metrics_port": [("0", 0), ("9464", 9464)],
     "metrics_addr": [("0.0.0.0", "0.0.0.0")],
@@ -138,6 +140,7 @@ ENV_BAD: dict[str, list[str]] = {
     "backoff_max": ["x"],
     "schedule_jitter": ["-0.1"],
     "claim_lease": ["0"],
+    "max_batch_keys": ["0", "1.5", "many"],
     "prometheus_labels": ["plan,user_id", "a-b", "plan,plan"],
     "metrics_port": ["", "http", "65536", "9464.0"],
     "metrics_addr": ["", " "],
