@@ -248,9 +248,10 @@ def test_flush_is_not_complete_while_counts_wait_in_a_claim_whose_reply_was_lost
                 raise RedisConnectionError("injected: connection lost before the reply")
             return reply
 
-        for n in range(30):  # 30 pushes: counts on every shard
-            client.track("f", value=1, user_id=f"u{n}")
-            client.scheduler.push()
+        for p in range(10):  # 10 producers: counts on more than one shard
+            with Analytics(store=store_url, flusher=False, background=False) as producer:
+                for n in range(3):
+                    producer.track("f", value=1, user_id=f"u{p}-{n}")
         store._lua_claim = reply_lost_on_the_second_shard
         first = client.flush()
         assert len(calls) >= 2
