@@ -444,7 +444,7 @@ def test_an_ack_failing_after_the_commit_counts_once(
     assert client.count("x", user_id="u") == 6
 
 
-@pytest.mark.parametrize("step", ["claim", "claimed"])
+@pytest.mark.parametrize("step", ["claim_batches", "claimed_ids"])
 def test_a_claim_step_failing_keeps_the_counts_for_the_next_flush(
     synchronous: tuple[Analytics, Faults, Faults], step: str
 ) -> None:
@@ -557,7 +557,7 @@ def test_flush_and_shutdown_accept_an_unbounded_timeout(
 @pytest.mark.parametrize(
     ("backend", "method", "message"),
     [
-        ("store", "claim", "claim from MemoryCounterStore() failed: RuntimeError('bug')"),
+        ("store", "claim_batches", "claim from MemoryCounterStore() failed: RuntimeError('bug')"),
         ("sink", "apply", "apply to MemorySink() failed: RuntimeError('bug')"),
         ("store", "ack", "ack on MemoryCounterStore() failed: RuntimeError('bug')"),
     ],

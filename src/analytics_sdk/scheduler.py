@@ -198,20 +198,21 @@ class Scheduler:
         """
         moved = moved if moved is not None else _Moved()
         failures: list[BackendError] = []
-        streak = 0
+        streak = succeeded = 0
 
         def apply(batch: Batch | None, batch_id: str) -> bool:
             """Apply and ack one batch; return whether the flush should go on."""
-            nonlocal streak
+            nonlocal streak, succeeded
             error = self._apply_one(batch, batch_id, moved)
             if error is None:
                 streak = 0
+                succeeded += 1
                 return True
             failures.append(error)
             streak += 1
             return streak < FAILURES_IN_A_ROW
 
-        todo, seen = self._store_step("claim", self._claims_to_apply)
+        todo, seen = self._store_step("claim from", self._claims_to_apply)
         earlier = [i for i in todo if i not in self._failed_claims]
         later = [i for i in todo if i in self._failed_claims]
         going = True
@@ -226,9 +227,10 @@ class Scheduler:
                 try:
                     if claims is None:
                         claims = self._store_step(
-                            "claim", lambda: self.store.claim_batches(self.config.max_batch_keys)
+                            "claim from",
+                            lambda: self.store.claim_batches(self.config.max_batch_keys),
                         )
-                    batch = self._store_step("claim", partial(next, claims, None))
+                    batch = self._store_step("claim from", partial(next, claims, None))
                 except StoreError as exc:
                     # A claim whose reply was lost may exist: ours to apply next time.
                     self._own_claims |= self.store.take_claims_in_doubt()
@@ -245,7 +247,9 @@ class Scheduler:
                 _check(deadline, self.clock.monotonic())
                 if not apply(None, batch_id):
                     break
-        if going:
+        if going and (succeeded or not failures):
+            # Every batch was tried and the sink took some: a failing batch is stuck, the
+            # flusher is not (a restart would not help).
             self.stats.last_flush_round = self.clock.time()
         if failures:
             raise failures[0]
@@ -263,13 +267,13 @@ class Scheduler:
         except BackendError:
             raise
         except Exception as exc:
-            raise StoreError(f"{what} from {self.store!r} failed: {exc!r}") from exc
+            raise StoreError(f"{what} {self.store!r} failed: {exc!r}") from exc
 
     def _apply_one(self, batch: Batch | None, batch_id: str, moved: _Moved) -> BackendError | None:
         """Read (if not given), apply and ack one claimed batch; return the failure, if any."""
         try:
             if batch is None:
-                batch = self._store_step("read", lambda: self.store.read_claim(batch_id))
+                batch = self._store_step("read from", lambda: self.store.read_claim(batch_id))
                 if batch is None:  # acknowledged by another flusher meanwhile
                     self._own_claims.discard(batch_id)
                     self._failed_claims.discard(batch_id)
@@ -280,7 +284,7 @@ class Scheduler:
                 raise
             except Exception as exc:
                 raise SinkError(f"apply to {self.sink!r} failed: {exc!r}") from exc
-            self._store_step("ack", lambda: self.store.ack(batch_id))
+            self._store_step("ack on", lambda: self.store.ack(batch_id))
         except BackendError as exc:
             self._failed_claims.add(batch_id)
             return exc

@@ -93,8 +93,8 @@ class PipelineStats:
     last_flush_success: float | None = None
     """Wall-clock time of the last flush that completed."""
     last_flush_round: float | None = None
-    """Wall-clock time of the last flush that tried every batch it could, even if some of
-    them failed: the flusher is alive, though a batch may be stuck."""
+    """Wall-clock time of the last flush that tried every batch it could and committed some,
+    even if others failed: the flusher is alive, though a batch may be stuck."""
     push_durations: Histogram = attrs.field(factory=Histogram)
     flush_durations: Histogram = attrs.field(factory=Histogram)
 
