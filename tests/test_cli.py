@@ -179,3 +179,31 @@ def test_migrate_and_query_read_the_environment_and_a_day_by_hour_has_24_rows(
     assert json.loads(capsys.readouterr().out) == [
         {"period": "2026-11-20T00:00:00+00:00", "count": 35}
     ]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "by", "message"),
+    [
+        (
+            "0001-01-01",
+            "9999-12-31",
+            "day",
+            "start 0001-01-01 is out of range; accepted: days from 2000-01-01",
+        ),
+        ("2000-01-01", "9999-12-31", "day", "to 9998-12-31"),
+        ("2000-01-01", "2026-11-19", "hour", "periods; accepted: at most 10,000"),
+        ("2026-11-20", "2026-11-19", "day", "is after end"),
+    ],
+)
+def test_a_bad_range_is_refused_before_anything_is_read(
+    start: str,
+    end: str,
+    by: str,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("ANALYTICS_SINK", raising=False)  # refused before the sink is needed
+    code, err = _fail(["query", "e", "--from", start, "--to", end, "--by", by], capsys)
+    assert code == 2
+    assert message in err

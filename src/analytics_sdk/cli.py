@@ -107,14 +107,16 @@ def query(args: argparse.Namespace, out: TextIO) -> int:
     import json as json_module
 
     from .client import Analytics
-    from .query import resolve_tz
+    from .query import periods, resolve_tz
 
-    sink = _readable_sink(_url(args.sink, "ANALYTICS_SINK", "--sink"))
-    store = args.store or os.environ.get("ANALYTICS_STORE") or "memory://"
+    tz = resolve_tz(args.tz)
     end = args.end
     if args.by == "hour" and not isinstance(end, datetime):
         # --to is included: a date stands for its last hour too.
-        end = datetime(end.year, end.month, end.day, 23, tzinfo=resolve_tz(args.tz))
+        end = datetime(end.year, end.month, end.day, 23, tzinfo=tz)
+    next(periods(args.start, end, args.by, tz))  # a bad range fails before any connection
+    sink = _readable_sink(_url(args.sink, "ANALYTICS_SINK", "--sink"))
+    store = args.store or os.environ.get("ANALYTICS_STORE") or "memory://"
     with Analytics(store=store, sink=sink, background=False, flusher=False) as client:
         series = client.series(
             args.event,
