@@ -85,7 +85,7 @@ class Analytics:
         self._enter_hour(self._now())
         self.closed = False
         self._warned_after_shutdown = False
-        self._warned_incomplete: FlushResult | None = None
+        self._warned_incomplete: str | None = None  # why the last shutdown was incomplete
         process.register(self)
         if self.config.background:
             self.scheduler.start()
@@ -244,11 +244,15 @@ class Analytics:
                 self.metrics_server.close()
         if not self.aggregator.is_empty():
             result = self._spool_rest(result)
-        if not result.complete and not result.spooled:
-            # the exit hook shuts down again: the same failure is not news the second time
-            repeated = result == self._warned_incomplete
-            (logger.debug if repeated else logger.warning)("shutdown flush incomplete: %s", result)
-            self._warned_incomplete = result
+        if not result.complete:
+            # The exit hook shuts down again: the same failure, with nothing moved this time,
+            # is not news (whether it was reported as incomplete or as spooled).
+            why = result.error or ("timed out" if result.timed_out else "incomplete")
+            repeated = why == self._warned_incomplete and not (result.pushed or result.flushed)
+            if not result.spooled:
+                log = logger.debug if repeated else logger.warning
+                log("shutdown flush incomplete: %s", result)
+            self._warned_incomplete = why
         return result
 
     def _spool_rest(self, result: FlushResult) -> FlushResult:
