@@ -183,6 +183,49 @@ def test_the_exit_flush_reaches_postgres_without_starting_a_thread(
                 store.close()
 
 
+# An app whose own exit hook (it runs before the SDK's) is the first to track: the global
+# client is created during interpreter shutdown, when no thread may start.
+CLIENT_CREATED_AT_EXIT = textwrap.dedent(
+    """
+    import atexit, sys, threading
+    import analytics_sdk as analytics
+
+    def goodbye():
+        analytics.track("created_at_exit", user_id="u1")  # store and sink: env
+
+    def refuse_threads(self):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    def guard():
+        threading.Thread.start = refuse_threads
+
+    atexit.register(goodbye)
+    if sys.version_info < (3, 12):
+        atexit.register(guard)  # registered last, so it runs first
+    """
+)
+
+
+@pytest.mark.services
+def test_a_client_created_at_exit_flushes_without_a_thread(tmp_path: Path) -> None:
+    from analytics_sdk.backends.postgres import PostgresSink
+
+    script = tmp_path / "app.py"
+    script.write_text(CLIENT_CREATED_AT_EXIT)
+    with redis_and_postgres("exit") as (_, sink_url):
+        env = {**os.environ, "ANALYTICS_STORE": "memory://", "ANALYTICS_SINK": sink_url}
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""  # no error, no incomplete flush
+        sink = PostgresSink.from_url(sink_url)
+        try:
+            assert sink.user_counts("created_at_exit", None, None, None) == {"u1": 1}
+        finally:
+            sink.close()
+
+
 # -- a fork at each moment a lock is held or a thread runs ------------------------------------
 
 FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"

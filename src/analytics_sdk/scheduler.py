@@ -605,7 +605,13 @@ class Scheduler:
         self._thread = threading.Thread(
             target=self._run, name="analytics-sdk-scheduler", daemon=True
         )
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError:
+            # Interpreter shutdown (Python 3.12+ start no thread then): flush() and
+            # shutdown() run in their caller, and the exit hook flushes.
+            self._thread = None
+            self._accepting = False
 
     def _run(self) -> None:
         self.clock.attach()
