@@ -163,7 +163,7 @@ def test_the_exit_flush_reaches_postgres_without_starting_a_thread(
             [sys.executable, str(script), store_url, sink_url],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr
         assert "can't create new thread" not in done.stderr
@@ -215,7 +215,7 @@ def test_a_client_created_at_exit_flushes_without_a_thread(tmp_path: Path) -> No
     with redis_and_postgres("exit") as (_, sink_url):
         env = {**os.environ, "ANALYTICS_STORE": "memory://", "ANALYTICS_SINK": sink_url}
         done = subprocess.run(
-            [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
         )
         assert done.returncode == 0, done.stderr
         assert done.stderr == ""  # no error, no incomplete flush
@@ -231,7 +231,7 @@ def test_a_client_created_at_exit_flushes_without_a_thread(tmp_path: Path) -> No
 FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"
 
 
-def in_forked_child(work: Callable[[], Any], timeout: float = 20.0) -> Any:
+def in_forked_child(work: Callable[[], Any], timeout: float = 60.0) -> Any:
     """Run ``work()`` in a forked child and return its JSON result; a child that has not
     answered within ``timeout`` seconds is killed and fails the test (a hang, not a stuck
     suite)."""
@@ -320,7 +320,7 @@ def redis_through_hanging_proxy() -> Iterator[tuple[HangingProxy, str]]:
     proxy = HangingProxy((url.hostname or "127.0.0.1", url.port or 6379))
     prefix = unique_name("fork")
     try:
-        yield proxy, f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}&socket_timeout=60"
+        yield proxy, f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}&socket_timeout=120"
     finally:
         proxy.close()
         delete_redis_prefix(redis_url_or_skip(), prefix)
@@ -488,7 +488,7 @@ def test_multiprocessing_children_flush_their_counts_when_they_end(
             [sys.executable, str(script), method],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=240,
             env=env,
             cwd=tmp_path,
         )
