@@ -265,7 +265,9 @@ class Analytics:
             "the store could not take %d counts at shutdown (%s); spooled to %s, replayed "
             "into %r at the next start or by the flush worker",
             counts,
-            result.error or ("timed out" if result.timed_out else "incomplete"),
+            "no answer within the shutdown timeout"
+            if result.timed_out
+            else (result.error or "incomplete"),
             path,
             self.store,
         )
