@@ -169,11 +169,13 @@ class TestStore:
 
     def test_claimed_finds_old_claims_only(self, store: CounterStore, clock: ManualClock) -> None:
         push(store, {("a", (), H): 1})
+        claimed_at = clock.time()
         batches = store.claim()
         assert store.claimed(older_than=60) == []
         assert {b.id for b in store.claimed()} == {b.id for b in batches}
         clock.advance(61)
         assert {b.id for b in store.claimed(older_than=60)} == {b.id for b in batches}
+        assert {b.claimed_at for b in store.claimed()} == {claimed_at}
 
 
 # -- sink -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from urllib.parse import urlsplit
@@ -289,5 +290,21 @@ def test_a_batch_of_per_user_counts_only(pg_url: str, schema: str) -> None:
         assert sink.user_counts("e", None, None, "u1") == {"u1": 3}
         assert sink.hourly_counts("e", None, None, ()) == {}
         assert sink.event_totals() == {}
+        with sink._connection("test") as conn:
+            ledger = conn.execute(f'SELECT counters FROM "{schema}".flush_ledger').fetchall()
+        assert ledger == [(3,)]  # the counters the batch touched
+    finally:
+        sink.close()
+
+
+def test_a_failing_read_names_what_failed(schema: str) -> None:
+    sink = sink_from_url(f"postgresql://127.0.0.1:1/db?schema={schema}&pool_timeout=0.2", time.time)
+    try:
+        with pytest.raises(SinkError, match=r"ledger read failed"):
+            sink.applied(["b1"])
+        with pytest.raises(SinkError, match=r"query failed"):
+            sink.user_counts("e", None, None, "u1")
+        with pytest.raises(SinkError, match=r"query failed"):
+            sink.hourly_counts("e", None, None, ())
     finally:
         sink.close()

@@ -254,3 +254,51 @@ def test_the_cli_refuses_days_before_2000(capsys: pytest.CaptureFixture[str]) ->
     assert "start 1970-01-01 is out of range; accepted: days from 2000-01-01" in (
         capsys.readouterr().err
     )
+
+
+def test_every_tier_is_read_with_the_query_range_and_user(clock: ManualClock) -> None:
+    """Counts on the day before and after, and of another user, sit in each tier (sink,
+    a claim, live in the store, a refused outbox, the buffer): none may leak into a query."""
+    from analytics_sdk.backends import MemoryCounterStore, MemorySink
+
+    from .faults import Faults
+
+    store, sink = MemoryCounterStore(clock=clock.time), MemorySink(clock=clock.time)
+    days = [DAY - timedelta(days=1), DAY, DAY + timedelta(days=1)]
+    expected: dict[tuple[str, date], int] = {}
+
+    def track_everywhere(c: Analytics, tier: int) -> None:
+        for d, day in enumerate(days):
+            for u, user in enumerate(["u1", "u2"]):
+                value = 1 + tier * 100 + d * 10 + u
+                when = datetime.combine(day, datetime.min.time(), timezone.utc) + timedelta(hours=5)
+                c.track("v", user_id=user, timestamp=when, value=value)
+                expected[user, day] = expected.get((user, day), 0) + value
+
+    with Analytics(store=store, sink=sink, clock=clock, background=False, claim_lease=3600) as c:
+        track_everywhere(c, 0)
+        assert c.flush().complete  # tier 0: the sink
+        track_everywhere(c, 1)
+        c.scheduler.push()
+        assert len(store.claim()) == 1  # tier 1: claimed by another flusher, not applied yet
+        track_everywhere(c, 2)
+        c.scheduler.push()  # tier 2: live in the store
+        track_everywhere(c, 3)
+        Faults(store).fail("push")
+        assert c.flush().error is not None  # tier 3: an outbox the store refused
+        track_everywhere(c, 4)  # tier 4: the buffer
+        for day in days:
+            both = expected["u1", day] + expected["u2", day]
+            assert c.count("v", day=day) == both
+            assert c.hourly("v", day=day)[5] == both
+            for user in ("u1", "u2"):
+                assert c.count("v", day=day, user_id=user) == expected[user, day]
+            assert c.top_users("v", day=day) == [
+                ("u2", expected["u2", day]),
+                ("u1", expected["u1", day]),
+            ]
+        assert c.count("v", user_id="u1") == sum(expected["u1", day] for day in days)
+        assert c.unique_users("v", DAY, DAY) == 2
+        # One user's query reads that user only, from every tier (it costs what it returns).
+        first = (DAY - date(1970, 1, 1)).days
+        assert c._query.user_counts("v", first, first + 1, "u2") == {"u2": expected["u2", DAY]}

@@ -592,3 +592,27 @@ def test_a_flush_of_several_batches_reports_and_counts_each_once(
     stats = client.stats()
     assert (stats["counts_pushed"], stats["counts_flushed"], stats["batches_flushed"]) == (8, 8, 3)
     assert (durable(client), client.count("x")) == (8, 8)
+
+
+def test_a_flush_applies_its_own_claims_and_orphans_but_not_a_live_flusher_s(
+    clock: ManualClock,
+) -> None:
+    store, sink = MemoryCounterStore(clock=clock.time), MemorySink(clock=clock.time)
+    settings = {"store": store, "sink": sink, "clock": clock, "background": False}
+    with Analytics(**settings, claim_lease=30) as a, Analytics(**settings, flusher=False) as other:
+        other.track("x", value=2)
+        other.flush()
+        [orphan] = store.claim()  # by a flusher that then died
+        clock.advance(31)
+        a.track("x", value=3)
+        Faults(sink).fail("apply")
+        assert a.flush().error is not None  # a claimed its 3; the orphan's apply failed
+        other.track("x", value=5)
+        other.flush()
+        [live] = store.claim()  # by a flusher at work right now: not ours, not stale
+        result = a.flush()
+        assert (result.flushed, result.batches) == (2 + 3, 2)
+        assert [b.id for b in store.claimed()] == [live.id]
+        assert orphan.id in sink.applied([orphan.id, live.id])
+        assert a.count("x") == 10
+        assert sum(sink.hourly_counts("x", None, None, ()).values()) == 5
