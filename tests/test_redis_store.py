@@ -724,23 +724,3 @@ def test_counts_outside_the_recorded_shard_count_fail_loudly(redis_url: str, pre
     narrow = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=2")
     with pytest.raises(StoreError, match="records shards=2 but shards"):
         narrow.pending_hourly("e", None, None, ())
-
-
-@pytest.mark.parametrize(("step", "script"), [("claim", "_lua_claim"), ("claimed", "_lua_claimed")])
-def test_a_failing_script_names_its_step(
-    redis_url: str, prefix: str, step: str, script: str
-) -> None:
-    import redis
-
-    store = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=2")
-    push(store, 3)
-
-    def lost(*args: object, **kwargs: object) -> object:
-        raise redis.ConnectionError("connection reset (injected)")
-
-    setattr(store, script, lost)
-    try:
-        with pytest.raises(StoreError, match=rf"Redis .* {step} failed: connection reset"):
-            store.claim() if step == "claim" else store.claimed()
-    finally:
-        store.close()
