@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -163,57 +163,86 @@ class SlotMigration:
         self.target.close()
 
 
+def _start_redis(
+    workdir: str,
+    args: Callable[[int, Proxy | None], list[str]],
+    *,
+    proxied: bool = False,
+    taken: Container[int] = (),
+) -> tuple[subprocess.Popen[bytes], int, Proxy | None]:
+    """Start a redis-server (``args(port, proxy)`` added) on a free loopback port. A port
+    that another process took meanwhile is detected (our server exits, or the one answering
+    is not ours) and another port is tried."""
+    server = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if server is None or cli is None:
+        raise RuntimeError("redis-server and redis-cli are needed to start a test server")
+    for _ in range(20):
+        port = cluster_port()
+        if port in taken:
+            continue
+        proxy = Proxy("127.0.0.1", port) if proxied else None
+        process = subprocess.Popen(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", workdir, *args(port, proxy)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        if _answers_as(cli, port, process):
+            return process, port, proxy
+        process.terminate()
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(10)
+        if proxy is not None:
+            proxy.close()
+    raise RuntimeError("could not start a redis-server on a free port")
+
+
+def _answers_as(cli: str, port: int, process: subprocess.Popen[bytes]) -> bool:
+    """Wait until ``process`` answers on ``port``; False if it died or another server did."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        done = subprocess.run(
+            [cli, "-p", str(port), "info", "server"], capture_output=True, text=True
+        )
+        if "process_id:" in done.stdout:
+            return f"process_id:{process.pid}" in done.stdout.split()
+        if "unknown command" in done.stdout + done.stderr:  # INFO renamed away: PING
+            time.sleep(0.2)  # a server that lost the port race has exited by now
+            return process.poll() is None and _ping(cli, port)
+        time.sleep(0.05)
+    return False
+
+
 @contextmanager
 def cluster(masters: int = 3, *, proxied: bool = False) -> Iterator[Cluster]:
     """Start a Redis Cluster of ``masters`` nodes on free loopback ports. ``proxied``: each
     node announces the port of a :class:`Proxy` in front of it, so every client connection
     (not the cluster bus) goes through a proxy a test can cut, stall or make lose replies."""
-    server = shutil.which("redis-server")
     cli = shutil.which("redis-cli")
-    if server is None or cli is None:
+    if cli is None:
         raise RuntimeError("redis-server and redis-cli are needed to start a test cluster")
     workdir = tempfile.mkdtemp(prefix="analytics-cluster-")
     ports: list[int] = []
-    while len(ports) < masters:
-        port = cluster_port()
-        if port not in ports:
-            ports.append(port)
-    proxies = {port: Proxy("127.0.0.1", port) for port in ports} if proxied else {}
+    proxies: dict[int, Proxy] = {}
     processes = []
+
+    def node_args(port: int, proxy: Proxy | None) -> list[str]:
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
+        if proxy is not None:
+            args += ["--cluster-announce-port", str(proxy.port),
+                     "--cluster-announce-bus-port", str(port + 10_000)]  # fmt: skip
+        return args
+
     try:
-        for port in ports:
-            announce = (
-                ["--cluster-announce-port", str(proxies[port].port),
-                 "--cluster-announce-bus-port", str(port + 10_000)]
-                if proxied
-                else []
-            )  # fmt: skip
-            processes.append(
-                subprocess.Popen(
-                    [
-                        server,
-                        "--port",
-                        str(port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        f"nodes-{port}.conf",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        workdir,
-                        *announce,
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        for port in ports:
-            _wait_for(lambda p=port: _ping(cli, p), f"node {port} did not start")
+        while len(ports) < masters:
+            process, port, proxy = _start_redis(workdir, node_args, proxied=proxied, taken=ports)
+            processes.append(process)
+            ports.append(port)
+            if proxy is not None:
+                proxies[port] = proxy
         addresses = [proxies[p].port if proxied else p for p in ports]
         subprocess.run(
             [
@@ -231,6 +260,8 @@ def cluster(masters: int = 3, *, proxied: bool = False) -> Iterator[Cluster]:
             timeout=60,
         )
         _wait_for(lambda: _cluster_ok(cli, ports), "cluster did not reach state ok")
+        for proxy in proxies.values():  # each proxy reaches its cluster node
+            _wait_for(lambda p=proxy.port: _cluster_ok(cli, [p]), "a proxy reaches no node")
         yield Cluster(ports, proxies)
     finally:
         for process in processes:
@@ -247,20 +278,13 @@ def cluster(masters: int = 3, *, proxied: bool = False) -> Iterator[Cluster]:
 def redis_server(*args: str) -> Iterator[str]:
     """Start a private redis-server on a free loopback port with extra ``args`` (e.g.
     ``--maxmemory-policy volatile-lru``); yield its URL."""
-    binary = shutil.which("redis-server")
-    cli = shutil.which("redis-cli")
-    if binary is None or cli is None:
-        raise RuntimeError("redis-server and redis-cli are needed to start a test server")
-    port = cluster_port()
     workdir = tempfile.mkdtemp(prefix="analytics-redis-")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", workdir, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     try:
-        _wait_for(lambda: _ping(cli, port), f"redis-server on {port} did not start")
+        process, port, _ = _start_redis(workdir, lambda port, proxy: list(args))
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         process.terminate()
@@ -375,6 +399,11 @@ class Proxy:
     def close(self) -> None:
         """Stop listening and drop every connection."""
         self._closed = True
+        # shutdown() wakes the thread blocked in accept(): a plain close() leaves the socket
+        # listening in the kernel until that call returns, so the port would keep
+        # forwarding to the old target.
+        with suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.drop()
 
