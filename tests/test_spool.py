@@ -19,11 +19,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from prometheus_client import generate_latest
 
 from analytics_sdk import Analytics
 from analytics_sdk.backends import Delta, Push
 from analytics_sdk.backends.redis import RedisCounterStore
 from analytics_sdk.errors import ConfigurationError
+from analytics_sdk.prometheus import registry_for
 from analytics_sdk.spool import Spool, SpoolError, decode, default_spool_dir, encode
 from analytics_sdk.testing import ManualClock
 from analytics_sdk.worker import Worker
@@ -519,6 +521,9 @@ def test_a_long_outage_spools_the_buffer_and_a_recovery_replays_it_exactly(
     assert spool_files(spool_dir) == []
     assert live_total(direct_url, "outage") == 22
     assert (client.stats()["counts_spooled"], client.stats()["counts_replayed"]) == (15, 15)
+    text = generate_latest(registry_for(client)).decode()
+    assert "analytics_spooled_events_total 15.0" in text
+    assert "analytics_replayed_events_total 15.0" in text
     assert client.count("outage") == 22
     assert client.count("outage", user_id="v3") == 1
     client.shutdown()

@@ -130,6 +130,14 @@ class ClientCollector(Collector):
                 "Keys the store's server evicted since this process first used it (counts "
                 "may be lost: run Redis with maxmemory-policy noeviction); read at each flush.",
             ),
+            "spooled": CounterMetricFamily(
+                "analytics_spooled_events",
+                "Counts written to the local spool because the store could not take them.",
+            ),
+            "replayed": CounterMetricFamily(
+                "analytics_replayed_events",
+                "Counts this process replayed from the local spool into the store.",
+            ),
             "buffered": GaugeMetricFamily(
                 "analytics_buffered_series", "Distinct counters in the buffer now."
             ),
@@ -175,6 +183,8 @@ class ClientCollector(Collector):
         f["dropped"].add_metric(["buffer_full"], client.aggregator.dropped)
         f["overflowed"].add_metric([], client.aggregator.overflowed)
         f["evicted"].add_metric([], client.store.evicted_keys)
+        f["spooled"].add_metric([], client.scheduler.counts_spooled)
+        f["replayed"].add_metric([], client.scheduler.counts_replayed)
         f["buffered"].add_metric([], client.aggregator.buffered_keys)
         f["capacity"].add_metric([], client.config.max_buffered_keys)
         f["last_push"].add_metric([], s.last_push_success or 0.0)
