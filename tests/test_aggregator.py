@@ -66,18 +66,47 @@ def test_excess_property_sets_fold_into_overflow_and_are_counted() -> None:
     assert sum(agg.local_counts().buffer.hourly.values()) == 21  # nothing lost: the total is exact
 
 
-def test_a_full_buffer_counts_what_it_cannot_hold_and_asks_for_a_push() -> None:
-    asked = []
-    agg = Aggregator(max_property_sets=100, max_buffered_keys=3, on_full=lambda: asked.append(1))
+def test_a_full_buffer_pushes_first_and_drops_only_what_a_failed_push_cannot_make_room_for() -> (
+    None
+):
+    asked: list[int] = []
+    dropped: list[int] = []
+    agg = Aggregator(
+        max_property_sets=100,
+        max_buffered_keys=3,
+        on_full=lambda: bool(asked.append(agg.buffered_keys)),  # a push that fails
+        on_drop=dropped.append,
+    )
     for hour in range(5):
         agg.add("x", (), hour, None, 1)
     agg.add("x", (), 0, "u", 1)  # the hourly key exists; the user key does not fit
     assert agg.buffered_keys == 3
+    assert asked == [3, 3, 3]  # asked with the shard lock released: buffered_keys could read
     assert agg.dropped == 2 + 1
-    assert asked
+    assert dropped == [1, 1, 1]
 
 
-def test_overflow_and_drops_are_visible_in_stats(clock: ManualClock) -> None:
+def test_a_push_that_went_through_makes_room_for_the_new_key() -> None:
+    pushed = []
+
+    def push() -> bool:
+        p = agg.next_push()
+        assert p is not None
+        pushed.append(p.delta.total)
+        agg.push_done(p)
+        return True
+
+    agg = Aggregator(max_property_sets=100, max_buffered_keys=3, on_full=push)
+    for hour in range(10):
+        agg.add("x", (), hour, "u", 1)  # two new keys each: an hourly and a per-user one
+    assert agg.dropped == 0
+    assert pushed == [2, 2, 2, 2]  # every push took what the buffer held, nothing lost
+    assert sum(agg.local_counts().buffer.hourly.values()) + sum(pushed) == 10
+
+
+def test_overflow_is_visible_in_stats_and_a_full_buffer_pushes_instead_of_dropping(
+    clock: ManualClock,
+) -> None:
     with Analytics(
         clock=clock, background=False, max_property_sets=1, max_buffered_keys=3
     ) as client:
@@ -85,11 +114,13 @@ def test_overflow_and_drops_are_visible_in_stats(clock: ManualClock) -> None:
         client.track("x", properties={"a": "2"})
         client.track("x", properties={"a": "3"})
         for n in range(3):
-            client.track(f"other{n}")
+            client.track(f"other{n}")  # x{a=1}, x{overflow}, other0 fill the 3 keys
         stats = client.stats()
         assert stats["overflowed"] == 2
-        assert stats["dropped"] == 2  # x{a=1}, x{overflow}, other0 fill the 3 keys
+        assert stats["dropped"] == 0
+        assert stats["pushes_ok"] == 1  # other1 pushed the full buffer from this thread
         assert client.count("x", properties={"overflow": "true"}) == 2
+        assert [client.count(f"other{n}") for n in range(3)] == [1, 1, 1]
 
 
 def test_outbox_is_retried_before_the_buffer_drains_again() -> None:

@@ -111,18 +111,23 @@ def test_process_counters_features_and_health() -> None:
 
 
 def test_failures_show_in_health_metrics() -> None:
+    from analytics_sdk.testing import ManualClock
+
     from .faults import FaultyStore
 
     store = FaultyStore()
     store.down = True
-    with Analytics(store=store, background=False, max_buffered_keys=2) as client:
-        for n in range(4):
+    clock = ManualClock()
+    with Analytics(store=store, clock=clock, background=False, max_buffered_keys=2) as client:
+        # e2 finds the buffer full: its push fails, the outbox keeps e0 and e1, the buffer
+        # takes e2 and e3; with both full, e4 and e5 are dropped.
+        for n in range(6):
             client.track(f"e{n}")
         client.flush()
         s = samples(generate_latest(registry_for(client)).decode())
         store.down = False
-    assert s["analytics_pushes_total", (("result", "error"),)] == 1
-    assert s["analytics_retries_total", (("operation", "push"),)] == 1
+    assert s["analytics_pushes_total", (("result", "error"),)] == 2
+    assert s["analytics_retries_total", (("operation", "push"),)] == 2
     assert s["analytics_dropped_events_total", (("reason", "buffer_full"),)] == 2
     assert s["analytics_buffer_capacity_series", ()] == 2
 

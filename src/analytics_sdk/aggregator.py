@@ -5,12 +5,23 @@ shared lock (with the GIL, a contended lock turns every acquisition into a threa
 two threads sharing one lock ran 3x slower than one thread alone). The scheduler drains all
 shards into one delta.
 
-Memory grows with the number of distinct keys, never with the number of events. Two limits
-keep it bounded: distinct property sets per event (the excess folds into an
-``{"overflow": "true"}`` series, and is counted) and distinct buffered keys (what does not fit
-is counted as dropped and an early push is requested). A drained buffer becomes the
-*outbox*: one :class:`~analytics_sdk.backends.base.Push`, retried until the store accepts
-it, while new counts keep aggregating behind it.
+Memory grows with the number of distinct keys, never with the number of events. Limits
+keep it bounded, and none loses a count silently:
+
+- distinct event names (``max_event_names``): counts of further names fold into the event
+  ``"(overflow)"``, without properties, and are counted;
+- distinct property sets per event (``max_property_sets``): the excess folds into an
+  ``{"overflow": "true"}`` series, and is counted;
+- distinct buffered keys (``max_buffered_keys``): the thread that finds the buffer full
+  pushes it to the store itself (the shard lock released meanwhile), then adds its key. A
+  key is dropped (counted, and reported through ``on_drop``) only when that push cannot go
+  through: the store is failing and the outbox already holds a buffer's worth.
+
+The two registries behind the first two limits live as long as the process and hold at most
+``max_event_names + 1`` names and ``max_property_sets`` sets for each of them.
+
+A drained buffer becomes the *outbox*: one :class:`~analytics_sdk.backends.base.Push`,
+retried until the store accepts it, while new counts keep aggregating behind it.
 """
 
 from __future__ import annotations
@@ -23,9 +34,11 @@ from collections.abc import Callable
 from .backends.base import Delta, Push
 from .keys import HourKey, Properties, UserKey
 
-__all__ = ["OVERFLOW_PROPERTIES", "Aggregator", "LocalCounts"]
+__all__ = ["OVERFLOW_EVENT", "OVERFLOW_PROPERTIES", "Aggregator", "LocalCounts"]
 
 OVERFLOW_PROPERTIES: Properties = (("overflow", "true"),)
+OVERFLOW_EVENT = "(overflow)"
+"""The reserved event that counts events whose name came after ``max_event_names``."""
 
 
 class LocalCounts:
@@ -41,7 +54,7 @@ class LocalCounts:
 class _Shard:
     """One thread's part of the buffer."""
 
-    __slots__ = ("dropped", "hourly", "lock", "overflowed", "thread", "users")
+    __slots__ = ("dropped", "hourly", "lock", "names_overflowed", "overflowed", "thread", "users")
 
     def __init__(self, thread: threading.Thread) -> None:
         self.lock = threading.Lock()
@@ -49,6 +62,7 @@ class _Shard:
         self.hourly: dict[HourKey, int] = {}
         self.users: dict[UserKey, int] = {}
         self.overflowed = 0
+        self.names_overflowed = 0
         self.dropped = 0
 
 
@@ -65,17 +79,25 @@ class Aggregator:
         *,
         max_property_sets: int,
         max_buffered_keys: int,
-        on_full: Callable[[], None] = lambda: None,
+        max_event_names: int = 1_000,
+        on_full: Callable[[], bool] = lambda: False,
+        on_drop: Callable[[int], None] = lambda count: None,
         on_drain: Callable[[Delta], None] = lambda delta: None,
     ) -> None:
+        """``on_full`` pushes the buffer, in the calling thread, and returns whether the new
+        key may go in; ``on_drop`` hears of each count that could not be held."""
         self.max_property_sets = max_property_sets
         self.max_buffered_keys = max_buffered_keys
+        self.max_event_names = max_event_names
         self._on_full = on_full
+        self._on_drop = on_drop
         self._on_drain = on_drain
+        self._events: set[str] = {OVERFLOW_EVENT}
         self._property_sets: dict[str, set[Properties]] = {}
         self._reset()
 
     def _reset(self) -> None:
+        self._registry_lock = threading.Lock()  # admits names and property sets one at a time
         self._local = threading.local()
         self._shards: list[_Shard] = []
         self._shards_lock = threading.Lock()
@@ -85,6 +107,7 @@ class Aggregator:
         self._sequence = 0
         self._new_keys = itertools.count(1)  # keys added since the last drain (approximate)
         self._overflowed_before = 0  # from shards of threads that ended
+        self._names_overflowed_before = 0
         self._dropped_before = 0
 
     def _shard(self) -> _Shard:
@@ -112,7 +135,7 @@ class Aggregator:
             if current is not None:
                 hourly[key] = current + value
             else:
-                self._add_new(shard, key, value)
+                event = self._add_new(shard, key, value)
             if user_id is not None:
                 user_key = (event, user_id, hour // 24)
                 users = shard.users
@@ -122,34 +145,92 @@ class Aggregator:
                 elif self._has_room():
                     users[user_key] = value
                 else:
-                    shard.dropped += value
+                    self._add_when_full(shard, None, user_key, value)
         finally:
             lock.release()
 
     def _has_room(self) -> bool:
-        if next(self._new_keys) <= self.max_buffered_keys:
-            return True
-        self._on_full()
-        return False
+        return next(self._new_keys) <= self.max_buffered_keys
 
-    def _add_new(self, shard: _Shard, key: HourKey, value: int) -> None:
+    def _add_new(self, shard: _Shard, key: HourKey, value: int) -> str:
+        """Add a key the buffer does not hold; return the event name it was counted under."""
         event, properties, hour = key
+        if event not in self._events and not self._admit_event(event):
+            shard.names_overflowed += value
+            event, properties = OVERFLOW_EVENT, ()
+            key = (event, properties, hour)
+            current = shard.hourly.get(key)
+            if current is not None:
+                shard.hourly[key] = current + value
+                return event
         if properties:
-            seen = self._property_sets.setdefault(event, set())
-            if properties not in seen:
-                if len(seen) >= self.max_property_sets:
-                    shard.overflowed += value
-                    key = (event, OVERFLOW_PROPERTIES, hour)
-                    current = shard.hourly.get(key)
-                    if current is not None:
-                        shard.hourly[key] = current + value
-                        return
-                else:
-                    seen.add(properties)
+            seen = self._property_sets.get(event)
+            if (seen is None or properties not in seen) and not self._admit_properties(
+                event, properties
+            ):
+                shard.overflowed += value
+                key = (event, OVERFLOW_PROPERTIES, hour)
+                current = shard.hourly.get(key)
+                if current is not None:
+                    shard.hourly[key] = current + value
+                    return event
         if self._has_room():
             shard.hourly[key] = value
         else:
+            self._add_when_full(shard, key, None, value)
+        return event
+
+    def _admit_event(self, event: str) -> bool:
+        """Remember a new event name if there is room for it; return whether there was."""
+        if len(self._events) > self.max_event_names:  # full: no lock needed to say no
+            return False
+        with self._registry_lock:
+            if event in self._events:
+                return True
+            if len(self._events) > self.max_event_names:  # the overflow event is extra
+                return False
+            self._events.add(event)
+            return True
+
+    def _admit_properties(self, event: str, properties: Properties) -> bool:
+        """Remember a new property set of ``event`` if it has room; return whether it had."""
+        seen = self._property_sets.get(event)
+        if seen is not None and len(seen) >= self.max_property_sets and properties not in seen:
+            return False  # full: no lock needed to say no
+        with self._registry_lock:
+            seen = self._property_sets.setdefault(event, set())
+            if properties in seen:
+                return True
+            if len(seen) >= self.max_property_sets:
+                return False
+            seen.add(properties)
+            return True
+
+    def _add_when_full(
+        self, shard: _Shard, hour_key: HourKey | None, user_key: UserKey | None, value: int
+    ) -> None:
+        """Add a new key to a full buffer: push first, from this thread; drop only if the
+        push made no room. Called and returning with ``shard.lock`` held."""
+        lock = shard.lock
+        lock.release()  # the push drains this shard too, and user code may log or track
+        try:
+            admit = self._on_full()
+        finally:
+            lock.acquire()
+        target: dict = shard.hourly if hour_key is not None else shard.users  # type: ignore[type-arg]
+        key = hour_key if hour_key is not None else user_key
+        current = target.get(key)
+        if current is not None:  # the same key came in while the lock was released
+            target[key] = current + value
+        elif self._has_room() or admit:  # a push that went through just emptied the buffer
+            target[key] = value
+        else:
             shard.dropped += value
+            lock.release()
+            try:
+                self._on_drop(value)
+            finally:
+                lock.acquire()
 
     def _take(self) -> Delta:
         """Empty every shard into one delta; forget shards of threads that ended."""
@@ -180,6 +261,7 @@ class Aggregator:
                         continue  # drained next time
                     self._shards.remove(shard)
                     self._overflowed_before += shard.overflowed
+                    self._names_overflowed_before += shard.names_overflowed
                     self._dropped_before += shard.dropped
 
     @property
@@ -188,8 +270,13 @@ class Aggregator:
         return self._overflowed_before + sum(s.overflowed for s in list(self._shards))
 
     @property
+    def names_overflowed(self) -> int:
+        """Counts folded into the ``"(overflow)"`` event since the start."""
+        return self._names_overflowed_before + sum(s.names_overflowed for s in list(self._shards))
+
+    @property
     def dropped(self) -> int:
-        """Counts that found the buffer full since the start."""
+        """Counts that found the buffer full while the store failed, since the start."""
         return self._dropped_before + sum(s.dropped for s in list(self._shards))
 
     @property

@@ -14,7 +14,7 @@ import attrs
 from . import process
 from .aggregator import Aggregator
 from .backends import sink_from_url, store_from_url
-from .backends.base import CounterStore, Sink
+from .backends.base import CounterStore, Delta, Sink
 from .config import Config
 from .errors import ConfigurationError
 from .events import MAX_VALUE, Validator, validate_timestamp, validate_value
@@ -67,12 +67,14 @@ class Analytics:
         self._property_sets = self._validator.property_sets
         self._user_ids = self._validator.user_ids
         self.event_totals = EventTotals(self.config.prometheus_labels)
-        self.features = FeatureStats()
+        self.features = FeatureStats(max_features=self.config.max_property_sets)
         self.aggregator = Aggregator(
             max_property_sets=self.config.max_property_sets,
             max_buffered_keys=self.config.max_buffered_keys,
+            max_event_names=self.config.max_event_names,
             on_full=self._buffer_full,
-            on_drain=self.event_totals.account,
+            on_drop=self._dropped,
+            on_drain=self._drained,
         )
         self.scheduler = Scheduler(self.aggregator, self.store, self.sink, self.config)
         self._query = QueryEngine(
@@ -206,8 +208,15 @@ class Analytics:
         self._add(FEATURE_EVENT, outcome, int(self._now() // 3600), user_id, 1)
         self.features.observe(name, ok, duration)
 
-    def _buffer_full(self) -> None:
-        self.scheduler.request_push()
+    def _buffer_full(self) -> bool:
+        return self.scheduler.push_when_full()
+
+    def _dropped(self, count: int) -> None:
+        self.scheduler.note_dropped(count)
+
+    def _drained(self, delta: Delta) -> None:
+        self.event_totals.account(delta)
+        self._validator.prune()
 
     # -- moving counts ----------------------------------------------------------------------
 
@@ -280,6 +289,7 @@ class Analytics:
         return {
             "buffered_keys": self.aggregator.buffered_keys,
             "overflowed": self.aggregator.overflowed,
+            "event_names_overflowed": self.aggregator.names_overflowed,
             "dropped": self.aggregator.dropped,
             "pushes_ok": s.pushes_ok,
             "pushes_failed": s.pushes_failed,

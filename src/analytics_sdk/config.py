@@ -176,9 +176,14 @@ class Config:
     shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)
     """Deadline of the final flush at exit."""
     max_buffered_keys: int = attrs.field(default=100_000, validator=_positive_int)
-    """Distinct keys the buffer holds before it counts new keys as dropped."""
+    """Distinct keys the buffer holds; the thread that adds one more pushes the buffer to the
+    store first. Only while the store fails (the outbox holds as many again) are new keys
+    dropped, counted and warned about."""
     max_property_sets: int = attrs.field(default=1_000, validator=_positive_int)
     """Distinct property sets per event before the excess folds into ``{"overflow": "true"}``."""
+    max_event_names: int = attrs.field(default=1_000, validator=_positive_int)
+    """Distinct event names per process; counts of further names fold into the event
+    ``"(overflow)"`` (without properties) and are counted."""
     max_properties: int = attrs.field(default=16, validator=_positive_int)
     """Properties one ``track()`` call may carry."""
     backoff_initial: float = attrs.field(default=1.0, validator=_positive)
@@ -268,6 +273,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "shutdown_timeout": ("ANALYTICS_SHUTDOWN_TIMEOUT", _FLOAT),
     "max_buffered_keys": ("ANALYTICS_MAX_BUFFERED_KEYS", _INT),
     "max_property_sets": ("ANALYTICS_MAX_PROPERTY_SETS", _INT),
+    "max_event_names": ("ANALYTICS_MAX_EVENT_NAMES", _INT),
     "max_properties": ("ANALYTICS_MAX_PROPERTIES", _INT),
     "backoff_initial": ("ANALYTICS_BACKOFF_INITIAL", _FLOAT),
     "backoff_max": ("ANALYTICS_BACKOFF_MAX", _FLOAT),

@@ -35,7 +35,8 @@ of 0 (1970-01-01) or a mistyped year, not product events."""
 FUTURE_TOLERANCE = timedelta(minutes=5)
 """How far ahead of the client's clock an explicit timestamp may be (clock skew)."""
 CACHE_LIMIT = 10_000
-"""How many distinct validated values each cache remembers."""
+"""How many distinct validated values each cache remembers; a full cache is emptied when the
+buffer is drained, so it follows the values in use now."""
 
 
 def _check_text(what: str, text: str, limit: int) -> None:
@@ -193,6 +194,13 @@ class Validator:
         if len(self.property_sets) < CACHE_LIMIT and all(type(v) is str for _, v in raw):
             self.property_sets[raw] = normalised
         return normalised
+
+    def prune(self) -> None:
+        """Empty each full cache (called when the buffer is drained): memory stays bounded
+        and the caches learn the values in use now, not the first ones ever seen."""
+        for cache in (self.names, self.property_sets, self.user_ids):
+            if len(cache) >= CACHE_LIMIT:
+                cache.clear()  # the same dict: the client holds references to it
 
     def user_id(self, user_id: object) -> str:
         """Return the validated ``user_id``, remembering it."""

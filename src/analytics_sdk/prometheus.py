@@ -123,7 +123,9 @@ class ClientCollector(Collector):
             ),
             "overflowed": CounterMetricFamily(
                 "analytics_overflowed_events",
-                "Counts folded into an event's overflow=true series (too many property sets).",
+                "Counts folded into an overflow series: an event's overflow=true series "
+                "(property_sets) or the (overflow) event (event_names).",
+                labels=["reason"],
             ),
             "evicted": CounterMetricFamily(
                 "analytics_store_evicted_keys",
@@ -181,7 +183,8 @@ class ClientCollector(Collector):
         f["flushed"].add_metric([], s.counts_flushed)
         f["batches"].add_metric([], s.batches_flushed)
         f["dropped"].add_metric(["buffer_full"], client.aggregator.dropped)
-        f["overflowed"].add_metric([], client.aggregator.overflowed)
+        f["overflowed"].add_metric(["property_sets"], client.aggregator.overflowed)
+        f["overflowed"].add_metric(["event_names"], client.aggregator.names_overflowed)
         f["evicted"].add_metric([], client.store.evicted_keys)
         f["spooled"].add_metric([], client.scheduler.counts_spooled)
         f["replayed"].add_metric([], client.scheduler.counts_replayed)

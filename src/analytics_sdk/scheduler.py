@@ -41,6 +41,11 @@ WRITE_THROUGH_SWEEP = 1.0
 FAILURE_LOG_INTERVAL = 60.0
 """While pushes or flushes keep failing, a warning with the count so far at most this often
 (the first failure is always logged; the ones between go to debug)."""
+FULL_BUFFER_WAIT = 10.0
+"""Seconds a thread that found the buffer full waits for a push already under way (a push
+is bounded by the store's own timeout; this bounds a store that has none)."""
+DROP_WARNING_INTERVAL = 60.0
+"""Seconds between two warnings about dropped counts; the second one sums what it held back."""
 
 
 @attrs.frozen(kw_only=True)
@@ -139,6 +144,11 @@ class Scheduler:
         self._claims_left = False  # whether the last flush left a claim it saw
         self._push_requested = False
         self._in_doubt: Push | None = None  # a push whose last attempt failed in doubt
+        self._pusher: int | None = None  # the thread holding the push lock
+        self._push_stalled = False  # a full-buffer push gave up waiting for the push lock
+        self._drops_lock = threading.Lock()  # never held across I/O or logging
+        self._drops_unreported = 0
+        self._next_drop_warning = -math.inf
         now = self.clock.monotonic()
         self.next_push = now + self._jittered(self._push_period)
         self.next_flush = now + self._jittered(self.config.flush_interval)
@@ -316,7 +326,12 @@ class Scheduler:
         moved: tuple[tuple[int, int], float] | None = None
         try:
             with _holding(self._push_lock, deadline, self.clock):
-                pushed = self._measured("push", lambda: self.push(deadline))[0]
+                self._pusher = threading.get_ident()
+                try:
+                    pushed = self._measured("push", lambda: self.push(deadline))[0]
+                finally:
+                    self._pusher = None
+                    self._push_stalled = False
             if self.spool is not None and (self._replay_due or self.config.flusher):
                 with _holding(self._replay_lock, deadline, self.clock):
                     replayed = self.replay(deadline).counts
@@ -462,6 +477,7 @@ class Scheduler:
             self._timed("flush")
         if self._replay_due and not self.push_failures and now >= self.next_replay:
             self._timed_replay(now)
+        self.report_drops()
 
     def _measured(self, kind: str, step: Callable[[], T]) -> tuple[T, float]:
         """Run a push or flush step; record its duration and result; return both."""
@@ -486,22 +502,32 @@ class Scheduler:
             stats.last_flush_success = self.clock.time()
         return result, elapsed
 
-    def _timed(self, kind: str, *, blocking: bool = True) -> None:
+    def _timed(self, kind: str, *, blocking: bool = True, wait: float = -1) -> bool:
         """Push or flush on the timer's behalf, then reschedule: backoff or next interval.
+        Return whether it went through.
 
-        Logging and ``on_flush`` run after the lock is released: a logging handler that
-        tracks an event must not find the scheduler holding anything.
+        ``blocking=False`` is write-through (skip a push while another runs or while backing
+        off); ``wait`` bounds the wait for the lock of a full-buffer push, which also skips
+        while backing off, until the retry is due. Logging and ``on_flush`` run after the
+        lock is released: a logging handler that tracks an event must not find the
+        scheduler holding anything.
         """
         lock = self._push_lock if kind == "push" else self._flush_lock
-        if not lock.acquire(blocking=blocking):
-            self.request_push()  # write-through while a push runs: the next push takes it
-            return
+        if not lock.acquire(blocking, wait):
+            if blocking:
+                self._push_stalled = True  # later full-buffer pushes do not wait again
+            else:
+                self.request_push()  # write-through while a push runs: the next push takes it
+            return False
         messages: list[tuple[Any, ...] | None] = []
         moved: tuple[tuple[int, int], float] | None = None
+        ok = False
         try:
-            if kind == "push" and self.push_failures and not blocking:
-                return  # write-through while backing off: the buffer keeps the counts
             now = self.clock.monotonic()
+            if kind == "push":
+                self._pusher = threading.get_ident()
+                if self.push_failures and (not blocking or (wait >= 0 and now < self.next_push)):
+                    return False  # backing off: the buffer (or the outbox) keeps the counts
             try:
                 if kind == "push":
                     if self._measured("push", self.push)[0]:
@@ -510,11 +536,15 @@ class Scheduler:
                     moved = self._measured("flush", self.flush_store)
             except BackendError as exc:
                 messages.append(self._failed(kind, now, exc))
-                if kind == "push" and blocking:  # the timer's thread: never track()'s
+                if kind == "push" and blocking and wait < 0:  # the timer's: never track()'s
                     messages.append(self._spill_if_due(now))
             else:
                 messages.append(self._succeeded(kind, now))
+                ok = True
         finally:
+            if kind == "push":
+                self._pusher = None
+                self._push_stalled = False
             lock.release()
         for message in messages:
             if message is not None:
@@ -522,6 +552,7 @@ class Scheduler:
                 log(*args)
         if moved is not None and self.on_flush is not None:
             self.on_flush(*moved)
+        return ok
 
     def _failed(self, kind: str, now: float, exc: BackendError) -> tuple[Any, ...]:
         if kind == "push":
@@ -581,6 +612,52 @@ class Scheduler:
             return
         self._timed("push", blocking=False)
 
+    def push_when_full(self) -> bool:
+        """Push from the thread that found the buffer full; return whether its new key may
+        go in (the push went through and emptied the buffer, or this thread is pushing).
+
+        Waits (bounded) for a push under way, which drains the buffer too; gives up at once
+        while the store is failing and its retry is not yet due. A thread that tracks from
+        inside its own push (a logging handler) never waits on itself: its few keys go over
+        the cap, and the next push takes them.
+        """
+        if self._pusher == threading.get_ident():
+            return True
+        if self._push_stalled:
+            return False
+        if self.push_failures and self.clock.monotonic() < self.next_push:
+            return False
+        return self._timed("push", wait=FULL_BUFFER_WAIT)
+
+    def note_dropped(self, count: int) -> None:
+        """Count ``count`` counts the full buffer could not hold; warn, at most once a minute."""
+        with self._drops_lock:
+            self._drops_unreported += count
+        if not self.report_drops():
+            self._wake_thread()  # to report what is held back once the minute is over
+
+    def report_drops(self) -> bool:
+        """Warn about counts dropped since the last warning, if one is due; return whether
+        nothing is left to report."""
+        with self._drops_lock:
+            dropped = self._drops_unreported
+            if not dropped:
+                return True
+            now = self.clock.monotonic()
+            if now < self._next_drop_warning:
+                return False
+            self._drops_unreported = 0
+            self._next_drop_warning = now + DROP_WARNING_INTERVAL
+        logger.warning(
+            "the buffer is full (max_buffered_keys=%d, and the outbox holds as many) while the "
+            "store is failing: dropped %d count%s since the last warning (%d since the start)",
+            self.config.max_buffered_keys,
+            dropped,
+            "" if dropped == 1 else "s",
+            self.aggregator.dropped,
+        )
+        return True
+
     def request_push(self) -> None:
         """Ask for an early push (the buffer is full)."""
         if not self._push_requested:
@@ -634,6 +711,8 @@ class Scheduler:
                 due = (
                     min(self.next_push, self.next_flush) if self.config.flusher else self.next_push
                 )
+                if self._drops_unreported:
+                    due = min(due, self._next_drop_warning)
                 delay = due - self.clock.monotonic()
                 if self._push_requested and not self.push_failures:
                     delay = 0.0

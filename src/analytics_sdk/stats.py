@@ -16,6 +16,7 @@ from .backends.base import Delta
 
 __all__ = [
     "DURATION_BUCKETS",
+    "OVERFLOW_FEATURE",
     "EventTotals",
     "FeatureStats",
     "Histogram",
@@ -103,7 +104,9 @@ class EventTotals:
     """Events tracked in this process, per event (and allowlisted property labels).
 
     Counted when the scheduler drains the buffer, so ``track()`` pays nothing for it; the
-    totals lag the buffer by at most one push interval.
+    totals lag the buffer by at most one push interval. Bounded by what the buffer admits:
+    at most ``max_event_names + 1`` events, each with at most ``max_property_sets + 1``
+    label values.
     """
 
     def __init__(self, labels: tuple[str, ...] = ()) -> None:
@@ -134,10 +137,16 @@ class EventTotals:
             return dict(self._totals)
 
 
-class FeatureStats:
-    """Calls of each feature by outcome, and their durations."""
+OVERFLOW_FEATURE = "(overflow)"
+"""The feature label of calls of features beyond ``max_features``."""
 
-    def __init__(self) -> None:
+
+class FeatureStats:
+    """Calls of each feature by outcome, and their durations, for at most ``max_features``
+    feature names; calls of further ones are counted under ``"(overflow)"``."""
+
+    def __init__(self, max_features: int = 1_000) -> None:
+        self.max_features = max_features
         self.reset()
 
     def reset(self) -> None:
@@ -148,12 +157,16 @@ class FeatureStats:
 
     def observe(self, feature: str, ok: bool, duration: float) -> None:
         """Record one call of ``feature``."""
-        key = (feature, "ok" if ok else "error")
         with self._lock:
-            self._calls[key] = self._calls.get(key, 0) + 1
             histogram = self._durations.get(feature)
             if histogram is None:
-                histogram = self._durations[feature] = Histogram()
+                if len(self._durations) >= self.max_features:
+                    feature = OVERFLOW_FEATURE
+                    histogram = self._durations.get(feature)
+                if histogram is None:
+                    histogram = self._durations[feature] = Histogram()
+            key = (feature, "ok" if ok else "error")
+            self._calls[key] = self._calls.get(key, 0) + 1
         histogram.observe(duration)
 
     def snapshot(self) -> tuple[dict[tuple[str, str], int], dict[str, HistogramSnapshot]]:
