@@ -71,7 +71,7 @@ def test_a_burst_of_distinct_users_loses_no_per_user_count(clock: ManualClock) -
             assert len(top) == users
             assert {n for _, n in top} == {2}
             # The buffer was pushed early, many times, never holding much more than its cap.
-            assert client.scheduler.stats.pushes_ok > 2 * users // 500
+            assert client.scheduler.stats.pushes_ok > users // 500
             assert client.stats()["counts_flushed"] == 2 * users
         finally:
             client.shutdown()
