@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from analytics_sdk import Analytics, ConfigurationError
@@ -19,7 +19,7 @@ from analytics_sdk.backends.base import Push
 from analytics_sdk.backends.redis import RedisCounterStore
 from analytics_sdk.config import Config
 from analytics_sdk.events import CACHE_LIMIT
-from analytics_sdk.prometheus import registry_for
+from analytics_sdk.prometheus import FleetCollector, registry_for
 from analytics_sdk.testing import ManualClock
 
 from .servers import Proxy
@@ -267,5 +267,46 @@ def test_every_per_process_registry_stays_bounded(clock: ManualClock) -> None:
             day = today(clock)
             total = sum(client.count(e, day=day) for e in names)
             assert total == 2 * 3 * CACHE_LIMIT + 3 * CACHE_LIMIT  # tracked + feature_used
+        finally:
+            client.shutdown()
+
+
+def test_fleet_totals_export_at_most_max_event_names_series_and_sum_the_rest(
+    clock: ManualClock,
+) -> None:
+    with redis_and_postgres("fleet") as (store, sink):
+        # Processes of a fleet may each admit different names: here one client admits them all.
+        client = Analytics(store=store, sink=sink, clock=clock, background=False)
+        now = [0.0]
+        fleet = FleetCollector(client._query, cache_seconds=10, clock=lambda: now[0], max_events=3)
+        registry = CollectorRegistry()
+        registry.register(fleet)
+        try:
+            for n in range(10):
+                client.track(f"e{n}", value=n + 1)
+            client.flush(timeout=30)
+
+            def exported() -> dict[str, float]:
+                text = generate_latest(registry).decode()
+                return {
+                    s.labels["event"]: s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples
+                    if s.name == "analytics_fleet_events_total"
+                }
+
+            assert exported() == {"e9": 10, "e8": 9, "e7": 8, OVERFLOW_EVENT: sum(range(1, 8))}
+            client.track("e0", value=100)  # an event without a series stays in the overflow
+            client.track("e9", value=1)
+            client.track(OVERFLOW_EVENT, value=2)  # counts folded by a client add to it
+            client.flush(timeout=30)
+            now[0] = 11
+            assert exported() == {
+                "e9": 11,
+                "e8": 9,
+                "e7": 8,
+                OVERFLOW_EVENT: sum(range(1, 8)) + 100 + 2,
+            }
+            assert sum(exported().values()) == sum(range(1, 11)) + 103  # nothing lost
         finally:
             client.shutdown()

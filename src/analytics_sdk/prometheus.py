@@ -29,6 +29,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .aggregator import OVERFLOW_EVENT
 from .current import global_client
 from .errors import BackendError
 from .query import QueryEngine
@@ -197,20 +198,27 @@ class ClientCollector(Collector):
 
 class FleetCollector(Collector):
     """``analytics_fleet_events_total{event}``: every count that reached the store or the
-    sink, from all processes and across restarts; monotonic; cached for ``cache_seconds``."""
+    sink, from all processes and across restarts; monotonic; cached for ``cache_seconds``.
+
+    At most ``max_events`` events get a series of their own (the largest first, and an event
+    keeps its series once it has one); the counts of the others are summed under
+    ``"(overflow)"``, so a fleet with many event names cannot flood ``/metrics``."""
 
     def __init__(
         self,
         engine: QueryEngine,
         cache_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        max_events: int = 1_000,
     ) -> None:
         self.engine = engine
         self.cache_seconds = cache_seconds
+        self.max_events = max_events
         self._clock = clock
         self._lock = threading.Lock()  # one refresh at a time; never held by the scheduler
         self._pid = os.getpid()
         self._totals: dict[str, int] = {}
+        self._exported: set[str] = set()  # events with a series of their own
         self._expires = float("-inf")
         self.refreshes = 0
         self.errors = 0
@@ -230,8 +238,19 @@ class FleetCollector(Collector):
         """Query now; each total only grows (a read racing a flush may lag, never drop)."""
         fresh = self.engine.fleet_totals()
         totals = dict(self._totals)
-        for event, n in fresh.items():
-            totals[event] = max(n, totals.get(event, 0))
+        overflow = 0
+        for event, n in sorted(fresh.items(), key=lambda item: -item[1]):
+            if event not in self._exported and event != OVERFLOW_EVENT:
+                if len(self._exported) >= self.max_events:
+                    overflow += n
+                    continue
+                self._exported.add(event)
+            if event == OVERFLOW_EVENT:
+                overflow += n
+            else:
+                totals[event] = max(n, totals.get(event, 0))
+        if overflow:
+            totals[OVERFLOW_EVENT] = max(overflow, totals.get(OVERFLOW_EVENT, 0))
         self._totals = totals
         self._expires = self._clock() + self.cache_seconds
         self.refreshes += 1
@@ -261,7 +280,13 @@ def registry_for(
     registry = CollectorRegistry(auto_describe=True)
     registry.register(ClientCollector(client))
     if fleet:
-        registry.register(FleetCollector(client._query, cache_seconds=cache_seconds))
+        registry.register(
+            FleetCollector(
+                client._query,
+                cache_seconds=cache_seconds,
+                max_events=client.config.max_event_names,
+            )
+        )
     return registry
 
 

@@ -46,6 +46,32 @@ FULL_BUFFER_WAIT = 10.0
 is bounded by the store's own timeout; this bounds a store that has none)."""
 DROP_WARNING_INTERVAL = 60.0
 """Seconds between two warnings about dropped counts; the second one sums what it held back."""
+TRIM_AFTER_KEYS = 50_000
+"""Keys pushed or flushed after which the memory they used is handed back to the system."""
+
+
+def _no_trim(pad: int) -> int:
+    return 0
+
+
+_malloc_trim: Callable[[int], int] | None = None
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    glibc keeps what a burst's buffers and batches freed for reuse: a 2M-user burst left a
+    process 80 MiB larger with nothing in it; trimmed, it is back within 10 MiB of the start.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError, TypeError):  # not glibc
+            _malloc_trim = _no_trim
+    _malloc_trim(0)
 
 
 @attrs.frozen(kw_only=True)
@@ -149,6 +175,7 @@ class Scheduler:
         self._drops_lock = threading.Lock()  # never held across I/O or logging
         self._drops_unreported = 0
         self._next_drop_warning = -math.inf
+        self._freed_keys = 0  # keys pushed or flushed since the heap was last trimmed
         now = self.clock.monotonic()
         self.next_push = now + self._jittered(self._push_period)
         self.next_flush = now + self._jittered(self.config.flush_interval)
@@ -187,6 +214,7 @@ class Scheduler:
                 self._in_doubt = push
                 raise StoreError(f"push to {self.store!r} failed: {exc!r}") from exc
             self.aggregator.push_done(push)
+            self._freed_keys += len(push.delta.hourly) + len(push.delta.users)
             # Skipped as a duplicate: applied by an attempt of ours whose reply was lost
             # (counted now, once), or by another sender, such as a replay (not ours to count).
             if applied is not False or push is self._in_doubt:
@@ -356,6 +384,7 @@ class Scheduler:
             )
         if moved is not None and self.on_flush is not None:
             self.on_flush(*moved)
+        self._release_memory(moved)
         complete = self.aggregator.is_empty() and not self._own_claims and not self._claims_left
         return FlushResult(
             pushed=pushed,
@@ -552,7 +581,17 @@ class Scheduler:
                 log(*args)
         if moved is not None and self.on_flush is not None:
             self.on_flush(*moved)
+        self._release_memory(moved)
         return ok
+
+    def _release_memory(self, moved: tuple[tuple[int, int], float] | None) -> None:
+        """Trim the heap once a burst's worth of keys has been pushed or flushed (and freed);
+        called with no lock held."""
+        if moved is not None:
+            self._freed_keys += moved[0][0]  # counts flushed: at least the keys
+        if self._freed_keys >= TRIM_AFTER_KEYS:
+            self._freed_keys = 0
+            _trim_heap()
 
     def _failed(self, kind: str, now: float, exc: BackendError) -> tuple[Any, ...]:
         if kind == "push":
