@@ -313,24 +313,23 @@ def test_a_foreign_error_from_a_store_is_a_failed_flush_and_retried(
     assert (durable(client), client.stats()["flushes_ok"]) == (1, 1)
 
 
-def test_a_full_buffer_triggers_an_early_push(clock: ManualClock) -> None:
+def test_a_full_buffer_is_pushed_early_by_the_thread_that_fills_it(clock: ManualClock) -> None:
     with Analytics(clock=clock, max_buffered_keys=4, push_interval=60, flush_interval=600) as c:
         faults = Faults(c.store)
         for n in range(4):
             c.track(f"e{n}")
         clock.advance(0)  # nothing due: the thread sleeps on
         assert faults.calls["push"] == 0
-        c.track("e4")  # no room: dropped, and the thread is asked to push now
-        clock.advance(0)  # no time passes; advance() returns once the thread went back to sleep
-        assert faults.calls["push"] == 1
-        assert c.stats()["dropped"] == 1
-        assert c.stats()["buffered_keys"] == 0
+        c.track("e4")  # no room: this call pushes the buffer, then adds its key
+        assert faults.calls["push"] == 1  # before track() returned, not on the timer
+        assert c.stats()["dropped"] == 0
+        assert c.stats()["buffered_keys"] == 1
         live = {
             n: sum(c.store.pending_hourly(f"e{n}", None, None, ()).live.values()) for n in range(5)
         }
         assert live == {0: 1, 1: 1, 2: 1, 3: 1, 4: 0}
-        c.track("e4")  # room again after the push
-        assert c.count("e4") == 1
+        c.track("e4")
+        assert c.count("e4") == 2
 
 
 def test_write_through_never_waits_for_a_flush_or_a_push_in_progress(clock: ManualClock) -> None:
@@ -506,7 +505,9 @@ def test_write_through_while_backing_off_leaves_the_counts_to_the_timer(
         assert (faults.calls["push"], pending(c)) == (4, 7)
 
 
-def test_a_buffer_filling_during_a_flush_is_pushed_right_after_it(clock: ManualClock) -> None:
+def test_a_buffer_filling_during_a_flush_is_pushed_at_once_by_the_thread_filling_it(
+    clock: ManualClock,
+) -> None:
     store, sink = MemoryCounterStore(clock=clock.time), MemorySink(clock=clock.time)
     stores = Faults(store)
     with Analytics(
@@ -527,16 +528,18 @@ def test_a_buffer_filling_during_a_flush_is_pushed_right_after_it(clock: ManualC
             assert stores.calls["push"] == 1
             c.track("b")
             c.track("c")
-            c.track("d")  # the buffer is full while the thread is busy: a push is requested
+            c.track("d")  # the buffer is full while the thread is busy flushing
+            # track() pushed it itself: the flush holds its own lock, not the push lock.
+            assert stores.calls["push"] == 2
         finally:
             applying.release.set()
             advancing.join(BLOCK_LIMIT)
         assert not advancing.is_alive()
-        # advance() returned once the thread slept again: it pushed at once, not at 120 s.
         assert stores.calls["push"] == 2
         assert clock.monotonic() == 60
-        assert c.stats()["dropped"] == 1
+        assert c.stats()["dropped"] == 0
         assert {e: pending(c, e) for e in "bcd"} == {"b": 1, "c": 1, "d": 0}
+        assert c.count("d") == 1  # in the buffer, for the next push
         assert sum(sink.hourly_counts("a", None, None, ()).values()) == 1
 
 
