@@ -174,3 +174,23 @@ def test_a_sink_built_from_a_conninfo_string_hides_its_password(
     conninfo = PostgresSink(f"host=127.0.0.1 port={closed_port()} password={SECRET}")
     assert SECRET not in repr(conninfo)
     conninfo.close()
+
+
+def test_log_lines_of_ours_and_of_the_drivers_hide_remembered_secrets(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    password = "s3cretLogged"
+    sink = sink_from_url(f"postgresql://app:{password}@127.0.0.1:1/db", ManualClock().time)
+    sink.close()
+    caplog.set_level(logging.DEBUG)
+    # what psycopg_pool logs while it retries: libpq's message, which may quote the password
+    logging.getLogger("psycopg.pool").warning("error connecting: %s", f'token "{password}"')
+    logging.getLogger("analytics_sdk").warning("flush failed: %s", password)
+    try:
+        raise ValueError(password)
+    except ValueError:
+        logging.getLogger("analytics_sdk.worker").exception("worker failed")
+    assert caplog.text.count("***") == 3
+    assert password not in caplog.text
+    for record in caplog.records:
+        assert password not in logging.Formatter().format(record)

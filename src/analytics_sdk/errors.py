@@ -7,6 +7,8 @@ one of the classes below.
 
 from __future__ import annotations
 
+import logging
+
 __all__ = [
     "AnalyticsError",
     "BackendError",
@@ -31,9 +33,34 @@ _MIN_SECRET = 4
 
 
 def remember_secret(secret: str) -> None:
-    """Have every later backend error hide ``secret``."""
+    """Have every later backend error, and log line of ours or of the drivers, hide ``secret``."""
     if len(secret) >= _MIN_SECRET:
         _SECRETS.add(secret)
+        for name in _SCRUBBED_LOGGERS:
+            logger = logging.getLogger(name)
+            if _SCRUB_FILTER not in logger.filters:
+                logger.addFilter(_SCRUB_FILTER)
+
+
+class _ScrubSecrets(logging.Filter):
+    """Replaces remembered secrets in a record's message (e.g. a libpq error that quotes the
+    connection string, logged by psycopg_pool while it retries)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = scrub(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            if scrub(text) != text:
+                record.exc_info, record.exc_text = None, scrub(text)
+        return True
+
+
+_SCRUB_FILTER = _ScrubSecrets()
+# a logger's filters see only the records logged on it, not on its children
+_SCRUBBED_LOGGERS = ("analytics_sdk", "analytics_sdk.worker", "psycopg.pool", "psycopg")
 
 
 def scrub(text: str) -> str:
