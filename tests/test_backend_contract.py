@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 from analytics_sdk.backends import Batch, CounterStore, Delta, Push, Sink
@@ -185,6 +187,28 @@ def batch(hourly: dict, users: dict | None = None) -> Batch:  # type: ignore[typ
     return Batch(id=uuid.uuid4().hex, delta=Delta(hourly=hourly, users=users or {}), claimed_at=0.0)
 
 
+def wait_for_apply_to_queue(sink: Sink) -> None:
+    """On PostgreSQL, return once an apply waits for the fence's lock (polling pg_locks)."""
+    from analytics_sdk.backends.postgres import PostgresSink
+
+    if not isinstance(sink, PostgresSink):
+        return  # the memory sink's fence is its lock: the apply cannot pass it
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    with psycopg.connect(sink._conninfo, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND objid::bigint = hashtext(%s)::bigint & 4294967295",
+                [f"analytics_sdk:fence:{sink.schema}"],
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("no apply waited for the fence")
+
+
 class TestSink:
     def test_apply_then_query(self, sink: Sink) -> None:
         assert sink.apply(
@@ -220,20 +244,31 @@ class TestSink:
     def test_a_snapshot_reads_counts_and_ledger_as_of_one_moment(self, sink: Sink) -> None:
         before = batch({("a", (), H): 1}, {("a", "u", D): 1})
         sink.apply(before)
-        position = sink.position()
-        assert sink.position() == position  # nothing committed since
-        after = batch({("a", (), H): 2}, {("a", "u", D): 2})
-        sink.apply(after)
         with sink.snapshot() as snapshot:
-            assert snapshot.applied_since(position) == {after.id}
-            assert snapshot.applied([before.id, after.id, "unknown"]) == {before.id, after.id}
+            during = batch({("a", (), H): 2}, {("a", "u", D): 2})
+            sink.apply(during)  # after entering, before the first read
+            assert snapshot.committed_since_entered() == {during.id}
+            assert snapshot.applied([before.id, during.id, "unknown"]) == {before.id, during.id}
             assert snapshot.hourly_counts("a", None, None, ()) == {H: 3}
             assert snapshot.user_counts("a", None, None, "u") == {"u": 3}
             assert snapshot.event_totals() == {"a": 3}
-        position = sink.position()
-        with sink.snapshot(fence=True) as snapshot:
-            assert snapshot.applied_since(position) == set()
+            assert snapshot.committed_since_entered() == {during.id}
+        with sink.snapshot() as snapshot:
+            assert snapshot.committed_since_entered() == set()
             assert snapshot.hourly_counts("a", None, None, ()) == {H: 3}
+
+    def test_nothing_commits_behind_the_fence(self, sink: Sink) -> None:
+        waiting = batch({("a", (), H): 5})
+        applier = threading.Thread(target=sink.apply, args=(waiting,))
+        with sink.snapshot(fence=True) as snapshot:
+            applier.start()
+            wait_for_apply_to_queue(sink)
+            assert snapshot.hourly_counts("a", None, None, ()) == {}
+            assert snapshot.applied([waiting.id]) == set()
+            assert snapshot.committed_since_entered() == set()
+            assert applier.is_alive()  # the apply waits for the fence
+        applier.join()
+        assert sink.hourly_counts("a", None, None, ()) == {H: 5}
 
 
 # -- the protocol between them ---------------------------------------------------------------

@@ -6,13 +6,13 @@ query reads. A query returns, for each key, every count that was readable when i
 once, and counts that arrived meanwhile at most once: it never exceeds the truth and never
 goes backwards. How (``docs/concepts.md`` tells the same with the reasons):
 
-1. take the sink's :meth:`~analytics_sdk.backends.base.Sink.position` (its ledger's commit
-   order, now);
+1. enter a sink :meth:`~analytics_sdk.backends.base.Sink.snapshot`, which marks its
+   ledger's commit order now;
 2. with this process's pushes held (``track()`` never waits), copy the buffer and outbox,
    then read the store (live counters and claimed batches, atomically per shard). The outbox
    counts here unless the store had applied it before the read;
-3. read the sink in one snapshot: its counts, and which of the claimed batches its ledger
-   holds (those are in its counts, so their pending counts are skipped);
+3. read the sink in the snapshot (taken now): its counts, and which of the claimed batches
+   its ledger holds (those are in its counts, so their pending counts are skipped);
 4. if a batch the store read did not show as claimed committed after step 1, it may hold
    counts the store read saw live (or a push made after step 2): read again. After
    ``attempts`` reads, read once behind the sink's fence, under which nothing commits.
@@ -28,7 +28,7 @@ period boundary counts toward the later period).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -114,9 +114,9 @@ class QueryEngine:
     def _attempt(self, read: _Read[K], *, fence: bool) -> dict[K, int] | None:
         """Read every tier once; return the counts, or None if a batch committed under the
         read in a way that could count something twice."""
-        with ExitStack() as stack:
-            snapshot = stack.enter_context(self.sink.snapshot(fence=True)) if fence else None
-            position = None if fence else self.sink.position()
+        # Entering the snapshot marks the ledger's commit order (or, with the fence, stops
+        # commits); its reads come after the store's.
+        with self.sink.snapshot(fence=fence) as snapshot:
             local: dict[K, int] = {}
             with self._pushes_paused() if read.local is not None else nullcontext():
                 # No push of ours starts until the store is read; an outbox left by a push
@@ -134,16 +134,12 @@ class QueryEngine:
                     # That earlier attempt landed during this read: read the store again.
                 if outbox is not None and not outbox_read and read.local is not None:
                     _add(local, read.local(outbox.delta))
-            if snapshot is None:
-                snapshot = stack.enter_context(self.sink.snapshot())
             durable = read.durable(snapshot)
             # A batch that was not claimed when the store was read but committed since may
             # hold counts read live, or pushed from this buffer after the read.
             if (
-                position is not None
-                and (pending.live or local)
-                and snapshot.applied_since(position) - pending.claimed.keys()
-            ):
+                pending.live or local
+            ) and snapshot.committed_since_entered() - pending.claimed.keys():
                 return None
             committed = snapshot.applied(pending.claimed) if pending.claimed else set()
         out = dict(durable)

@@ -17,9 +17,9 @@ finds it, ``store.read_claim(batch_id)`` reads it back, and the next flush appli
 which the ledger makes safe (so applying a claim another flusher is still working on is
 safe too, only wasted work).
 
-Queries read the store, then a :class:`SinkSnapshot` in which counts and ledger agree; the
-sink's :meth:`Sink.position` tells which batches committed while the store was read (see
-:mod:`analytics_sdk.query`).
+A query enters a :class:`SinkSnapshot`, reads the store, then reads the sink in the
+snapshot, where counts and ledger agree; the snapshot names the batches that committed
+between its entry and its reads (see :mod:`analytics_sdk.query`).
 """
 
 from __future__ import annotations
@@ -252,8 +252,8 @@ class SinkSnapshot(ABC):
         """Return those of ``batch_ids`` that are in the ledger (their counts are read here)."""
 
     @abstractmethod
-    def applied_since(self, position: str) -> set[str]:
-        """Return the batches committed after :meth:`Sink.position` returned ``position``."""
+    def committed_since_entered(self) -> set[str]:
+        """Return the batches committed between entering the snapshot and its first read."""
 
 
 class Sink(ABC):
@@ -293,15 +293,12 @@ class Sink(ABC):
         queries change nothing either (read commands call this first)."""
 
     @abstractmethod
-    def position(self) -> str:
-        """Return an opaque mark of the ledger's commit order, now."""
-
-    @abstractmethod
     def snapshot(self, *, fence: bool = False) -> AbstractContextManager[SinkSnapshot]:
-        """Return a context whose reads see one committed state.
+        """Return a context whose reads see one committed state, taken at its first read.
 
-        With ``fence``, no batch commits from entering the context until leaving it (applies
-        in progress finish first, new ones wait), and every read sees what committed before.
+        Entering marks the ledger's commit order, for
+        :meth:`SinkSnapshot.committed_since_entered`. With ``fence``, no batch commits from
+        entering until leaving (applies in progress finish first, new ones wait).
         """
 
     def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default

@@ -158,7 +158,7 @@ class MemorySink(Sink):
         self._hourly: defaultdict[str, dict[tuple[Properties, int], int]] = defaultdict(dict)
         self._users: defaultdict[str, dict[tuple[str, int], int]] = defaultdict(dict)
         self._ledger: dict[str, float] = {}
-        self._order: list[str] = []  # batch ids in commit order: positions index it
+        self._order: list[str] = []  # batch ids in commit order: a snapshot marks a length
 
     def __repr__(self) -> str:
         return "MemorySink()"
@@ -178,48 +178,68 @@ class MemorySink(Sink):
             return True
 
     def applied(self, batch_ids: Iterable[str]) -> set[str]:
-        with self._lock:
-            return _MemorySnapshot(self).applied(batch_ids)
+        with self.snapshot() as snapshot:
+            return snapshot.applied(batch_ids)
 
     def hourly_counts(
         self, event: str, start: int | None, end: int | None, properties: Properties
     ) -> dict[int, int]:
-        with self._lock:
-            return _MemorySnapshot(self).hourly_counts(event, start, end, properties)
+        with self.snapshot() as snapshot:
+            return snapshot.hourly_counts(event, start, end, properties)
 
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> dict[str, int]:
-        with self._lock:
-            return _MemorySnapshot(self).user_counts(event, start, end, user_id)
+        with self.snapshot() as snapshot:
+            return snapshot.user_counts(event, start, end, user_id)
 
     def event_totals(self) -> dict[str, int]:
-        with self._lock:
-            return _MemorySnapshot(self).event_totals()
-
-    def position(self) -> str:
-        with self._lock:
-            return str(len(self._order))
+        with self.snapshot() as snapshot:
+            return snapshot.event_totals()
 
     @contextmanager
     def snapshot(self, *, fence: bool = False) -> Iterator[SinkSnapshot]:
-        # Holding the lock is both: nothing commits meanwhile, so every read agrees.
-        with self._lock:
-            yield _MemorySnapshot(self)
+        # Holding the lock is both a snapshot and a fence: nothing commits meanwhile. Without
+        # the fence it is taken at the first read, so applies go on while the store is read.
+        snapshot = _MemorySnapshot(self, fence=fence)
+        try:
+            yield snapshot
+        finally:
+            snapshot.release()
 
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
 
 
 class _MemorySnapshot(SinkSnapshot):
-    """Reads of a :class:`MemorySink` whose lock the caller holds."""
+    """Reads of a :class:`MemorySink` under its lock, held from the first read on."""
 
-    def __init__(self, sink: MemorySink) -> None:
+    def __init__(self, sink: MemorySink, *, fence: bool) -> None:
         self._sink = sink
+        self._held = False
+        if fence:
+            self.hold()
+            self._entered = len(sink._order)
+        else:
+            with sink._lock:
+                self._entered = len(sink._order)
+
+    def hold(self) -> None:
+        """Take the sink's lock, if not held yet."""
+        if not self._held:
+            self._sink._lock.acquire()
+            self._held = True
+
+    def release(self) -> None:
+        """Let go of the sink's lock, if held."""
+        if self._held:
+            self._held = False
+            self._sink._lock.release()
 
     def hourly_counts(
         self, event: str, start: int | None, end: int | None, properties: Properties
     ) -> dict[int, int]:
+        self.hold()
         out: dict[int, int] = {}
         for (props, hour), value in self._sink._hourly.get(event, {}).items():
             if in_range(hour, start, end) and matches(props, properties):
@@ -229,6 +249,7 @@ class _MemorySnapshot(SinkSnapshot):
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> dict[str, int]:
+        self.hold()
         out: dict[str, int] = {}
         for (user, day), value in self._sink._users.get(event, {}).items():
             if in_range(day, start, end) and (user_id is None or user == user_id):
@@ -236,10 +257,13 @@ class _MemorySnapshot(SinkSnapshot):
         return out
 
     def event_totals(self) -> dict[str, int]:
+        self.hold()
         return {event: sum(rows.values()) for event, rows in self._sink._hourly.items() if rows}
 
     def applied(self, batch_ids: Iterable[str]) -> set[str]:
+        self.hold()
         return {batch_id for batch_id in batch_ids if batch_id in self._sink._ledger}
 
-    def applied_since(self, position: str) -> set[str]:
-        return set(self._sink._order[int(position) :])
+    def committed_since_entered(self) -> set[str]:
+        self.hold()
+        return set(self._sink._order[self._entered :])

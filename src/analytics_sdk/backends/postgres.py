@@ -17,7 +17,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any
@@ -377,36 +377,45 @@ class PostgresSink(Sink):
     def hourly_counts(
         self, event: str, start: int | None, end: int | None, properties: Properties
     ) -> dict[int, int]:
-        with self.snapshot() as snapshot:
+        with self._snapshot(fence=False, mark=False) as snapshot:
             return snapshot.hourly_counts(event, start, end, properties)
 
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> dict[str, int]:
-        with self.snapshot() as snapshot:
+        with self._snapshot(fence=False, mark=False) as snapshot:
             return snapshot.user_counts(event, start, end, user_id)
 
     def event_totals(self) -> dict[str, int]:
-        with self.snapshot() as snapshot:
+        with self._snapshot(fence=False, mark=False) as snapshot:
             return snapshot.event_totals()
 
-    def position(self) -> str:
-        with self._connection("ledger read") as conn:
-            row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
-            return str(row[0])
+    def snapshot(self, *, fence: bool = False) -> AbstractContextManager[SinkSnapshot]:
+        return self._snapshot(fence=fence, mark=True)
 
     @contextmanager
-    def snapshot(self, *, fence: bool = False) -> Iterator[SinkSnapshot]:
-        # REPEATABLE READ: every statement sees the snapshot of the first. A fence reads in
-        # READ COMMITTED instead: its snapshot must be taken after the lock is granted, and
-        # nothing commits while it is held.
-        with self._connection("query") as conn, conn.transaction():
-            if fence:
-                conn.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                conn.execute(self._sql["fence"], [self._fence_key])
-            else:
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield _PostgresSnapshot(self, conn)
+    def _snapshot(self, *, fence: bool, mark: bool) -> Iterator[_PostgresSnapshot]:
+        # One connection, in autocommit so each step costs one round trip: the mark (a
+        # pg_current_snapshot()) when entering, then a REPEATABLE READ transaction opened by
+        # the first read. A fence opens a READ COMMITTED transaction and takes the lock when
+        # entering: the reads' snapshots come after the lock is granted, and nothing commits
+        # while it is held.
+        with self._connection("query") as conn:
+            conn.autocommit = True
+            snapshot = _PostgresSnapshot(self, conn)
+            try:
+                if fence:
+                    snapshot.begin("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    conn.execute(self._sql["fence"], [self._fence_key])
+                elif mark:
+                    row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+                    snapshot.entered = str(row[0])
+                yield snapshot
+                snapshot.end("COMMIT")
+            finally:
+                with suppress(*self._errors):  # a broken connection: the pool replaces it
+                    snapshot.end("ROLLBACK")
+                    conn.autocommit = False
 
     @property
     def _fence_key(self) -> str:
@@ -464,14 +473,30 @@ class PostgresSink(Sink):
 
 
 class _PostgresSnapshot(SinkSnapshot):
-    """Reads on one connection inside the transaction of :meth:`PostgresSink.snapshot`."""
+    """Reads on the connection of :meth:`PostgresSink.snapshot`, in one transaction."""
 
     def __init__(self, sink: PostgresSink, conn: Any) -> None:
         self._sink = sink
         self._conn = conn
         self._sql = sink._sql
+        self._open = False
+        self.entered: str | None = None
+        """The snapshot taken when entering, or None (a fence, or no mark asked for)."""
+
+    def begin(self, statement: str) -> None:
+        """Open the transaction (the connection is in autocommit)."""
+        self._conn.execute(statement)
+        self._open = True
+
+    def end(self, statement: str) -> None:
+        """Close the transaction, if open."""
+        if self._open:
+            self._open = False
+            self._conn.execute(statement)
 
     def _rows(self, name: str, params: Any) -> Any:
+        if not self._open:
+            self.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         return self._conn.execute(self._sql[name], params).fetchall()  # errors: see snapshot()
 
     def hourly_counts(
@@ -508,8 +533,10 @@ class _PostgresSnapshot(SinkSnapshot):
             return set()
         return {row[0] for row in self._rows("ledger_select", [ids])}
 
-    def applied_since(self, position: str) -> set[str]:
-        return {row[0] for row in self._rows("ledger_since", {"position": position})}
+    def committed_since_entered(self) -> set[str]:
+        if self.entered is None:  # behind the fence nothing commits
+            return set()
+        return {row[0] for row in self._rows("ledger_since", {"entered": self.entered})}
 
 
 def _hourly_rows(batch: Batch) -> tuple[list[tuple[str, int, str, int]], dict[str, str]]:
@@ -540,11 +567,11 @@ _STATEMENTS = {
         "ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id"
     ),
     "ledger_select": "SELECT batch_id FROM {s}.flush_ledger WHERE batch_id = ANY(%s)",
-    # Batches whose transaction had not committed when the position's snapshot was taken.
+    # Batches whose transaction had not committed when the entering snapshot was taken.
     "ledger_since": (
         "SELECT batch_id FROM {s}.flush_ledger "
-        "WHERE xact >= pg_snapshot_xmin(%(position)s::pg_snapshot) "
-        "AND NOT pg_visible_in_snapshot(xact, %(position)s::pg_snapshot)"
+        "WHERE xact >= pg_snapshot_xmin(%(entered)s::pg_snapshot) "
+        "AND NOT pg_visible_in_snapshot(xact, %(entered)s::pg_snapshot)"
     ),
     "fence": "SELECT pg_advisory_xact_lock(hashtext(%s))",
     "fence_shared": "SELECT pg_advisory_xact_lock_shared(hashtext(%s))",
