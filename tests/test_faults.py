@@ -135,6 +135,41 @@ def _fill_store(store_url: str, rng: random.Random) -> tuple[Counter[str], Count
     return hourly, users
 
 
+def test_a_backlog_in_small_batches_while_the_sink_fails_and_two_flushers_share_it(
+    urls: tuple[str, str],
+) -> None:
+    """A backlog many times the batch size, two flushers whose sinks fail before and after
+    the commit: batches fail, are retried out of order, and are picked up by the other
+    flusher as orphans; the sink ends with exactly the truth."""
+    store_url, sink_url = urls
+    truth_hourly, truth_users = _fill_store(store_url, random.Random(11))
+    plain = PostgresSink.from_url(sink_url)
+    plain.migrate()
+    rng = random.Random(12)
+    sinks = [FlakySink(plain._conninfo, schema=plain.schema, rng=rng) for _ in range(2)]
+    clients = [
+        Analytics(store=store_url, sink=s, background=False, max_batch_keys=7, claim_lease=0.001)
+        for s in sinks
+    ]
+    try:
+        for _ in range(40):
+            for client in clients:
+                client.flush(timeout=60)
+        assert sum(s.failures["before commit"] for s in sinks) > 5
+        assert sum(s.failures["after commit"] for s in sinks) > 5
+        for s in sinks:
+            s.on = False
+        for client in clients:
+            assert client.flush(timeout=60).complete
+        assert sum(c.stats()["batches_flushed"] for c in clients) > 20
+    finally:
+        for client in clients:
+            client.shutdown(timeout=10)
+        plain.close()
+    assert sink_totals(sink_url, EVENTS) == (truth_hourly, truth_users)
+    assert store_is_empty(store_url)
+
+
 @pytest.mark.parametrize("step", ["after_claim", "during_apply", "after_commit"])
 def test_a_flusher_killed_at_each_step(urls: tuple[str, str], step: str) -> None:
     store_url, sink_url = urls
