@@ -139,7 +139,7 @@ def main() -> None:
         )
         print(f"flusher peak RSS: {figures['peak_rss_mib']:.0f} MiB")
         print(
-            f"one CLAIM (script + reply, seen by the client): median "
+            f"one CLAIM step (script + reply, seen by the client): median "
             f"{figures['median_claim'] * 1000:.0f} ms, longest {figures['longest_claim'] * 1000:.0f} ms"
         )
         print(

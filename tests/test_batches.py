@@ -339,3 +339,48 @@ def test_a_worker_with_one_failing_batch_stays_healthy_while_the_rest_flows() ->
         assert worker.client.stats()["last_flush_success"] is None
     finally:
         worker.client.shutdown(timeout=5)
+
+
+def test_a_batch_built_in_steps_adds_up_and_a_step_sent_twice_moves_once(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLAIM moves CLAIM_STEP counters a call. Between two steps a push brings back a field
+    the first step moved, and the second step is sent twice: every count is in the batch or
+    live, once."""
+    from analytics_sdk.backends import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "CLAIM_STEP", 3)
+    store = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}")
+    users = {("e", f"u{n}", H // 24): n + 1 for n in range(4)}
+    store.push(Push(producer="p", sequence=1, delta=Delta(users=users)))
+    script = store._lua_claim
+    steps: list[int] = []
+
+    def eventful(*args: Any, **kwargs: Any) -> Any:
+        reply = script(*args, **kwargs)
+        steps.append(kwargs["args"][4])
+        if len(steps) == 1:  # every user again: the second step moves some of them twice
+            store.push(Push(producer="p", sequence=2, delta=Delta(users=users)))
+        if len(steps) == 2:  # the driver sends the second step again: nothing more moves
+            assert script(*args, **kwargs) == reply
+        return reply
+
+    store._lua_claim = eventful
+    try:
+        batch = next(store.claim_batches(max_keys=8))
+        assert steps == [1, 2, 3]
+        assert 0 < batch.delta.keys <= 8
+        live = store.pending_users("e", None, None, None).live
+        both = {k[1]: v for k, v in batch.delta.users.items()}
+        for user, n in live.items():
+            both[user] = both.get(user, 0) + n
+        assert both == {f"u{n}": 2 * (n + 1) for n in range(4)}
+        assert live == {}
+        store.ack(batch.id)
+        rest = store.claim()
+        assert sum(sum(b.delta.users.values()) for b in rest) == sum(live.values())
+        for b in rest:
+            store.ack(b.id)
+        assert store.claimed() == []
+    finally:
+        store.close()

@@ -10,7 +10,9 @@ Key layout, for prefix ``P`` and shard ``s`` (every key of a shard shares the ha
                                          key per producer: its pushes all go to one shard)
     {P:s}:claims                  ZSET  batch id -> claim time
     {P:s}:claim:<batch>           SET   names of the batch's hashes
-    {P:s}:claim:<batch>:h:<event> HASH  the claimed counters (renamed live hashes)
+    {P:s}:claim:<batch>:h:<event> HASH  the claimed counters (live hashes renamed, or fields
+                                         moved out of them)
+    {P:s}:step:<batch>            STRING last CLAIM step of the batch and its result (10 min)
 
 Event names, properties and user ids are escaped (:mod:`analytics_sdk.keys`), so no
 character can break a key or a field. A push picks its shard from its producer, so a retry
@@ -71,6 +73,11 @@ DEFAULT_PREFIX = "analytics"
 DEFAULT_TTL = 7 * 24 * 3600
 """Live counters expire this long after creation: a safety net, far beyond any flush."""
 MIN_TTL = 3600
+CLAIM_STEP = 2_000
+"""Counters one CLAIM call moves at most: Redis runs nothing else meanwhile, so a batch of
+``max_batch_keys`` is built in steps of this size."""
+STEP_TTL = 600
+"""Seconds a batch's step record is kept: long enough for any retry of its last step."""
 MAX_HASHES_PER_CLAIM = 500
 """Live hashes (two per event name) one CLAIM declares at most; the rest waits for the
 next claim of the flush."""
@@ -118,74 +125,67 @@ redis.call('SET', KEYS[2], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[3])
 return 1
 """
 
-# KEYS: {tag}:idx, {tag}:claims, {tag}:claim:<batch>, then n live hashes and the n claim
-# hashes they move to (every key the script touches is declared, so a cluster refuses the
-# whole script, never half of it, while the slot moves). ARGV: batch id, now, max counters,
-# n. Moves at most max counters: whole hashes by RENAME, and from a hash larger than what
-# is left, that many distinct fields (HRANDFIELD). Returns a flag (1: stopped at max
-# counters, more may be live), then suffix, fields... for each hash of the batch.
-# A batch id already claimed is a CLAIM sent again (a lost reply the driver retried): it
-# returns that batch and claims nothing more.
+# KEYS: {tag}:idx, {tag}:claims, {tag}:claim:<batch>, {tag}:step:<batch>, then n live
+# hashes and the n claim hashes they move to (every key the script touches is declared, so a
+# cluster refuses the whole script, never half of it, while the slot moves). ARGV: batch id,
+# now, room, n, step, step ttl. One step of building a batch: moves at most room counters,
+# whole hashes by RENAME, and from a hash larger than what is left, that many distinct
+# fields (HRANDFIELD), adding to what earlier steps moved (HINCRBY: a push may have brought
+# a moved field back). Returns {counters moved by all steps so far, 1 if the declared hashes
+# ran out}. A step already run (a lost reply the driver sent again) returns its result and
+# moves nothing more.
 CLAIM = """
-local idx, claims, claim = KEYS[1], KEYS[2], KEYS[3]
-local n = tonumber(ARGV[4])
-local function reply(full)
-  local out = {full}
-  for i = 1, n do
-    local dest = KEYS[3 + n + i]
-    if redis.call('SISMEMBER', claim, dest) == 1 then
-      table.insert(out, string.sub(dest, #claim + 2))
-      table.insert(out, redis.call('HGETALL', dest))
-    end
-  end
-  return out
+local idx, claims, claim, steps = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local n, step = tonumber(ARGV[4]), tonumber(ARGV[5])
+local total = 0
+local last = redis.call('GET', steps)
+if last then
+  local done, moved, ran_out = string.match(last, '^(%d+):(%d+):(%d+)$')
+  if tonumber(done) >= step then return {tonumber(moved), tonumber(ran_out)} end
+  total = tonumber(moved)
 end
-if redis.call('ZSCORE', claims, ARGV[1]) then return reply(1) end
 local room = tonumber(ARGV[3])
 for i = 1, n do
   if room == 0 then break end
-  local live, dest = KEYS[3 + i], KEYS[3 + n + i]
+  local live, dest = KEYS[4 + i], KEYS[4 + n + i]
   local size = redis.call('HLEN', live)
+  local fresh = redis.call('EXISTS', dest) == 0
   if size == 0 then
     redis.call('SREM', idx, live)  -- expired, or claimed by another flusher meanwhile
-  elseif size <= room then
+  elseif size <= room and fresh then
     redis.call('RENAME', live, dest)
     redis.call('PERSIST', dest)  -- a claim never expires before its ack
     redis.call('SREM', idx, live)
-    redis.call('SADD', claim, dest)
-    room = room - size
   else
-    local picked = redis.call('HRANDFIELD', live, room, 'WITHVALUES')
+    local picked
+    if size <= room then
+      picked = redis.call('HGETALL', live)
+    else
+      picked = redis.call('HRANDFIELD', live, room, 'WITHVALUES')
+    end
     for first = 1, #picked, 2000 do  -- unpack() takes a few thousand values at most
-      local pairs, fields = {}, {}
-      for j = first, math.min(first + 1999, #picked), 2 do
-        table.insert(pairs, picked[j])
-        table.insert(pairs, picked[j + 1])
+      local stop = math.min(first + 1999, #picked)
+      local fields = {}
+      for j = first, stop, 2 do
+        if not fresh then redis.call('HINCRBY', dest, picked[j], picked[j + 1]) end
         table.insert(fields, picked[j])
       end
-      redis.call('HSET', dest, unpack(pairs))
+      if fresh then redis.call('HSET', dest, unpack(picked, first, stop)) end
       redis.call('HDEL', live, unpack(fields))
     end
+    if size <= room then redis.call('SREM', idx, live) end
+  end
+  if size > 0 then
     redis.call('SADD', claim, dest)
-    room = 0
+    local moved = math.min(size, room)
+    room = room - moved
+    total = total + moved
   end
 end
-if redis.call('SCARD', claim) > 0 then redis.call('ZADD', claims, ARGV[2], ARGV[1]) end
-return reply(room == 0 and 1 or 0)
-"""
-
-# KEYS: {tag}:claims, {tag}:claim:<batch>, then the batch's hashes (read from the batch's
-# set first: a claim never changes until its ack deletes it whole). ARGV: batch id.
-# Returns nothing if the batch is not claimed, else claimed_at, then suffix, fields...
-CLAIMED = """
-local claimed_at = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not claimed_at then return {} end
-local out = {claimed_at}
-for i = 3, #KEYS do
-  table.insert(out, string.sub(KEYS[i], #KEYS[2] + 2))
-  table.insert(out, redis.call('HGETALL', KEYS[i]))
-end
-return out
+if total > 0 then redis.call('ZADD', claims, 'NX', ARGV[2], ARGV[1]) end
+local ran_out = room > 0 and 1 or 0
+redis.call('SET', steps, step .. ':' .. total .. ':' .. ran_out, 'EX', ARGV[6])
+return {total, ran_out}
 """
 
 # KEYS: {tag}:claims, {tag}:claim:<batch>, then its hashes. ARGV: batch id. Returns
@@ -425,7 +425,6 @@ class RedisCounterStore(CounterStore):
         self._location = _location(client)
         self._lua_push = client.register_script(PUSH)
         self._lua_claim = client.register_script(CLAIM)
-        self._lua_claimed = client.register_script(CLAIMED)
         self._in_doubt: set[str] = set()
         self._lua_ack = client.register_script(ACK)
         self._lua_pending = client.register_script(PENDING)
@@ -705,7 +704,9 @@ class RedisCounterStore(CounterStore):
     def _claim_shard(self, shard: int, max_keys: int) -> tuple[Batch | None, bool]:
         """Claim one batch of ``shard``; return it (if anything was live) and whether more
         may be live. Two steps: read the index, then claim exactly the hashes read, all of
-        them declared to the script; a hash pushed in between waits for the next claim."""
+        them declared to the script; a hash pushed in between waits for the next claim. The
+        script moves at most ``CLAIM_STEP`` counters a call (Redis runs nothing else while
+        it does), so a batch takes a few calls; then the batch is read back."""
         tag = self._tags[shard]
         try:
             live = sorted(self._redis.smembers(f"{tag}:idx"))
@@ -718,22 +719,28 @@ class RedisCounterStore(CounterStore):
         now = self._clock()
         batch_id = f"{shard}.{uuid.uuid4().hex}"
         claim = f"{tag}:claim:{batch_id}"
-        keys = [f"{tag}:idx", f"{tag}:claims", claim, *declared]
+        keys = [f"{tag}:idx", f"{tag}:claims", claim, f"{tag}:step:{batch_id}", *declared]
         keys += [f"{claim}:{key[len(prefix) :]}" for key in declared]
-        args = [batch_id, repr(now), max_keys, len(declared)]
-        try:
-            reply = self._lua_claim(keys=keys, args=args)
-        except self._errors as exc:
-            # The script may have run with its reply lost: the flusher must look for it.
-            self._in_doubt.add(batch_id)
-            raise StoreError(f"Redis {self._description} claim failed: {exc}") from exc
-        delta = Delta()
-        for suffix, flat in _pairs(reply[1:]):
-            _decode_hash(suffix, flat, delta)  # type: ignore[arg-type]
-        more = bool(reply[0]) or len(live) > len(declared)
-        if not delta:
+        moved = step = ran_out = 0
+        while moved < max_keys and not ran_out:
+            step += 1
+            room = min(CLAIM_STEP, max_keys - moved)
+            args = [batch_id, repr(now), room, len(declared), step, STEP_TTL]
+            try:
+                moved, ran_out = self._lua_claim(keys=keys, args=args)
+            except self._errors as exc:
+                # The script may have run with its reply lost: the flusher must look for it.
+                self._in_doubt.add(batch_id)
+                raise StoreError(f"Redis {self._description} claim failed: {exc}") from exc
+        more = not ran_out or len(live) > len(declared)
+        if not moved:
             return None, more
-        return Batch(id=batch_id, delta=delta, claimed_at=now), more
+        try:
+            batch = self.read_claim(batch_id)
+        except StoreError:
+            self._in_doubt.add(batch_id)  # claimed: the next flush of this flusher applies it
+            raise
+        return batch, more
 
     def take_claims_in_doubt(self) -> set[str]:
         taken, self._in_doubt = self._in_doubt, set()
@@ -758,17 +765,24 @@ class RedisCounterStore(CounterStore):
             return None
         tag = self._tags[shard]
         claim = f"{tag}:claim:{batch_id}"
+        # Plain reads, a chunk at a time (no script holds Redis for a whole batch): a claim
+        # never changes until its ack deletes it, and an acknowledged batch is in the
+        # sink's ledger, so a read that an ack cut short is applied as a no-op.
         try:
-            hashes = sorted(self._redis.smembers(claim))
-            reply = self._lua_claimed(keys=[f"{tag}:claims", claim, *hashes], args=[batch_id])
+            claimed_at = self._redis.zscore(f"{tag}:claims", batch_id)
+            if claimed_at is None:
+                return None
+            delta = Delta()
+            for key in sorted(self._redis.smembers(claim)):
+                flat: list[str] = []
+                for field, value in self._redis.hscan_iter(key, count=CLAIM_STEP):
+                    flat += (field, value)
+                _decode_hash(key[len(claim) + 1 :], flat, delta)
+            if self._redis.zscore(f"{tag}:claims", batch_id) is None:
+                return None  # acknowledged meanwhile
         except self._errors as exc:
             raise StoreError(f"Redis {self._description} read failed: {exc}") from exc
-        if not reply:
-            return None
-        delta = Delta()
-        for suffix, flat in _pairs(reply[1:]):
-            _decode_hash(suffix, flat, delta)  # type: ignore[arg-type]
-        return Batch(id=batch_id, delta=delta, claimed_at=float(reply[0]))
+        return Batch(id=batch_id, delta=delta, claimed_at=float(claimed_at))
 
     def _shard_of_batch(self, batch_id: str) -> int | None:
         shard_text, _, _ = batch_id.partition(".")
