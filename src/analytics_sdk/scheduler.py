@@ -325,7 +325,9 @@ class Scheduler:
             self._store_step("ack on", lambda: self.store.ack(batch_id))
         except BackendError as exc:
             self._failed_claims.add(batch_id)
-            return exc
+            # Kept until the flush ends: without its traceback, which holds the batch and
+            # the sink's rows, so failures cost no memory beyond the batch in hand.
+            return type(exc)(str(exc))
         self._own_claims.discard(batch_id)
         self._failed_claims.discard(batch_id)
         if applied:
