@@ -48,8 +48,8 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_MAX_BATCH_KEYS = 50_000
-"""Counters per claimed batch: about a second of PostgreSQL upsert and 20 MiB of flusher
-memory, far inside any statement timeout."""
+"""Counters per claimed batch: a few seconds of PostgreSQL upsert at most, inside the
+sink's default 30 s statement timeout, and about 20 MiB of flusher memory."""
 
 
 @attrs.frozen(kw_only=True)
