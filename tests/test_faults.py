@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+import os
 import random
 import time
 from collections import Counter
@@ -484,3 +485,187 @@ def test_a_query_whose_push_check_fails_raises_a_store_error_and_loses_nothing(
         assert client.flush().complete
         assert client.count("x") == 3
     assert store_is_empty(store_url)
+
+
+# -- forks, pools and an oversized backlog, mixed with lost replies and a failing sink --------
+
+_APP: Analytics | None = None  # the forked pool workers' client, inherited from the parent
+MIX_WHEN = datetime(2025, 12, 31, 22, 30, tzinfo=timezone.utc)  # before ManualClock starts
+
+
+def _pool_task(n: int) -> int:
+    """One task of a pool worker: track through the client the worker inherited."""
+    assert _APP is not None
+    for _ in range(3):
+        _APP.track("pooled", user_id=f"p{n % 7}", timestamp=MIX_WHEN)
+    return 3
+
+
+class RecordingFlakySink(FlakySink):
+    """A flaky sink that records how many counters each batch it was given held."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.batch_sizes: list[int] = []
+
+    def apply(self, batch: Batch) -> bool:
+        self.batch_sizes.append(len(batch.delta.hourly) + len(batch.delta.users))
+        return super().apply(batch)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_forks_pools_and_an_oversized_backlog_with_lost_replies_and_driver_retries_mixed(
+    urls: tuple[str, str],
+) -> None:
+    """A backlog of many more counters than `max_batch_keys`, flushed by two flusher threads
+    into a PostgreSQL sink that fails before or after its commit, while forked children and
+    pool workers (forked from the flushing process, so they inherit its flushers too) track
+    and exit, replies are lost behind a proxy and the application's redis-py client re-sends
+    after a lost reply: the sink ends with exactly what was tracked."""
+    global _APP
+    import threading
+    from urllib.parse import urlsplit
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from analytics_sdk.keys import day_of, hour_of
+    from analytics_sdk.testing import ManualClock
+
+    from .servers import Proxy
+
+    store_url, sink_url = urls
+    parts = urlsplit(store_url)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    proxied = store_url.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
+    proxied += "&socket_timeout=2"
+    prefix = dict(p.split("=") for p in parts.query.split("&"))["prefix"]
+    rng = random.Random(9)
+    clock = ManualClock()
+    sink = PostgresSink.from_url(sink_url)
+    sink.migrate()
+    # Built by the application: redis-py re-sends a script whose reply was lost.
+    driver = redis.Redis(
+        host="127.0.0.1",
+        port=proxy.port,
+        decode_responses=True,
+        socket_timeout=2,
+        retry=Retry(NoBackoff(), 3),
+    )
+    app = Analytics(
+        store=RedisCounterStore(driver, prefix=prefix, shards=3, clock=clock.time),
+        sink=sink_url,
+        clock=clock,
+        background=False,
+        flusher=False,
+        max_batch_keys=100,
+        shutdown_timeout=20,
+    )
+    _APP = app
+    flaky = [
+        RecordingFlakySink(sink._conninfo, schema=sink.schema, rng=random.Random(n))
+        for n in range(2)
+    ]
+    flushers = [
+        Analytics(
+            store=proxied,
+            sink=flaky[n],
+            clock=clock,
+            background=False,
+            max_batch_keys=100,
+            claim_lease=60,
+            shutdown_timeout=5,
+        )
+        for n in range(2)
+    ]
+    hour, day = hour_of(MIX_WHEN), day_of(MIX_WHEN.date())
+    truth_hourly: Counter[str] = Counter()
+    truth_users: Counter[str] = Counter()
+
+    def tracked(event: str, user: str, n: int = 1) -> None:
+        truth_hourly[json.dumps([event, hour])] += n
+        truth_users[json.dumps([event, user, day])] += n
+
+    stop = threading.Event()
+
+    def flush_until_stopped(client: Analytics) -> None:
+        while not stop.is_set():
+            client.flush(timeout=30)
+
+    threads: list[threading.Thread] = []
+    children: list[int] = []
+    lost = -1  # the first round has no earlier reply to lose
+    try:
+        # An oversized backlog: 3,000 users' counters in the store before any flusher runs.
+        for u in range(3000):
+            app.track("backlog", user_id=f"b{u}", timestamp=MIX_WHEN)
+            tracked("backlog", f"b{u}")
+        assert app.flush(timeout=60).complete
+        threads = [threading.Thread(target=flush_until_stopped, args=(f,)) for f in flushers]
+        for t in threads:
+            t.start()
+        fork = multiprocessing.get_context("fork")
+        for round_ in range(8):
+            for _ in range(rng.randrange(20, 60)):
+                user = f"a{rng.randrange(50)}"
+                app.track("parent", user_id=user, timestamp=MIX_WHEN)
+                tracked("parent", user)
+            pid = os.fork()
+            if pid == 0:  # a forked child: tracks, shuts its client down, leaves
+                code = 1
+                try:
+                    for u in range(40):
+                        app.track("forked", user_id=f"f{round_}_{u}", timestamp=MIX_WHEN)
+                    code = 0 if app.shutdown(timeout=20).complete else 2
+                finally:
+                    os._exit(code)
+            children.append(pid)
+            for u in range(40):
+                tracked("forked", f"f{round_}_{u}")
+            if round_ % 2 == 0:  # pool workers, replaced after a few tasks
+                with fork.Pool(2, maxtasksperchild=3) as pool:
+                    assert sum(pool.map(_pool_task, range(12), chunksize=1)) == 36
+                    pool.close()
+                    pool.join()
+                for n in range(12):
+                    tracked("pooled", f"p{n % 7}", 3)
+            lost += not proxy.lose_next_reply  # the last one was dropped
+            proxy.lose_next_reply = True
+            app.flush(timeout=30)
+            clock.advance(1)
+        for pid in children:
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    try:
+        proxy.lose_next_reply = False
+        for f in flaky:
+            f.on = False
+        assert app.flush(timeout=30).complete
+        for _ in range(10):
+            clock.advance(61)  # past the lease: orphans of failed applies are applied
+            results = [f.flush(timeout=60) for f in flushers]
+            if all(r.complete for r in results) and store_is_empty(store_url):
+                break
+        events = ["backlog", "parent", "forked", "pooled"]
+        assert sink_totals(sink_url, events) == (truth_hourly, truth_users)  # 0 lost, 0 double
+        assert store_is_empty(store_url)
+        failures = flaky[0].failures + flaky[1].failures
+        assert failures["before commit"] > 0, failures
+        assert failures["after commit"] > 0, failures
+        sizes = flaky[0].batch_sizes + flaky[1].batch_sizes
+        assert max(sizes) <= 100  # the backlog went in bounded batches, 30 or more of them
+        assert len(sizes) >= 30
+        assert lost >= 4  # replies the proxy did drop
+    finally:
+        _APP = None
+        app.shutdown(timeout=10)
+        for f in flushers:
+            f.shutdown(timeout=10)
+        driver.close()
+        sink.close()
+        proxy.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -200,3 +201,78 @@ def test_log_lines_of_ours_and_of_the_drivers_hide_remembered_secrets(
         text = logging.Formatter().format(record)
         assert password not in text
         assert "***" in text
+
+
+def test_passwords_for_real_servers_appear_nowhere(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A Redis that requires a password and a PostgreSQL reached with ``?password=``: counts
+    arrive; reprs, the real servers' refusals (a wrong password, a database that does not
+    exist), log lines, the shutdown warning, the spool and /metrics never show the password."""
+    import redis
+
+    from analytics_sdk.prometheus import registry_for
+
+    from .servers import redis_server
+    from .utils import drop_schema, postgres_url_or_skip, skip_or_fail, unique_name
+
+    caplog.set_level(logging.DEBUG)
+    pg_url = postgres_url_or_skip()
+    wrong = "wr0ngSecretValue"
+    try:
+        started = redis_server()
+        redis_url = started.__enter__()
+    except (RuntimeError, OSError) as exc:
+        skip_or_fail(f"cannot start a redis-server: {exc}")
+        raise
+    schema = unique_name("redact")
+    try:
+        with redis.Redis.from_url(redis_url) as admin:  # our own server: CONFIG is ours
+            admin.config_set("requirepass", SECRET)
+        store = f"{redis_url}?password={SECRET}&prefix={unique_name('redact')}"
+        sink = f"{pg_url}?password={SECRET}&schema={schema}"  # trust auth: accepted
+        clock = ManualClock()
+        with Analytics(store=store, sink=sink, clock=clock, background=False) as client:
+            client.track("signup", value=3)
+            assert client.flush(timeout=30).complete
+            assert client.count("signup") == 3  # the password was the right one
+            assert SECRET not in repr(client) + repr(client.config)
+            assert SECRET not in generate_latest(registry_for(client)).decode()
+
+        refused = Analytics(
+            store=f"{redis_url}?password={wrong}&socket_connect_timeout=2",
+            sink=f"{pg_url.rsplit('/', 1)[0]}/no_such_db_{schema}?password={wrong}",
+            background=False,
+            shutdown_timeout=2,
+            spool_dir=str(tmp_path),
+        )
+        refused.track("signup")
+        with pytest.raises(StoreError) as store_error:
+            refused.store.claim()
+        assert "password" in str(store_error.value).lower()  # the server's own refusal
+        with pytest.raises(SinkError) as sink_error:
+            refused.sink.migrate()  # type: ignore[attr-defined]
+        assert "does not exist" in str(sink_error.value)  # the server's own refusal
+        result = refused.flush(timeout=5)
+        assert not result.complete
+        refused.shutdown(timeout=2)
+        spooled = list(tmp_path.rglob("*"))
+        assert any(p.is_file() for p in spooled)  # the store refused, so the buffer was spooled
+        texts = [
+            str(store_error.value),
+            repr(store_error.value),
+            str(sink_error.value),
+            repr(sink_error.value),
+            repr(result),
+            repr(refused),
+            caplog.text,
+            generate_latest(registry_for(refused)).decode(),
+            generate_latest().decode(),
+            *(p.read_text(errors="replace") for p in spooled if p.is_file()),
+        ]
+        for text in texts:
+            assert SECRET not in text
+            assert wrong not in text
+    finally:
+        started.__exit__(None, None, None)
+        drop_schema(pg_url, schema)

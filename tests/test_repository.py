@@ -181,3 +181,37 @@ def test_imports_point_down_from_api_to_client_to_prometheus_and_feature() -> No
 
     circles = sorted(m for m in focus if reaches(m, m))
     assert circles == [], f"import circle through {circles}"
+
+
+def guarantee_references() -> list[tuple[str, str]]:
+    """Every ``tests/<file>.py::<test>`` and ``benchmarks/<file>.py`` the guarantees page names."""
+    text = (ROOT / "docs" / "guarantees.md").read_text()
+    return re.findall(r"`((?:tests|benchmarks)/[\w/]+\.py)(?:::([\w:]+))?`", text)
+
+
+def test_every_test_the_guarantees_page_names_exists() -> None:
+    import ast
+
+    references = guarantee_references()
+    assert len(references) > 50  # the pattern still finds the page's references
+    missing = []
+    for path, name in references:
+        file = ROOT / path
+        if not file.is_file():
+            missing.append(path)
+            continue
+        if not name:
+            continue
+        defined = {
+            node.name
+            for node in ast.walk(ast.parse(file.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        }
+        missing += [f"{path}::{name}" for part in name.split("::") if part not in defined]
+    assert missing == []
+
+
+def test_the_guarantees_page_has_no_placeholder_for_a_test() -> None:
+    text = (ROOT / "docs" / "guarantees.md").read_text()
+    assert re.findall(r"\(test: added with[^)]*\)", text) == []
+    assert "added with" not in text
