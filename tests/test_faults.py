@@ -661,6 +661,9 @@ def test_forks_pools_and_an_oversized_backlog_with_lost_replies_and_driver_retri
         assert max(sizes) <= 100  # the backlog went in bounded batches, 30 or more of them
         assert len(sizes) >= 30
         assert lost >= 4  # replies the proxy did drop
+        # The parent pushed the backlog and its own counts once each, whatever was re-sent.
+        parent = sum(n for k, n in truth_hourly.items() if json.loads(k)[0] == "parent")
+        assert app.stats()["counts_pushed"] == 3000 + parent
     finally:
         _APP = None
         app.shutdown(timeout=10)
