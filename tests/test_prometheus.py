@@ -557,3 +557,33 @@ def test_fleet_totals_are_exact_when_a_flush_commits_during_a_refresh(
         assert (acks.calls["ack"], app._query.retries) == (1, retries + 1)
         assert app.flush().complete
         assert fleet.refresh() == {"x": 15}
+
+
+def test_fleet_totals_at_the_largest_values_scrape_exactly_from_redis_and_postgres() -> None:
+    """Totals past 1e14 (25,000 calls at the maximum value) in the sink and pending in Redis:
+    the scrape succeeds and reports the exact integer, not a rounded ``1.07e+14``."""
+    from analytics_sdk.events import MAX_VALUE
+
+    with (
+        redis_and_postgres("bigmetrics") as (store_url, sink_url),
+        Analytics(store=store_url, sink=sink_url, background=False) as client,
+    ):
+        for _ in range(25_000):
+            client.track("big", value=MAX_VALUE)
+        assert client.flush(timeout=30).complete  # in the sink
+        with Analytics(store=store_url, flusher=False, background=False) as producer:
+            for _ in range(25_000):
+                producer.track("big", value=MAX_VALUE)
+            producer.track("big", value=1)  # odd: a rounded float would show
+            assert producer.flush(timeout=30).complete  # pending in the store
+        expected = 50_000 * MAX_VALUE + 1
+        assert expected > 2 * 10**14
+        text = generate_latest(registry_for(client, fleet=True)).decode()
+        [value] = [
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "analytics_fleet_events_total" and s.labels["event"] == "big"
+        ]
+        assert value == expected
+        assert client.count("big") == expected

@@ -364,6 +364,63 @@ def test_cluster_driver_retries_of_push_and_ack_count_once(proxied_cluster: Clus
         store.close()
 
 
+def test_a_claim_the_cluster_driver_sends_again_returns_its_batch_once(
+    proxied_cluster: Cluster,
+) -> None:
+    """RedisCluster re-runs a CLAIM whose reply was lost (its defaults retry a ConnectionError
+    10 times): the second run returns the first one's batch and claims nothing more, so the
+    batch keeps its bound and every count is claimed once."""
+    from typing import Any
+
+    from redis.cluster import RedisCluster
+
+    prefix = unique_name("test")
+    driver = RedisCluster.from_url(
+        proxied_cluster.url.replace("redis+cluster://", "redis://"), decode_responses=True
+    )
+    store = RedisCounterStore(driver, prefix=prefix, shards=1)
+    node = proxied_cluster.proxy_of(_slot(prefix))
+    script = store._lua_claim
+    sent: list[int] = []
+
+    def lossy(*args: Any, **kwargs: Any) -> Any:
+        if not sent:
+            node.lose_next_reply = True
+            before = node.sent(b"EVALSHA")
+            try:
+                return script(*args, **kwargs)
+            finally:
+                sent.append(node.sent(b"EVALSHA") - before)
+        return script(*args, **kwargs)
+
+    try:
+        push(store, 1, sequence=1)
+        for batch in store.claim():  # the node has the CLAIM script: the lost reply is a run's
+            store.ack(batch.id)
+        users = {("e", f"u{n}", H // 24): 1 for n in range(20)}
+        store.push(
+            Push(producer="p", sequence=2, delta=Delta(hourly={("e", (), H): 20}, users=users))
+        )
+        store._lua_claim = lossy
+        batches = store.claim_batches(5)
+        first = next(batches)
+        assert node.lose_next_reply is False
+        assert sent[0] >= 2  # the driver did send the CLAIM again
+        assert first.delta.keys <= 5  # the second run added nothing to the first's batch
+        assert [b.id for b in store.claimed()] == [first.id]
+        rest = list(batches)
+        claimed = [first, *rest]
+        assert all(b.delta.keys <= 5 for b in claimed)
+        assert sum(sum(b.delta.users.values()) for b in claimed) == 20  # each user once
+        assert sum(sum(b.delta.hourly.values()) for b in claimed) == 20
+        for b in claimed:
+            store.ack(b.id)
+        assert store.claimed() == []
+        assert store.pending_hourly("e", None, None, ()) == Pending()
+    finally:
+        store.close()
+
+
 def test_write_through_on_a_cluster_waits_one_timeout_when_a_node_hangs(
     proxied_cluster: Cluster,
 ) -> None:
