@@ -384,3 +384,65 @@ def test_a_batch_built_in_steps_adds_up_and_a_step_sent_twice_moves_once(
         assert store.claimed() == []
     finally:
         store.close()
+
+
+def test_a_batch_past_a_real_statement_timeout_blocks_no_other_and_the_worker_stays_healthy(
+    urls: tuple[str, str],
+) -> None:
+    """PostgreSQL itself cancels one batch's apply (``statement_timeout``, a row that takes
+    too long): the other batches commit, counts stay exact meanwhile, the worker stays
+    healthy, and once the row is fast again the stuck batch commits once."""
+    import psycopg
+
+    from analytics_sdk.worker import Worker
+
+    from .utils import postgres_url_or_skip
+
+    store_url, sink_url = urls
+    sink = PostgresSink.from_url(sink_url)
+    sink.migrate()
+    schema = sink.schema
+    sink.close()
+    with psycopg.connect(postgres_url_or_skip(), autocommit=True) as conn:
+        conn.execute(
+            f'CREATE FUNCTION "{schema}".slow() RETURNS trigger LANGUAGE plpgsql AS '
+            "$$ BEGIN PERFORM pg_sleep(5); RETURN NEW; END $$"
+        )
+        conn.execute(
+            f'CREATE TRIGGER slow BEFORE INSERT ON "{schema}".user_daily_counts FOR EACH ROW '
+            f"WHEN (NEW.user_id = 'slow') EXECUTE FUNCTION \"{schema}\".slow()"
+        )
+    worker = Worker(
+        store=store_url,
+        sink=f"{sink_url}&statement_timeout=0.5",
+        metrics_addr=None,
+        background=False,
+        max_batch_keys=5,
+    )
+    client = worker.client
+    try:
+        worker.started -= 3600  # as if it had run for an hour without a successful flush
+        users = [f"u{n}" for n in range(29)] + ["slow"]
+        for user in users:
+            client.track("visit", user_id=user)
+        result = client.flush(timeout=60)
+        assert result.error is not None
+        assert "statement timeout" in result.error
+        assert not result.complete
+        [stuck] = client.store.claimed()
+        stuck_users = {user for _, user, _ in stuck.delta.users}
+        assert "slow" in stuck_users
+        assert stuck.delta.keys <= 5
+        committed = client.sink.user_counts("visit", 0, 10**6, None)
+        assert set(committed) == set(users) - stuck_users  # every other batch committed
+        assert result.batches == 6  # 31 counters in 7 batches: all but the stuck one
+        assert client.count("visit") == 30  # exact while a batch waits
+        assert worker.health() == (True, "ok")  # restarting would not unstick it
+        with psycopg.connect(postgres_url_or_skip(), autocommit=True) as conn:
+            conn.execute(f'DROP TRIGGER slow ON "{schema}".user_daily_counts')
+        assert client.flush(timeout=60).complete
+        assert dict(client.sink.user_counts("visit", 0, 10**6, None)) == dict.fromkeys(users, 1)
+        assert sum(client.sink.hourly_counts("visit", None, None, ()).values()) == 30
+        assert client.store.claimed() == []
+    finally:
+        client.shutdown(timeout=10)
