@@ -672,3 +672,48 @@ def test_forks_pools_and_an_oversized_backlog_with_lost_replies_and_driver_retri
         driver.close()
         sink.close()
         proxy.close()
+
+
+KILLED_APP = """
+import os, signal, sys
+from analytics_sdk import Analytics
+
+store, mode = sys.argv[1], sys.argv[2]
+push_interval = 0 if mode == "write-through" else 3600
+client = Analytics(store=store, flusher=False, push_interval=push_interval, flush_interval=3600)
+for n in range(200):
+    client.track("killed", user_id=f"u{n % 10}")
+if mode == "buffered":
+    assert client.flush(timeout=30).complete  # these 200 reached the store
+    for n in range(50):
+        client.track("killed", user_id="late")  # still in the buffer
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("mode", ["write-through", "buffered"])
+def test_a_producer_killed_with_sigkill_loses_only_what_it_had_not_pushed(
+    urls: tuple[str, str], mode: str
+) -> None:
+    """SIGKILL: in write-through mode every count `track()` returned from is in the store;
+    otherwise what was pushed is, and only what waited in the buffer is lost."""
+    import signal
+    import subprocess
+    import sys
+
+    store_url, sink_url = urls
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_APP, store_url, mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    with Analytics(store=store_url, sink=sink_url, background=False) as flusher:
+        assert flusher.flush(timeout=60).complete
+        _, users = sink_totals(sink_url, ["killed"])
+    per_user: Counter[str] = Counter()
+    for key, n in users.items():
+        per_user[json.loads(key)[1]] += n
+    assert per_user == {f"u{n}": 20 for n in range(10)}  # 200 counted once; "late" lost
+    assert store_is_empty(store_url)
