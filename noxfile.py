@@ -93,27 +93,41 @@ def coverage(session: nox.Session) -> None:
 # The functions that move counts on the exactly-once path (mutmut names: module.x_function
 # or module.xǁClassǁmethod); each mutant runs only the tests that call its function.
 MUTATED = {
-    "scheduler": ("Scheduler", ["push", "flush_store", "_claims_to_apply", "flush_now"]),
-    "aggregator": ("Aggregator", ["add", "_take", "next_push", "push_done", "local_counts"]),
-    "query": ("QueryEngine", ["_merge", "hourly_counts", "user_counts", "fleet_totals"]),
-    "backends.redis": (
-        "RedisCounterStore",
-        ["push", "has_push", "claim", "claimed", "ack", "_read_pending"],
-    ),
-    "backends.postgres": ("PostgresSink", ["apply", "applied", "user_counts"]),
+    "scheduler.xǁSchedulerǁ": [
+        "push",
+        "flush_store",
+        "_store_step",
+        "_apply_one",
+        "_claims_to_apply",
+        "flush_now",
+    ],
+    "aggregator.xǁAggregatorǁ": ["add", "_take", "next_push", "push_done", "local_counts"],
+    "aggregator.x_": ["_add"],
+    "query.xǁQueryEngineǁ": ["_read", "_attempt", "hourly_counts", "user_counts", "fleet_totals"],
+    "query.x_": ["_add"],
+    "backends.redis.xǁRedisCounterStoreǁ": [
+        "push",
+        "has_push",
+        "claim_batches",
+        "_claim_shard",
+        "claimed_ids",
+        "read_claim",
+        "ack",
+        "_read_pending",
+    ],
+    "backends.redis.x_": ["_decode_hash"],
+    "backends.postgres.xǁPostgresSinkǁ": ["apply", "applied", "position", "snapshot"],
+    "backends.postgres.xǁ_PostgresSnapshotǁ": [
+        "hourly_counts",
+        "user_counts",
+        "event_totals",
+        "applied",
+        "applied_since",
+    ],
+    "backends.postgres.x_": ["_hourly_rows"],
 }
 MUTATED_FUNCTIONS = [
-    f"analytics_sdk.{module}.xǁ{cls}ǁ{name}__mutmut_*"
-    for module, (cls, names) in MUTATED.items()
-    for name in names
-] + [
-    f"analytics_sdk.{name}__mutmut_*"
-    for name in (
-        "aggregator.x__add",
-        "query.x__add",
-        "backends.redis.x__decode_hash",
-        "backends.postgres.x__hourly_rows",
-    )
+    f"analytics_sdk.{where}{name}__mutmut_*" for where, names in MUTATED.items() for name in names
 ]
 
 
