@@ -264,3 +264,40 @@ def test_the_exit_hook_carries_on_after_one_client_fails(
     finally:
         del broken.shutdown
         broken.shutdown()
+
+
+def test_shutdown_s_second_flush_stops_at_the_deadline_and_keeps_the_counts() -> None:
+    import threading
+
+    from analytics_sdk.backends import MemoryCounterStore, MemorySink
+    from analytics_sdk.process import _shutdown_all
+    from analytics_sdk.testing import ManualClock
+
+    from .faults import BLOCK_LIMIT, Faults
+
+    clock = ManualClock()
+    store, sink = MemoryCounterStore(clock=clock.time), MemorySink(clock=clock.time)
+    client = analytics.Analytics(
+        store=store, sink=sink, clock=clock, push_interval=1, flush_interval=10
+    )
+    client.track("x", value=1)
+    final_apply = Faults(sink).block("apply")
+    pushes = Faults(store)
+    results: list[analytics.FlushResult] = []
+    shutting = threading.Thread(target=lambda: results.append(client.shutdown(timeout=5)))
+    shutting.start()
+    try:
+        assert final_apply.entered.wait(BLOCK_LIMIT)  # the thread's final flush applies
+        client.track("x", value=2)  # left in the buffer for shutdown's second flush
+        # That flush's push hangs past the deadline (a backend answering after 10 s).
+        pushes.then("push", lambda: clock.advance(10))
+    finally:
+        final_apply.release.set()
+        shutting.join(BLOCK_LIMIT)
+    assert not shutting.is_alive()
+    [result] = results
+    assert (result.timed_out, result.complete) == (True, False)
+    assert sum(sink.hourly_counts("x", None, None, ()).values()) == 1
+    assert client.count("x") == 3  # the 2 wait in the store, counted once
+    _shutdown_all()  # the exit hook finishes the job
+    assert sum(sink.hourly_counts("x", None, None, ()).values()) == 3
