@@ -163,6 +163,9 @@ class TestStore:
         for b in batches:
             store.ack(b.id)
         store.ack("no-such-batch")
+        # An id shaped like a Redis batch of a shard this layout does not have (one past
+        # the last): not ours either.
+        store.ack(f"{getattr(store, 'shards', 1)}.{uuid.uuid4().hex}")
         assert store.claimed() == []
         assert pending_total(store, "a") == 0
         users = store.pending_users("a", None, None, None)

@@ -619,3 +619,18 @@ def test_a_flush_applies_its_own_claims_and_orphans_but_not_a_live_flusher_s(
         assert orphan.id in sink.applied([orphan.id, live.id])
         assert a.count("x") == 10
         assert sum(sink.hourly_counts("x", None, None, ()).values()) == 5
+
+
+def test_a_flush_after_a_failed_push_pushes_the_outbox_then_the_buffer(
+    synchronous: tuple[Analytics, Faults, Faults],
+) -> None:
+    client, store, _ = synchronous
+    client.track("x", value=2)
+    store.fail("push")
+    assert client.flush().pushed == 0  # refused: the 2 wait in the outbox
+    client.track("x", value=3)  # behind the outbox, in the buffer
+    result = client.flush()
+    assert (result.complete, result.pushed, result.flushed) == (True, 5, 5)
+    assert store.calls["push"] == 3
+    assert client.stats()["counts_pushed"] == 5
+    assert (durable(client), client.count("x")) == (5, 5)
