@@ -102,6 +102,22 @@ def test_importing_the_sdk_loads_no_driver_and_creates_no_client() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_importing_the_sdk_and_its_integrations_loads_no_framework() -> None:
+    import subprocess
+    import sys
+
+    frameworks = ["django", "flask", "starlette", "fastapi", "werkzeug", "celery"]
+    code = (
+        "import sys, analytics_sdk, analytics_sdk.integrations, analytics_sdk.integrations.asgi, "
+        "analytics_sdk.integrations.wsgi; "
+        "import analytics_sdk.integrations.fastapi, analytics_sdk.integrations.flask, "
+        "analytics_sdk.integrations.django; "
+        f"loaded = set({frameworks!r}) & set(sys.modules); "
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_ci_runs_the_suite_on_every_supported_python() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     supported = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', pyproject)
