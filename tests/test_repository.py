@@ -111,7 +111,7 @@ def test_importing_the_sdk_and_its_integrations_loads_no_framework() -> None:
         "import sys, analytics_sdk, analytics_sdk.integrations, analytics_sdk.integrations.asgi, "
         "analytics_sdk.integrations.wsgi; "
         "import analytics_sdk.integrations.fastapi, analytics_sdk.integrations.flask, "
-        "analytics_sdk.integrations.django; "
+        "analytics_sdk.integrations.django, analytics_sdk.integrations.celery; "
         f"loaded = set({frameworks!r}) & set(sys.modules); "
         "assert not loaded, loaded"
     )
