@@ -1,0 +1,273 @@
+"""Queries at production scale: each query API through the SDK next to hand-written SQL.
+
+Generates, inside PostgreSQL (generate_series, in a schema of its own, dropped at the end):
+- hourly rows: DAYS x 24 hours x EVENTS events x SETS property sets (90 x 24 x 20 x 200 =
+  8.6M by default), and their daily rollup;
+- per-user daily rows for one event: USER_DAYS days x USERS users a day (30 x 100,000 = 3M
+  by default; the users of consecutive days overlap, so distinct users grow with the range).
+
+Then prints, for each query API, the SDK's median latency (memory store, nothing pending,
+nothing buffered), the median of the SQL a person would write by hand for the same answer,
+their ratio, and whether the two answers agree.
+
+    python benchmarks/bench_queries.py [--url postgresql://postgres@127.0.0.1:5432/test]
+        [--small] [--days 90] [--events 20] [--sets 200] [--user-days 30] [--users 100000]
+        [--repeat 7] [--keep SCHEMA]
+
+``--small`` is a quick run (14 days x 5 events x 50 sets, 7 days x 10,000 users).
+
+Targets (issue 10): every query within 2x of the hand-written SQL; count by day and all
+time, series over 90 days by day: under 30 ms; top_users of a day of 100,000 users: under
+150 ms; unique_users over 30 days of 100,000 daily users: under 300 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+
+from analytics_sdk import Analytics
+from analytics_sdk.backends.postgres import PostgresSink
+
+FIRST_DAY = date(2026, 1, 1)
+PLANS = ("free", "pro", "team", "enterprise")
+USER_EVENT = "event_0"
+
+
+def generate(url: str, schema: str, args: argparse.Namespace) -> float:
+    """Create the schema and fill it in SQL; return the seconds it took."""
+    PostgresSink.from_url(f"{url}?schema={schema}").migrate()
+    s = f'"{schema}"'
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        conn.execute("SET work_mem = '256MB'")
+        conn.execute(
+            f"INSERT INTO {s}.property_sets (props_hash, properties) "
+            "SELECT md5('set' || n)::uuid, jsonb_build_object('plan', (%s::text[])[1 + n %% 4], "
+            "'path', '/p/' || n) FROM generate_series(0, %s - 1) AS n",
+            [list(PLANS), args.sets],
+        )
+        # Insert in key order: the table is then laid out as the primary key reads it, as
+        # it is after months of hourly flushes.
+        conn.execute(
+            f"INSERT INTO {s}.hourly_counts (event, hour, props_hash, count) "
+            "SELECT 'event_' || e, %s::timestamptz + h * interval '1 hour', "
+            "md5('set' || n)::uuid, 1 + (e * 7 + h * 13 + n * 31) %% 17 "
+            "FROM generate_series(0, %s - 1) AS e, generate_series(0, %s * 24 - 1) AS h, "
+            "generate_series(0, %s - 1) AS n ORDER BY 1, 2, 3",
+            [_midnight(FIRST_DAY), args.events, args.days, args.sets],
+        )
+        conn.execute(
+            f"INSERT INTO {s}.daily_counts (event, day, props_hash, count) "
+            "SELECT event, (hour AT TIME ZONE 'UTC')::date, props_hash, sum(count) "
+            f"FROM {s}.hourly_counts GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        )
+        # Day d has users d * step .. d * step + users - 1: consecutive days overlap.
+        conn.execute(
+            f"INSERT INTO {s}.user_daily_counts (event, day, user_id, count) "
+            "SELECT %s, %s::date + d, 'u' || (d * %s + u), 1 + (u * 7 + d) %% 9 "
+            "FROM generate_series(0, %s - 1) AS d, generate_series(0, %s - 1) AS u "
+            "ORDER BY 1, 2, 3",
+            [USER_EVENT, FIRST_DAY, args.users // 100, args.user_days, args.users],
+        )
+        conn.execute(f"VACUUM ANALYZE {s}.hourly_counts")
+        conn.execute(f"VACUUM ANALYZE {s}.daily_counts")
+        conn.execute(f"VACUUM ANALYZE {s}.user_daily_counts")
+        conn.execute(f"VACUUM ANALYZE {s}.property_sets")
+    return time.perf_counter() - started
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def median_ms(run: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """Return the median milliseconds of ``repeat`` calls (after one warm-up) and the answer."""
+    answer = run()
+    timings = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings) * 1000, answer
+
+
+def cases(
+    client: Analytics, conn: psycopg.Connection[Any], schema: str, args: argparse.Namespace
+) -> list[tuple[str, Callable[[], Any], Callable[[], Any]]]:
+    """``(label, SDK call, hand-written SQL call)``; both return the same shape of answer."""
+    s = f'"{schema}"'
+    day = FIRST_DAY + timedelta(days=min(args.days, args.user_days) // 2)
+    last = FIRST_DAY + timedelta(days=args.days - 1)
+    user_last = FIRST_DAY + timedelta(days=args.user_days - 1)
+    user = f"u{(day - FIRST_DAY).days * (args.users // 100) + 5}"
+    tz = "America/New_York"
+
+    def sql(query: str, params: Any, shape: Callable[[list[Any]], Any]) -> Callable[[], Any]:
+        return lambda: shape(conn.execute(query, params).fetchall())
+
+    def scalar(rows: list[Any]) -> int:
+        return int(rows[0][0] or 0)
+
+    def pairs(rows: list[Any]) -> list[tuple[Any, int]]:
+        return [(key, int(n)) for key, n in rows]
+
+    def labels(series: list[tuple[datetime, int]]) -> list[tuple[Any, int]]:
+        return [(label.date(), n) for label, n in series]
+
+    matching = (
+        f"props_hash IN (SELECT props_hash FROM {s}.property_sets WHERE properties @> %s::jsonb)"
+    )
+    return [
+        (
+            "count(event, day=d)",
+            lambda: client.count("event_1", day=day),
+            sql(
+                f"SELECT sum(count) FROM {s}.daily_counts WHERE event = %s AND day = %s",
+                ["event_1", day],
+                scalar,
+            ),
+        ),
+        (
+            'count(event, day=d, properties={"plan": "pro"})',
+            lambda: client.count("event_1", day=day, properties={"plan": "pro"}),
+            sql(
+                f"SELECT sum(count) FROM {s}.daily_counts WHERE event = %s AND day = %s "
+                f"AND {matching}",
+                ["event_1", day, '{"plan": "pro"}'],
+                scalar,
+            ),
+        ),
+        (
+            "count(event, hour=h)",
+            lambda: client.count("event_1", hour=_midnight(day) + timedelta(hours=13)),
+            sql(
+                f"SELECT sum(count) FROM {s}.hourly_counts WHERE event = %s AND hour = %s",
+                ["event_1", _midnight(day) + timedelta(hours=13)],
+                scalar,
+            ),
+        ),
+        (
+            "count(event) (all time)",
+            lambda: client.count("event_1"),
+            sql(f"SELECT sum(count) FROM {s}.daily_counts WHERE event = %s", ["event_1"], scalar),
+        ),
+        (
+            f"series(event, {args.days} days, granularity='day')",
+            lambda: labels(client.series("event_1", FIRST_DAY, last, granularity="day")),
+            sql(
+                f"SELECT day, sum(count) FROM {s}.daily_counts WHERE event = %s "
+                "AND day BETWEEN %s AND %s GROUP BY day ORDER BY day",
+                ["event_1", FIRST_DAY, last],
+                pairs,
+            ),
+        ),
+        (
+            f"series(event, {args.days} days, granularity='day', tz='{tz}')",
+            lambda: labels(client.series("event_1", FIRST_DAY, last, granularity="day", tz=tz)),
+            sql(
+                f"SELECT (hour AT TIME ZONE %s)::date AS d, sum(count) FROM {s}.hourly_counts "
+                "WHERE event = %s AND hour >= (%s::timestamp AT TIME ZONE %s) "
+                "AND hour < (%s::timestamp AT TIME ZONE %s) GROUP BY d ORDER BY d",
+                [tz, "event_1", FIRST_DAY, tz, last + timedelta(days=1), tz],
+                # The SDK lists every period, zeros included; the data has no empty day.
+                pairs,
+            ),
+        ),
+        (
+            "count(event, day=d, user_id=u)",
+            lambda: client.count(USER_EVENT, day=day, user_id=user),
+            sql(
+                f"SELECT sum(count) FROM {s}.user_daily_counts WHERE event = %s AND day = %s "
+                "AND user_id = %s",
+                [USER_EVENT, day, user],
+                scalar,
+            ),
+        ),
+        (
+            "top_users(event, day=d, limit=10)",
+            lambda: client.top_users(USER_EVENT, day=day, limit=10),
+            sql(
+                f"SELECT user_id, count FROM {s}.user_daily_counts WHERE event = %s AND day = %s "
+                "ORDER BY count DESC, user_id LIMIT 10",
+                [USER_EVENT, day],
+                pairs,
+            ),
+        ),
+        (
+            f"unique_users(event, {args.user_days} days)",
+            lambda: client.unique_users(USER_EVENT, FIRST_DAY, user_last),
+            sql(
+                f"SELECT count(DISTINCT user_id) FROM {s}.user_daily_counts WHERE event = %s "
+                "AND day BETWEEN %s AND %s",
+                [USER_EVENT, FIRST_DAY, user_last],
+                scalar,
+            ),
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--small", action="store_true", help="a quick run on a small data set")
+    parser.add_argument("--days", type=int)
+    parser.add_argument("--events", type=int)
+    parser.add_argument("--sets", type=int)
+    parser.add_argument("--user-days", type=int)
+    parser.add_argument("--users", type=int)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--keep", metavar="SCHEMA", help="reuse (or keep) this schema's data")
+    args = parser.parse_args()
+    sizes = (14, 5, 50, 7, 10_000) if args.small else (90, 20, 200, 30, 100_000)
+    for name, default in zip(("days", "events", "sets", "user_days", "users"), sizes, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.user_days > args.days:
+        parser.error("--user-days must not exceed --days")
+
+    schema = args.keep or f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.url, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regnamespace(%s)", [f'"{schema}"']).fetchone()
+    hourly_rows = args.days * 24 * args.events * args.sets
+    user_rows = args.user_days * args.users
+    if args.keep and exists and exists[0] is not None:
+        print(f"reusing schema {schema}")
+    else:
+        seconds = generate(args.url, schema, args)
+        print(
+            f"generated {hourly_rows:,} hourly rows ({args.days} days x 24 h x {args.events} "
+            f"events x {args.sets} property sets), their daily rollup, and {user_rows:,} "
+            f"per-user rows ({args.user_days} days x {args.users:,} users) in {seconds:.0f} s"
+        )
+    try:
+        sink_url = f"{args.url}?schema={schema}"
+        with (
+            Analytics(sink=sink_url, background=False, flusher=False) as client,
+            psycopg.connect(args.url, autocommit=True) as conn,
+        ):
+            print(f"\nmedian of {args.repeat} runs, memory store (nothing pending)\n")
+            print(f"{'query':<62} {'SDK ms':>9} {'SQL ms':>9} {'ratio':>7}  agree")
+            for label, sdk, hand in cases(client, conn, schema, args):
+                sdk_ms, sdk_answer = median_ms(sdk, args.repeat)
+                sql_ms, sql_answer = median_ms(hand, args.repeat)
+                agree = "yes" if sdk_answer == sql_answer else "NO"
+                print(
+                    f"{label:<62} {sdk_ms:>9.1f} {sql_ms:>9.1f} {sdk_ms / sql_ms:>6.1f}x  {agree}"
+                )
+    finally:
+        if not args.keep:
+            with psycopg.connect(args.url, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+if __name__ == "__main__":
+    main()
