@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, tzinfo
 from types import TracebackType
@@ -344,7 +343,7 @@ class Analytics:
             end = start + 1
         else:
             start = end = None
-        return sum(self._query.hourly_counts(name, start, end, self._filter(properties)).values())
+        return sum(self._query.period_counts(name, [start, end], self._filter(properties)).values())
 
     def hourly(
         self,
@@ -377,16 +376,11 @@ class Analytics:
         """
         name = self._event(event)
         spans = list(periods(start, end, granularity, resolve_tz(tz)))
-        counts = self._query.hourly_counts(
-            name, spans[0][1], spans[-1][2], self._filter(properties)
-        )
-        # Periods are contiguous: each hour with a count goes to the last period starting at
-        # or before it (a cost in hours with counts, not in hours spanned).
-        starts = [first for _, first, _ in spans]
-        totals = [0] * len(spans)
-        for hour, n in counts.items():
-            totals[bisect_right(starts, hour) - 1] += n
-        return [(label, total) for (label, _, _), total in zip(spans, totals, strict=True)]
+        # Periods are contiguous: their starts and the last one's end bound them all.
+        bounds: list[int | None] = [first for _, first, _ in spans]
+        bounds.append(spans[-1][2])
+        counts = self._query.period_counts(name, bounds, self._filter(properties))
+        return [(label, counts.get(i, 0)) for i, (label, _, _) in enumerate(spans)]
 
     def unique_users(self, event: str, start: date, end: date) -> int:
         """Return the exact number of distinct users with ``event`` on UTC days start..end."""

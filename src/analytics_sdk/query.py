@@ -27,7 +27,7 @@ period boundary counts toward the later period).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Generic, Literal, TypeVar
@@ -36,7 +36,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import attrs
 
 from .aggregator import Aggregator
-from .backends.base import CounterStore, Delta, Pending, Sink, SinkSnapshot, hourly_of, users_of
+from .backends.base import (
+    CounterStore,
+    Delta,
+    Pending,
+    Sink,
+    SinkSnapshot,
+    hourly_of,
+    periods_of,
+    users_of,
+)
 from .events import MIN_TIMESTAMP
 from .keys import Properties, day_of, hour_of
 
@@ -159,6 +168,34 @@ class QueryEngine:
                 pending=lambda: self.store.pending_hourly(event, start, end, properties),
                 durable=lambda sink: sink.hourly_counts(event, start, end, properties),
                 local=lambda delta: hourly_of(delta.hourly, event, start, end, properties),
+            )
+        )
+
+    def period_counts(
+        self, event: str, bounds: Sequence[int | None], properties: Properties
+    ) -> dict[int, int]:
+        """Return exact counts of ``event`` by period ``i``: the hours ``[bounds[i],
+        bounds[i + 1])`` (see :meth:`~analytics_sdk.backends.base.Sink.period_counts`).
+
+        The sink plans its own read (whole days from its daily rollup); pending and buffered
+        counts are by hour and summed into the same periods, under the same read fence.
+        """
+        start, end = bounds[0], bounds[-1]
+
+        def pending() -> Pending[int]:
+            read = self.store.pending_hourly(event, start, end, properties)
+            return Pending(
+                live=periods_of(read.live, bounds),
+                claimed={i: periods_of(c, bounds) for i, c in read.claimed.items()},
+            )
+
+        return self._read(
+            _Read(
+                pending=pending,
+                durable=lambda sink: sink.period_counts(event, bounds, properties),
+                local=lambda delta: periods_of(
+                    hourly_of(delta.hourly, event, start, end, properties), bounds
+                ),
             )
         )
 

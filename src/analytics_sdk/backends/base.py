@@ -25,7 +25,8 @@ between its entry and its reads (see :mod:`analytics_sdk.query`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
 
@@ -43,6 +44,7 @@ __all__ = [
     "Sink",
     "SinkSnapshot",
     "matches",
+    "periods_of",
 ]
 
 T = TypeVar("T")
@@ -130,6 +132,17 @@ def hourly_of(
     for (name, properties, hour), value in counts.items():
         if name == event and in_range(hour, start, end) and matches(properties, wanted):
             out[hour] = out.get(hour, 0) + value
+    return out
+
+
+def periods_of(counts: dict[int, int], bounds: Sequence[int | None]) -> dict[int, int]:
+    """Sum counts by hour into periods: period ``i`` holds the hours in
+    ``[bounds[i], bounds[i + 1])`` (``None`` first or last: unbounded)."""
+    starts = [b for b in bounds[1:-1] if b is not None]
+    out: dict[int, int] = {}
+    for hour, value in counts.items():
+        period = bisect_right(starts, hour)
+        out[period] = out.get(period, 0) + value
     return out
 
 
@@ -237,6 +250,13 @@ class SinkSnapshot(ABC):
     ) -> dict[int, int]:
         """Return counts of ``event`` by hour, as :meth:`Sink.hourly_counts` does."""
 
+    def period_counts(
+        self, event: str, bounds: Sequence[int | None], properties: Properties
+    ) -> dict[int, int]:
+        """Return counts of ``event`` by period, as :meth:`Sink.period_counts` does."""
+        hourly = self.hourly_counts(event, bounds[0], bounds[-1], properties)
+        return periods_of(hourly, bounds)
+
     @abstractmethod
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None
@@ -273,6 +293,18 @@ class Sink(ABC):
     ) -> dict[int, int]:
         """Return counts of ``event`` by hour in ``[start, end)``, summed over the property
         sets that contain ``properties``."""
+
+    def period_counts(
+        self, event: str, bounds: Sequence[int | None], properties: Properties
+    ) -> dict[int, int]:
+        """Return counts of ``event`` by period: period ``i`` (a key only if it has counts)
+        sums the hours ``[bounds[i], bounds[i + 1])`` (hour buckets, ascending; ``None``
+        first or last: unbounded), as :func:`periods_of` sums :meth:`hourly_counts`.
+
+        A sink may answer whole days from a daily rollup instead of reading their hours.
+        """
+        with self.snapshot() as snapshot:
+            return snapshot.period_counts(event, bounds, properties)
 
     @abstractmethod
     def user_counts(

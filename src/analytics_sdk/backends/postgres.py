@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime, timedelta, timezone
 from importlib import resources
+from itertools import pairwise
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -494,10 +495,11 @@ class _PostgresSnapshot(SinkSnapshot):
             self._open = False
             self._conn.execute(statement)
 
-    def _rows(self, name: str, params: Any) -> Any:
+    def _rows(self, name: str, params: Any, *, prepare: bool | None = None) -> Any:
         if not self._open:
             self.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        return self._conn.execute(self._sql[name], params).fetchall()  # errors: see snapshot()
+        # errors: see snapshot()
+        return self._conn.execute(self._sql[name], params, prepare=prepare).fetchall()
 
     def hourly_counts(
         self, event: str, start: int | None, end: int | None, properties: Properties
@@ -516,6 +518,23 @@ class _PostgresSnapshot(SinkSnapshot):
             daily = {"event": event, "start": first_day, "end": last_day, "props": wanted}
             for day, total in self._rows("query_daily", daily):
                 out[int(day) * 24] = out.get(int(day) * 24, 0) + int(total)
+        return out
+
+    def period_counts(
+        self, event: str, bounds: Sequence[int | None], properties: Properties
+    ) -> dict[int, int]:
+        days, hours = _plan(bounds, self._sink._hourly_cutoff_day())
+        wanted = json.dumps(dict(properties)) if properties else None
+        out: dict[int, int] = {}
+        # One row per period from each table: whole days from the rollup, the rest by hour.
+        for name, ranges in (("periods_daily", days), ("periods_hourly", hours)):
+            if ranges:
+                period, low, high = (list(column) for column in zip(*ranges, strict=True))
+                params = {"event": event, "p": period, "lo": low, "hi": high, "props": wanted}
+                # Planned for these ranges each time: a prepared statement's generic plan
+                # does not know how many ranges the arrays hold, and scans the whole table.
+                for i, total in self._rows(name, params, prepare=False):
+                    out[i] = out.get(i, 0) + int(total)
         return out
 
     def user_counts(
@@ -537,6 +556,46 @@ class _PostgresSnapshot(SinkSnapshot):
         if self.entered is None:  # behind the fence nothing commits
             return set()
         return {row[0] for row in self._rows("ledger_since", {"entered": self.entered})}
+
+
+_BEFORE_ALL, _AFTER_ALL = -2_000_000, 3_000_000
+"""Days from the epoch before and after any stored day (3506 BC, 10183 AD, both dates in
+PostgreSQL): the ends of an unbounded range."""
+
+
+def _plan(
+    bounds: Sequence[int | None], cutoff: int | None
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """Split periods ``[bounds[i], bounds[i + 1])`` into ranges ``(period, low, high)`` of
+    whole UTC days (read from ``daily_counts``) and of hours (``hourly_counts``).
+
+    With hourly retention, hours before the ``cutoff`` day are gone (or going): there, as
+    :meth:`PostgresSink.hourly_counts` does, a day counts whole when its first hour is in
+    the period.
+    """
+    days: list[tuple[int, int, int]] = []
+    hours: list[tuple[int, int, int]] = []
+    for period, (start, end) in enumerate(pairwise(bounds)):
+        first = _BEFORE_ALL if start is None else -(-start // 24)  # the first whole day
+        last = _AFTER_ALL if end is None else end // 24  # the day after the last whole day
+        edges: list[tuple[int | None, int | None]]
+        if first >= last:
+            edges = [(start, end)]
+        else:
+            days.append((period, first, last))
+            edges = [(start, first * 24), (last * 24, end)]
+        for low, high in edges:
+            if low is None or high is None or low >= high:
+                continue
+            if cutoff is not None and low < cutoff * 24:
+                # The days starting in [low, min(high, cutoff hour)) come from the rollup.
+                whole = (-(-low // 24), -(-min(high, cutoff * 24) // 24))
+                if whole[0] < whole[1]:
+                    days.append((period, *whole))
+                low = cutoff * 24
+            if low < high:
+                hours.append((period, low, high))
+    return days, hours
 
 
 def _hourly_rows(batch: Batch) -> tuple[list[tuple[str, int, str, int]], dict[str, str]]:
@@ -623,6 +682,24 @@ _STATEMENTS = {
         "AND (%(end)s::integer IS NULL OR day < date '1970-01-01' + %(end)s::integer) "
         f"AND {_MATCHING_SETS} "
         "GROUP BY day"
+    ),
+    # Periods given as ranges (period, low, high): days since the epoch, then hour buckets.
+    # Each range is an index range scan; the sum per period is done here, not in Python.
+    "periods_daily": (
+        "SELECT r.p, sum(c.count) "
+        "FROM unnest(%(p)s::integer[], %(lo)s::integer[], %(hi)s::integer[]) AS r (p, lo, hi) "
+        "JOIN {s}.daily_counts c ON c.event = %(event)s "
+        "AND c.day >= date '1970-01-01' + r.lo AND c.day < date '1970-01-01' + r.hi "
+        f"WHERE {_MATCHING_SETS} "
+        "GROUP BY r.p"
+    ),
+    "periods_hourly": (
+        "SELECT r.p, sum(c.count) "
+        "FROM unnest(%(p)s::integer[], %(lo)s::bigint[], %(hi)s::bigint[]) AS r (p, lo, hi) "
+        "JOIN {s}.hourly_counts c ON c.event = %(event)s "
+        "AND c.hour >= to_timestamp(r.lo * 3600) AND c.hour < to_timestamp(r.hi * 3600) "
+        f"WHERE {_MATCHING_SETS} "
+        "GROUP BY r.p"
     ),
     "query_users": (
         "SELECT user_id, sum(count) FROM {s}.user_daily_counts "
