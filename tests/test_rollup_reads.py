@@ -229,3 +229,88 @@ def test_plan(
 
 def test_period_counts_is_part_of_the_sink_contract() -> None:
     assert Sink.period_counts.__doc__
+
+
+# (user, day offset, value, tier: 0 sink, 1 claimed, 2 live, 3 buffer)
+users_tracked = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "B", "é", "u1", "u10", "u2"]),
+        st.integers(0, 4),
+        st.integers(1, 4),
+        st.integers(0, 3),
+    ),
+    max_size=30,
+)
+
+
+def _load_users(client: Analytics, event: str, events: list[tuple[str, int, int, int]]) -> None:
+    for tier in range(4):
+        for user, offset, value, where in events:
+            if where == tier:
+                when = datetime.combine(
+                    DAY0 + timedelta(days=offset), datetime.min.time(), timezone.utc
+                )
+                client.track(event, timestamp=when, value=value, user_id=user)
+        if tier == 0:
+            client.flush()
+        elif tier == 1:
+            client.scheduler.push()
+            client.store.claim()
+        elif tier == 2:
+            client.scheduler.push()
+
+
+@EXAMPLES
+@given(
+    events=users_tracked,
+    first=st.integers(0, 4),
+    days=st.integers(1, 3),
+    limit=st.integers(1, 4),
+)
+def test_top_and_unique_users_match_a_recount_in_every_tier(
+    client: Analytics,
+    events: list[tuple[str, int, int, int]],
+    first: int,
+    days: int,
+    limit: int,
+) -> None:
+    event = f"e{uuid.uuid4().hex[:10]}"
+    _load_users(client, event, events)
+    day = DAY0 + timedelta(days=first)
+    on_day: dict[str, int] = {}
+    for user, offset, value, _ in events:
+        if offset == first:
+            on_day[user] = on_day.get(user, 0) + value
+    ranked = sorted(on_day.items(), key=lambda item: (-item[1], item[0]))[:limit]
+    assert client.top_users(event, day=day, limit=limit) == ranked
+    in_range = {user for user, offset, _, _ in events if first <= offset < first + days}
+    assert client.unique_users(event, day, day + timedelta(days=days - 1)) == len(in_range)
+
+
+def test_pending_counts_lift_a_user_into_the_top(client: Analytics) -> None:
+    """The sink's own top 2 are a and b; c's pending and buffered counts put c first."""
+    when = datetime.combine(DAY0, datetime.min.time(), timezone.utc)
+    for user, value in (("a", 5), ("b", 4), ("c", 3), ("d", 1)):
+        client.track("v", timestamp=when, value=value, user_id=user)
+    client.flush()
+    client.track("v", timestamp=when, value=2, user_id="c")
+    client.scheduler.push()
+    client.track("v", timestamp=when, value=1, user_id="c")  # buffered
+    client.track("v", timestamp=when, value=1, user_id="e")  # a user only in the buffer
+    assert client.top_users("v", day=DAY0, limit=2) == [("c", 6), ("a", 5)]
+    assert client.top_users("v", day=DAY0, limit=10) == [
+        ("c", 6),
+        ("a", 5),
+        ("b", 4),
+        ("d", 1),
+        ("e", 1),
+    ]
+    assert client.unique_users("v", DAY0, DAY0) == 5
+
+
+def test_ties_rank_by_code_point_in_the_sink_as_in_python(client: Analytics) -> None:
+    when = datetime.combine(DAY0, datetime.min.time(), timezone.utc)
+    for user in ("a", "é", "B", "Z"):
+        client.track("v", timestamp=when, value=3, user_id=user)
+    client.flush()
+    assert client.top_users("v", day=DAY0, limit=2) == [("B", 3), ("Z", 3)]

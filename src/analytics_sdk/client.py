@@ -387,17 +387,14 @@ class Analytics:
         first, last = day_of(check_day(start, "start")), day_of(check_day(end, "end"))
         if first > last:
             raise ValueError(f"start {start} is after end {end}; accepted: start <= end")
-        users = self._query.user_counts(self._event(event), first, last + 1, None)
-        return sum(1 for n in users.values() if n > 0)
+        return self._query.unique_users(self._event(event), first, last + 1)
 
     def top_users(self, event: str, *, day: date, limit: int = 10) -> list[tuple[str, int]]:
         """Return the ``limit`` users with the most ``event`` on a UTC ``day``, most first."""
         if type(limit) is not int or limit < 1:
             raise ValueError(f"limit {limit!r} is not accepted; accepted: an int >= 1")
         first = day_of(check_day(day))
-        users = self._query.user_counts(self._event(event), first, first + 1, None)
-        ranked = sorted(users.items(), key=lambda item: (-item[1], item[0]))
-        return ranked[:limit]
+        return self._query.top_users(self._event(event), first, first + 1, limit)
 
     # -- process life ------------------------------------------------------------------------
 

@@ -211,6 +211,64 @@ class QueryEngine:
             )
         )
 
+    def _users_read(
+        self,
+        event: str,
+        start: int,
+        end: int,
+        durable: Callable[[SinkSnapshot, set[str]], dict[str, int]],
+    ) -> dict[str, int]:
+        """Read users' counts over days ``[start, end)``: pending and buffered ones whole,
+        durable ones through ``durable(snapshot, users)``, ``users`` holding at least every
+        user with pending or buffered counts (each attempt reads those tiers first; users
+        of an earlier attempt stay: reading more users' durable counts is still exact)."""
+        seen: set[str] = set()
+
+        def pending() -> Pending[str]:
+            read = self.store.pending_users(event, start, end, None)
+            seen.update(read.live)
+            for counts in read.claimed.values():
+                seen.update(counts)
+            return read
+
+        def local(delta: Delta) -> dict[str, int]:
+            counts = users_of(delta.users, event, start, end, None)
+            seen.update(counts)
+            return counts
+
+        def durable_read(snapshot: SinkSnapshot) -> dict[str, int]:
+            return durable(snapshot, set(seen))
+
+        return self._read(_Read(pending=pending, durable=durable_read, local=local))
+
+    def top_users(self, event: str, start: int, end: int, limit: int) -> list[tuple[str, int]]:
+        """Return the exact ``limit`` users with the most ``event`` over days ``[start, end)``.
+
+        The sink ranks its own counts (in SQL) and adds those of every user with pending or
+        buffered counts: counts only grow, so a user outside the sink's top ``limit`` and
+        without other counts cannot be in the answer.
+        """
+        counts = self._users_read(
+            event, start, end, lambda sink, users: sink.top_users(event, start, end, limit, users)
+        )
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        return ranked[:limit]
+
+    def unique_users(self, event: str, start: int, end: int) -> int:
+        """Return the exact number of users with ``event`` over days ``[start, end)``.
+
+        The sink counts its users (in SQL) but for those with pending or buffered counts,
+        which are counted here, once, with their durable counts read alongside.
+        """
+        others = [0]
+
+        def durable(sink: SinkSnapshot, users: set[str]) -> dict[str, int]:
+            others[0] = sink.distinct_users(event, start, end, users)
+            return sink.top_users(event, start, end, 0, users)
+
+        counts = self._users_read(event, start, end, durable)
+        return others[0] + sum(1 for n in counts.values() if n > 0)
+
     def fleet_totals(self) -> dict[str, int]:
         """Return the all-time count of every event that reached the store or the sink.
 

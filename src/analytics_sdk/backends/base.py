@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Generic, TypeVar
 
@@ -263,6 +263,21 @@ class SinkSnapshot(ABC):
     ) -> dict[str, int]:
         """Return counts of ``event`` by user, as :meth:`Sink.user_counts` does."""
 
+    def top_users(
+        self, event: str, start: int, end: int, limit: int, users: Collection[str]
+    ) -> dict[str, int]:
+        """Return counts of ``event`` by user, as :meth:`Sink.top_users` does."""
+        counts = self.user_counts(event, start, end, None)
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        out = dict(ranked)
+        out.update((user, counts[user]) for user in users if user in counts)
+        return out
+
+    def distinct_users(self, event: str, start: int, end: int, exclude: Collection[str]) -> int:
+        """Return how many users, as :meth:`Sink.distinct_users` does."""
+        wanted = set(exclude)
+        return sum(1 for user in self.user_counts(event, start, end, None) if user not in wanted)
+
     @abstractmethod
     def event_totals(self) -> dict[str, int]:
         """Return the all-time count of every event, as :meth:`Sink.event_totals` does."""
@@ -311,6 +326,21 @@ class Sink(ABC):
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> dict[str, int]:
         """Return counts of ``event`` by user over days ``[start, end)``."""
+
+    def top_users(
+        self, event: str, start: int, end: int, limit: int, users: Collection[str]
+    ) -> dict[str, int]:
+        """Return the counts of ``event`` over days ``[start, end)`` of the ``limit`` users
+        with the most (ties: the smaller user id by code point), and those of ``users``
+        (the ones with counts) whatever their rank."""
+        with self.snapshot() as snapshot:
+            return snapshot.top_users(event, start, end, limit, users)
+
+    def distinct_users(self, event: str, start: int, end: int, exclude: Collection[str]) -> int:
+        """Return how many users have counts of ``event`` over days ``[start, end)``, not
+        counting those in ``exclude``."""
+        with self.snapshot() as snapshot:
+            return snapshot.distinct_users(event, start, end, exclude)
 
     @abstractmethod
     def event_totals(self) -> dict[str, int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime, timedelta, timezone
 from importlib import resources
@@ -543,6 +543,21 @@ class _PostgresSnapshot(SinkSnapshot):
         params = {"event": event, "start": start, "end": end, "user": user_id}
         return {u: int(n) for u, n in self._rows("query_users", params)}
 
+    def top_users(
+        self, event: str, start: int, end: int, limit: int, users: Collection[str]
+    ) -> dict[str, int]:
+        params = {"event": event, "start": start, "end": end, "limit": limit}
+        out = {u: int(n) for u, n in self._rows("top_users", params)} if limit else {}
+        if users:
+            params["users"] = list(users)
+            out.update((u, int(n)) for u, n in self._rows("users_of", params))
+        return out
+
+    def distinct_users(self, event: str, start: int, end: int, exclude: Collection[str]) -> int:
+        params = {"event": event, "start": start, "end": end, "exclude": list(exclude)}
+        row = self._rows("distinct_users", params)[0]
+        return int(row[0])
+
     def event_totals(self) -> dict[str, int]:
         return {event: int(n) for event, n in self._rows("event_totals", None)}
 
@@ -708,6 +723,25 @@ _STATEMENTS = {
         "AND (%(end)s::integer IS NULL OR day < date '1970-01-01' + %(end)s::integer) "
         "AND (%(user)s::text IS NULL OR user_id = %(user)s::text) "
         "GROUP BY user_id"
+    ),
+    # Ranked in SQL; ties by code point (COLLATE "C"), as Python orders str.
+    "top_users": (
+        "SELECT user_id, sum(count) AS n FROM {s}.user_daily_counts "
+        "WHERE event = %(event)s AND day >= date '1970-01-01' + %(start)s::integer "
+        "AND day < date '1970-01-01' + %(end)s::integer "
+        'GROUP BY user_id ORDER BY n DESC, user_id COLLATE "C" LIMIT %(limit)s'
+    ),
+    "users_of": (
+        "SELECT user_id, sum(count) FROM {s}.user_daily_counts "
+        "WHERE event = %(event)s AND day >= date '1970-01-01' + %(start)s::integer "
+        "AND day < date '1970-01-01' + %(end)s::integer AND user_id = ANY(%(users)s::text[]) "
+        "GROUP BY user_id"
+    ),
+    "distinct_users": (
+        "SELECT count(DISTINCT user_id) FROM {s}.user_daily_counts "
+        "WHERE event = %(event)s AND day >= date '1970-01-01' + %(start)s::integer "
+        "AND day < date '1970-01-01' + %(end)s::integer "
+        "AND NOT (user_id = ANY(%(exclude)s::text[]))"
     ),
     # Daily totals hold every count (hourly rows may be pruned), in fewer rows.
     "event_totals": "SELECT event, sum(count) FROM {s}.daily_counts GROUP BY event",
