@@ -314,3 +314,29 @@ def test_ties_rank_by_code_point_in_the_sink_as_in_python(client: Analytics) -> 
         client.track("v", timestamp=when, value=3, user_id=user)
     client.flush()
     assert client.top_users("v", day=DAY0, limit=2) == [("B", 3), ("Z", 3)]
+
+
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+def test_sink_top_users_over_days_and_distinct_users(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    first = day_of(DAY0)
+    users = {
+        ("v", u, first + d): 1 + (i * 7 + d * 3) % 5
+        for i, u in enumerate("abcdefg")
+        for d in range(3)
+    }
+    with make_sink(kind, request, ManualClock(start=NOW).time) as sink:
+        sink.apply(Batch(id="b", delta=Delta(users=users), claimed_at=0.0))
+        totals: dict[str, int] = {}
+        for (_, u, day), n in users.items():
+            if first <= day < first + 2:
+                totals[u] = totals.get(u, 0) + n
+        ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+        assert sink.top_users("v", first, first + 2, 3, ["g", "x"]) == {
+            **dict(ranked[:3]),
+            "g": totals["g"],
+        }
+        assert sink.top_users("v", first, first + 2, 0, ["a"]) == {"a": totals["a"]}
+        assert sink.distinct_users("v", first, first + 2, ["a", "x"]) == 6
+        assert sink.distinct_users("v", first + 5, first + 6, []) == 0

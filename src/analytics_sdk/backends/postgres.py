@@ -547,7 +547,9 @@ class _PostgresSnapshot(SinkSnapshot):
         self, event: str, start: int, end: int, limit: int, users: Collection[str]
     ) -> dict[str, int]:
         params = {"event": event, "start": start, "end": end, "limit": limit}
-        out = {u: int(n) for u, n in self._rows("top_users", params)} if limit else {}
+        # One row per user and day: a single day needs no GROUP BY (a top-N sort only).
+        ranked = "top_users_day" if end - start == 1 else "top_users"
+        out = {u: int(n) for u, n in self._rows(ranked, params)} if limit else {}
         if users:
             params["users"] = list(users)
             out.update((u, int(n)) for u, n in self._rows("users_of", params))
@@ -730,6 +732,11 @@ _STATEMENTS = {
         "WHERE event = %(event)s AND day >= date '1970-01-01' + %(start)s::integer "
         "AND day < date '1970-01-01' + %(end)s::integer "
         'GROUP BY user_id ORDER BY n DESC, user_id COLLATE "C" LIMIT %(limit)s'
+    ),
+    "top_users_day": (
+        "SELECT user_id, count FROM {s}.user_daily_counts "
+        "WHERE event = %(event)s AND day = date '1970-01-01' + %(start)s::integer "
+        'ORDER BY count DESC, user_id COLLATE "C" LIMIT %(limit)s'
     ),
     "users_of": (
         "SELECT user_id, sum(count) FROM {s}.user_daily_counts "
