@@ -205,11 +205,13 @@ def test_a_query_against_a_hung_redis_fails_after_one_timeout(
 ) -> None:
     # The scheduler thread is pushing into the hung server too: the query must not queue
     # behind it, nor retry, so it fails after its own one socket_timeout.
-    url = f"redis://127.0.0.1:{silent_server}/0?socket_timeout=1"
+    url = f"redis://127.0.0.1:{silent_server}/0?socket_timeout=2"
     client = Analytics(store=url, push_interval=push_interval, flusher=False)
     client.track("e")
     started = time.monotonic()
     with pytest.raises(StoreError, match="Timeout reading from"):
         client.count("e")
-    assert time.monotonic() - started < 1.9
+    assert (
+        time.monotonic() - started < 3.5
+    )  # one timeout and slack for a loaded machine; two would be 4
     client.shutdown(timeout=1)
