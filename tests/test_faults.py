@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -634,9 +635,14 @@ def test_forks_pools_and_an_oversized_backlog_with_lost_replies_and_driver_retri
             proxy.lose_next_reply = True
             app.flush(timeout=30)
             clock.advance(1)
+        deadline = time.monotonic() + 120  # a child that hangs fails the test, not the suite
         for pid in children:
-            _, status = os.waitpid(pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0
+            while (status := os.waitpid(pid, os.WNOHANG))[0] == 0:
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    pytest.fail(f"forked child {pid} hung")
+                time.sleep(0.05)
+            assert os.waitstatus_to_exitcode(status[1]) == 0
     finally:
         stop.set()
         for t in threads:
