@@ -220,14 +220,54 @@ def _answers_as(cli: str, port: int, process: subprocess.Popen[bytes]) -> bool:
 def cluster(masters: int = 3, *, proxied: bool = False) -> Iterator[Cluster]:
     """Start a Redis Cluster of ``masters`` nodes on free loopback ports. ``proxied``: each
     node announces the port of a :class:`Proxy` in front of it, so every client connection
-    (not the cluster bus) goes through a proxy a test can cut, stall or make lose replies."""
+    (not the cluster bus) goes through a proxy a test can cut, stall or make lose replies.
+
+    A cluster whose nodes do not join in time (seen on a loaded machine) is torn down and
+    started again on other ports, three times at most."""
+    for attempt in range(1, CLUSTER_ATTEMPTS + 1):
+        try:
+            started = _start_cluster(masters, proxied)
+        except (RuntimeError, subprocess.SubprocessError):
+            if attempt == CLUSTER_ATTEMPTS:
+                raise
+            continue
+        try:
+            yield started.cluster
+        finally:
+            started.stop()
+        return
+
+
+CLUSTER_ATTEMPTS = 3
+
+
+class _Started:
+    """The processes, proxies and directory of one cluster start, and how to stop them."""
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.proxies: dict[int, Proxy] = {}
+        self.ports: list[int] = []
+        self.cluster = Cluster(self.ports, self.proxies)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+        for proxy in self.proxies.values():
+            proxy.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _start_cluster(masters: int, proxied: bool) -> _Started:
     cli = shutil.which("redis-cli")
     if cli is None:
         raise RuntimeError("redis-server and redis-cli are needed to start a test cluster")
-    workdir = tempfile.mkdtemp(prefix="analytics-cluster-")
-    ports: list[int] = []
-    proxies: dict[int, Proxy] = {}
-    processes = []
+    started = _Started(tempfile.mkdtemp(prefix="analytics-cluster-"))
+    ports, proxies = started.ports, started.proxies
 
     def node_args(port: int, proxy: Proxy | None) -> list[str]:
         args = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
@@ -238,8 +278,10 @@ def cluster(masters: int = 3, *, proxied: bool = False) -> Iterator[Cluster]:
 
     try:
         while len(ports) < masters:
-            process, port, proxy = _start_redis(workdir, node_args, proxied=proxied, taken=ports)
-            processes.append(process)
+            process, port, proxy = _start_redis(
+                started.workdir, node_args, proxied=proxied, taken=ports
+            )
+            started.processes.append(process)
             ports.append(port)
             if proxy is not None:
                 proxies[port] = proxy
@@ -262,16 +304,10 @@ def cluster(masters: int = 3, *, proxied: bool = False) -> Iterator[Cluster]:
         _wait_for(lambda: _cluster_ok(cli, ports), "cluster did not reach state ok")
         for proxy in proxies.values():  # each proxy reaches its cluster node
             _wait_for(lambda p=proxy.port: _cluster_ok(cli, [p]), "a proxy reaches no node")
-        yield Cluster(ports, proxies)
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            with suppress(subprocess.TimeoutExpired):
-                process.wait(10)
-        for proxy in proxies.values():
-            proxy.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+    except BaseException:
+        started.stop()
+        raise
+    return started
 
 
 @contextmanager
