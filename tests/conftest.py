@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -9,7 +10,17 @@ from analytics_sdk import api
 from analytics_sdk.backends import CounterStore, Sink
 from analytics_sdk.testing import ManualClock
 
-from .utils import SINKS, STORES, make_sink, make_store, skip_or_fail
+from .servers import Proxy
+from .utils import (
+    SINKS,
+    STORES,
+    delete_redis_prefix,
+    make_sink,
+    make_store,
+    redis_url_or_skip,
+    skip_or_fail,
+    unique_name,
+)
 
 
 @pytest.fixture
@@ -67,3 +78,26 @@ def _isolated_global_client() -> Iterator[None]:
     leftover = api.set_client(previous)
     if leftover is not None and leftover is not previous:
         leftover.shutdown(timeout=5)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis URL (skips, or fails under ANALYTICS_REQUIRE_SERVICES, without one)."""
+    return redis_url_or_skip()
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix no other test uses, deleted afterwards."""
+    name = unique_name("test")
+    yield name
+    delete_redis_prefix(redis_url, name)
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[Proxy]:
+    """A :class:`~tests.servers.Proxy` in front of the test Redis."""
+    parts = urlsplit(redis_url)
+    p = Proxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    yield p
+    p.close()

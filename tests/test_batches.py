@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -24,7 +23,7 @@ from analytics_sdk.testing import ManualClock
 from .faults import FaultySink
 from .servers import Proxy
 from .test_faults import sink_totals, store_is_empty
-from .utils import delete_redis_prefix, redis_and_postgres, redis_url_or_skip, unique_name
+from .utils import redis_and_postgres
 
 H = 490_000
 
@@ -121,26 +120,6 @@ def test_a_backlog_flushes_in_bounded_batches_and_a_failing_batch_blocks_no_othe
 
 
 # -- CLAIM under driver retries and lost replies --------------------------------------------
-
-
-@pytest.fixture
-def redis_url() -> str:
-    return redis_url_or_skip()
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    name = unique_name("batch")
-    yield name
-    delete_redis_prefix(redis_url, name)
-
-
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[Proxy]:
-    parts = urlsplit(redis_url)
-    p = Proxy(parts.hostname or "127.0.0.1", parts.port or 6379)
-    yield p
-    p.close()
 
 
 def _push(store: RedisCounterStore, n: int, sequence: int) -> None:

@@ -20,14 +20,9 @@ from analytics_sdk.backends.redis import RedisCounterStore
 from analytics_sdk.testing import ManualClock
 
 from .servers import REDIS_URL, Cluster, Proxy, cluster, redis_server
-from .utils import delete_redis_prefix, redis_url_or_skip, unique_name
+from .utils import delete_redis_prefix, unique_name
 
 H = 490_000
-
-
-@pytest.fixture
-def redis_url() -> str:
-    return redis_url_or_skip()
 
 
 @pytest.fixture
@@ -46,14 +41,6 @@ def prefix(redis_url: str) -> Iterator[str]:
         ) as conn:
             left = list(conn.scan_iter(match=f"{{{name}[:}}]*", count=1000))
         assert left == [], f"keys left behind in Redis db {db}: {left[:5]}"
-
-
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[Proxy]:
-    parts = urlsplit(redis_url)
-    p = Proxy(parts.hostname or "127.0.0.1", parts.port or 6379)
-    yield p
-    p.close()
 
 
 def push(store: RedisCounterStore, n: int, producer: str = "p", sequence: int = 1) -> Push:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,29 +30,9 @@ from analytics_sdk.testing import ManualClock
 from analytics_sdk.worker import Worker
 
 from .servers import Proxy
-from .utils import delete_redis_prefix, postgres_url_or_skip, redis_url_or_skip, unique_name
+from .utils import postgres_url_or_skip, unique_name
 
 HOUR = 494_000  # an hour bucket in 2026
-
-
-@pytest.fixture
-def redis_url() -> str:
-    return redis_url_or_skip()
-
-
-@pytest.fixture
-def proxy(redis_url: str) -> Iterator[Proxy]:
-    target = urlsplit(redis_url)
-    p = Proxy(target.hostname or "127.0.0.1", target.port or 6379)
-    yield p
-    p.close()
-
-
-@pytest.fixture
-def prefix(redis_url: str) -> Iterator[str]:
-    name = unique_name("spool")
-    yield name
-    delete_redis_prefix(redis_url, name)
 
 
 @pytest.fixture
