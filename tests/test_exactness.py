@@ -50,12 +50,14 @@ def test_processes_and_threads_into_redis_with_two_flushers(tmp_path: Path) -> N
         seen_users.update(report["users"])
         flushed_by.append(report["stats"]["counts_flushed"])
     store = RedisCounterStore.from_url(url)
+    pending_total = 0
     try:
         for event in workloads.EVENTS:  # whatever is still pending in the store counts too
             pending = store.pending_hourly(event, None, None, ())
             for counts in [pending.live, *pending.claimed.values()]:
                 for hour, n in counts.items():
                     seen_hourly[json.dumps([event, hour])] += n
+                    pending_total += n
             users = store.pending_users(event, None, None, None)
             assert not users.live, "per-user counts left unflushed"
     finally:
@@ -64,4 +66,6 @@ def test_processes_and_threads_into_redis_with_two_flushers(tmp_path: Path) -> N
 
     assert seen_hourly == truth_hourly  # per event, per hour: exact
     assert seen_users == truth_users  # per event, per user, per day: exact
-    assert all(n > 0 for n in flushed_by), f"both flushers should have done work: {flushed_by}"
+    # Which flusher wins the claims is the scheduler's business (on an idle machine one may
+    # take them all); what each reports flushing must add up to what reached the sink.
+    assert sum(flushed_by) == sum(truth_hourly.values()) - pending_total, flushed_by
