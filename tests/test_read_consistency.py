@@ -24,6 +24,7 @@ from analytics_sdk.backends import CounterStore, Push, Sink
 from analytics_sdk.query import READ_ATTEMPTS
 from analytics_sdk.testing import ManualClock
 
+from .faults import BLOCK_LIMIT, Faults
 from .utils import redis_and_postgres
 
 EVENT = "read:check"
@@ -245,6 +246,51 @@ def test_a_push_waits_while_the_buffer_and_store_are_read(client: Analytics) -> 
     assert client.count("e") == 4
     assert client.scheduler.push() == 4  # the buffer was still there
     assert client.count("e") == 4
+
+
+def test_a_push_from_another_thread_waits_while_the_buffer_and_store_are_read(
+    client: Analytics,
+) -> None:
+    client.track("e", value=4)
+    local_counts = client.aggregator.local_counts
+    pushing = threading.Thread(target=client.scheduler.push)
+
+    def then_push_elsewhere() -> Any:
+        held = local_counts()
+        pushing.start()
+        pushing.join(0.5)  # it waits for the query: draining now would count 4 twice
+        return held
+
+    client.aggregator.local_counts = then_push_elsewhere  # type: ignore[method-assign]
+    assert client.count("e") == 4
+    pushing.join(BLOCK_LIMIT)
+    assert not pushing.is_alive()  # the query over, the push went through
+    client.aggregator.local_counts = local_counts  # type: ignore[method-assign]
+    assert client.aggregator.local_counts().buffer.total == 0
+    assert client.count("e") == 4
+
+
+def test_a_query_does_not_wait_for_a_push_under_way(client: Analytics) -> None:
+    # A push hung on the network (a store that stopped answering) holds this process's push
+    # lock; a query reads the outbox it is sending and never waits for it.
+    client.track("e", value=7)
+    hung = Faults(client.store).block("push")
+    flushing = threading.Thread(target=client.flush, kwargs={"timeout": BLOCK_LIMIT})
+    flushing.start()
+    answers: list[int] = []
+    try:
+        assert hung.entered.wait(BLOCK_LIMIT)
+        querying = threading.Thread(target=lambda: answers.append(client.count("e")))
+        querying.start()
+        querying.join(10)
+        assert answers == [7]  # answered while the push still hangs
+        client.track("e", value=1)  # buffered behind the outbox
+        after_store_read(client, hung.release.set)  # the push lands during the next read
+        assert client.count("e") == 8
+    finally:
+        hung.release.set()
+        flushing.join(BLOCK_LIMIT)
+    assert client.count("e") == 8
 
 
 def test_an_outbox_whose_reply_was_lost_counts_once(client: Analytics) -> None:

@@ -29,7 +29,8 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from .backends.base import Delta, Push
 from .keys import HourKey, Properties, UserKey
@@ -103,6 +104,8 @@ class Aggregator:
         self._shards_lock = threading.Lock()
         self._outbox_lock = threading.Lock()
         self._outbox: Push | None = None
+        self._readers: dict[int, int] = {}  # thread id -> queries reading buffer and store
+        self._no_readers = threading.Condition(self._outbox_lock)
         self._producer = uuid.uuid4().hex  # a forked child is a new producer
         self._sequence = 0
         self._new_keys = itertools.count(1)  # keys added since the last drain (approximate)
@@ -285,9 +288,19 @@ class Aggregator:
         return sum(len(s.hourly) + len(s.users) for s in list(self._shards))
 
     def next_push(self) -> Push | None:
-        """Return the push to send: the unacknowledged outbox, else the drained buffer."""
+        """Return the push to send: the unacknowledged outbox, else the drained buffer.
+
+        The buffer is not drained while a query reads it and the store (see
+        :meth:`reading`): the wait is for the query, never for a push over the network. A
+        thread that pushes from inside its own query (a logging handler tracking an event)
+        leaves the buffer for the next push.
+        """
         with self._outbox_lock:
             if self._outbox is None:
+                while self._readers:
+                    if threading.get_ident() in self._readers:
+                        return None
+                    self._no_readers.wait()
                 delta = self._take()
                 if delta:
                     self._on_drain(delta)
@@ -339,6 +352,25 @@ class Aggregator:
         with shard.lock:
             _add(shard.hourly, delta.hourly)
             _add(shard.users, delta.users)
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Keep the buffer from being drained into a new push while the caller reads it
+        and then the store, so each buffered count is read once. A push already under way
+        is not waited for: its outbox is in :meth:`local_counts`, and the caller asks the
+        store whether it landed. track() never waits."""
+        me = threading.get_ident()
+        with self._outbox_lock:
+            self._readers[me] = self._readers.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._outbox_lock:
+                left = self._readers.pop(me) - 1
+                if left:
+                    self._readers[me] = left
+                elif not self._readers:
+                    self._no_readers.notify_all()
 
     def local_counts(self) -> LocalCounts:
         """Return a copy of the buffer and the outbox (each shard read consistently)."""

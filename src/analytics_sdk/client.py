@@ -76,9 +76,7 @@ class Analytics:
             on_drain=self._drained,
         )
         self.scheduler = Scheduler(self.aggregator, self.store, self.sink, self.config)
-        self._query = QueryEngine(
-            self.aggregator, self.store, self.sink, self.scheduler.pushes_paused
-        )
+        self._query = QueryEngine(self.aggregator, self.store, self.sink)
         self._add = self.aggregator.add
         if self.config.push_interval == 0:
             self._add = self._add_write_through

@@ -28,7 +28,7 @@ period boundary counts toward the later period).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -97,12 +97,10 @@ class QueryEngine:
         aggregator: Aggregator,
         store: CounterStore,
         sink: Sink,
-        pushes_paused: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.aggregator = aggregator
         self.store = store
         self.sink = sink
-        self._pushes_paused = pushes_paused
         self.attempts = READ_ATTEMPTS
         self.retries = 0
         """Reads started again because a batch committed under them."""
@@ -127,9 +125,10 @@ class QueryEngine:
         # commits); its reads come after the store's.
         with self.sink.snapshot(fence=fence) as snapshot:
             local: dict[K, int] = {}
-            with self._pushes_paused() if read.local is not None else nullcontext():
-                # No push of ours starts until the store is read; an outbox left by a push
-                # that failed may still have been applied (a lost reply): ask the store.
+            with self.aggregator.reading() if read.local is not None else nullcontext():
+                # No push of ours drains the buffer until the store is read; the outbox, of a
+                # push under way or of one that failed (its reply lost), may land on the
+                # store before or during the read: ask the store.
                 outbox = None
                 if read.local is not None:
                     held = self.aggregator.local_counts()

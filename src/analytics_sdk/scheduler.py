@@ -639,13 +639,6 @@ class Scheduler:
                 self._replay_due = True
         return message
 
-    @contextmanager
-    def pushes_paused(self) -> Iterator[None]:
-        """Hold this process's pushes (waiting for one in progress) while the caller reads
-        buffer and store: a query counts each buffered count once. track() never waits."""
-        with self._push_lock:
-            yield
-
     def push_through(self) -> None:
         """Push now, in the caller (write-through), never waiting on another push or on a
         failing store: then the counts stay buffered for the timer."""
