@@ -7,6 +7,7 @@ import time
 import uuid
 
 from analytics_sdk.backends import Batch, CounterStore, Delta, Push, Sink
+from analytics_sdk.backends.base import Bucket
 from analytics_sdk.testing import ManualClock
 
 H = 490_000  # an hour bucket (2025-11-25)
@@ -92,6 +93,37 @@ class TestStore:
             H: 1
         }
         assert store.pending_hourly("a", None, None, (("plan", "team"),)).live == {}
+
+    def test_pending_counts_by_property_value_and_hour(self, store: CounterStore) -> None:
+        push(
+            store,
+            {
+                ("a", (("path", "/"), ("plan", "pro")), H): 1,
+                ("a", (("path", "/"), ("plan", "free")), H): 2,
+                ("a", (("path", ODD),), H + 1): 4,
+                ("a", (("plan", "pro"),), H + 1): 8,
+                ("a", (("path", "/"),), H + 2): 16,
+                ("b", (("path", "/"),), H): 32,
+            },
+        )
+        assert store.pending_property_hourly("a", "path", H, H + 2, ()).live == {
+            ("/", H): 3,
+            (ODD, H + 1): 4,
+            (Bucket.NONE, H + 1): 8,
+        }
+        pro = (("plan", "pro"),)
+        assert store.pending_property_hourly("a", "path", None, None, pro).live == {
+            ("/", H): 1,
+            (Bucket.NONE, H + 1): 8,
+        }
+        store.claim()
+        pending = store.pending_property_hourly("a", "path", None, None, pro)
+        assert pending.live == {}
+        claimed: dict = {}  # type: ignore[type-arg]
+        for counts in pending.claimed.values():
+            for key, n in counts.items():
+                claimed[key] = claimed.get(key, 0) + n
+        assert claimed == {("/", H): 1, (Bucket.NONE, H + 1): 8}
 
     def test_names_with_separators_and_unicode_round_trip(self, store: CounterStore) -> None:
         props = ((ODD, ODD), ("z", "1"))
@@ -243,6 +275,57 @@ class TestSink:
         sink.apply(batch({(ODD, ((ODD, ODD),), H): 4}, {(ODD, ODD, D): 4}))
         assert sink.hourly_counts(ODD, None, None, ((ODD, ODD),)) == {H: 4}
         assert sink.user_counts(ODD, None, None, ODD) == {ODD: 4}
+
+    def test_property_counts_by_value_and_period(self, sink: Sink) -> None:
+        """Whole days (the rollup, where a sink has one) and hours at the edges, by value."""
+        day = D * 24  # the first hour of day D
+        sink.apply(
+            batch(
+                {
+                    ("a", (("path", "/"), ("plan", "pro")), day + 1): 1,
+                    ("a", (("path", "/"), ("plan", "free")), day + 30): 2,
+                    ("a", (("path", "/b"),), day + 30): 4,
+                    ("a", (("path", ODD),), day + 49): 8,
+                    ("a", (("plan", "pro"),), day + 2): 16,
+                    ("a", (("path", "/c"),), day + 3): 32,
+                    ("b", (("path", "/"),), day): 64,
+                }
+            )
+        )
+        bounds = [day, day + 24, day + 50]  # a whole day, then a day and two hours
+        assert sink.property_counts("a", "path", bounds, ()) == {
+            ("/", 0): 1,
+            (Bucket.NONE, 0): 16,
+            ("/c", 0): 32,
+            ("/", 1): 2,
+            ("/b", 1): 4,
+            (ODD, 1): 8,
+        }
+        assert sink.property_counts("a", "path", [day + 2, None], (("plan", "pro"),)) == {
+            (Bucket.NONE, 0): 16
+        }
+        # Ranked over all periods: /c 32, / 3, ODD 8, /b 4; ties would go to the smaller.
+        assert sink.property_counts("a", "path", bounds, (), 2, ["/b"]) == {
+            ("/c", 0): 32,
+            (ODD, 1): 8,
+            ("/b", 1): 4,
+            (Bucket.OTHER, 0): 1,
+            (Bucket.OTHER, 1): 2,
+            (Bucket.NONE, 0): 16,
+        }
+        assert sink.property_counts("a", "plan", [None, None], (), 1, ()) == {
+            ("pro", 0): 17,
+            (Bucket.OTHER, 0): 2,
+            (Bucket.NONE, 0): 44,
+        }
+
+    def test_property_count_ties_go_to_the_smaller_value(self, sink: Sink) -> None:
+        values = ["b", "a", "B", "é", "aa"]
+        sink.apply(batch({("a", (("k", v),), H): 5 for v in values}))
+        for limit in range(1, 6):
+            counts = sink.property_counts("a", "k", [None, None], (), limit, ())
+            listed = sorted(v for v, _ in counts if isinstance(v, str))
+            assert listed == sorted(values)[:limit]
 
     def test_a_snapshot_reads_counts_and_ledger_as_of_one_moment(self, sink: Sink) -> None:
         before = batch({("a", (), H): 1}, {("a", "u", D): 1})

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ import analytics_sdk
 from analytics_sdk import Analytics
 from analytics_sdk.cli import main
 
-from .utils import drop_schema, postgres_url_or_skip, unique_name
+from .utils import drop_schema, postgres_url_or_skip, redis_and_postgres, unique_name
 
 
 def test_demo_runs_and_reports_exact_counts(capsys: pytest.CaptureFixture[str]) -> None:
@@ -205,5 +206,123 @@ def test_a_bad_range_is_refused_before_anything_is_read(
 ) -> None:
     monkeypatch.delenv("ANALYTICS_SINK", raising=False)  # refused before the sink is needed
     code, err = _fail(["query", "e", "--from", start, "--to", end, "--by", by], capsys)
+    assert code == 2
+    assert message in err
+
+
+# -- query --by PROPERTY ---------------------------------------------------------------------
+
+BREAKDOWN_PAGE = Path(__file__).resolve().parents[1] / "docs" / "breakdowns.md"
+
+
+def _track_views(client: Analytics) -> None:
+    """The page views of the worked example in docs/breakdowns.md."""
+    views = [
+        (24, "/home", "free", 40),
+        (24, "/pricing", "free", 12),
+        (24, "/docs", "pro", 9),
+        (25, "/home", "pro", 35),
+        (25, "/pricing", "free", 20),
+        (25, "/blog", "free", 4),
+        (26, "/home", "free", 38),
+        (26, "/docs", "pro", 15),
+        (26, "/blog", "pro", 3),
+    ]
+    for day, path, plan, n in views:
+        when = datetime(2026, 11, day, 10, tzinfo=timezone.utc)
+        client.track("page_view", properties={"path": path, "plan": plan}, value=n, timestamp=when)
+    client.track("page_view", value=6, timestamp=datetime(2026, 11, 25, 8, tzinfo=timezone.utc))
+
+
+def _page_block(page: Path, heading: str, language: str) -> str:
+    """Return the first ``language`` code block after ``heading`` in ``page``."""
+    text = page.read_text(encoding="utf-8")
+    section = text[text.index(f"\n{heading}\n") :]
+    start = section.index(f"```{language}\n") + len(language) + 4
+    return section[start : section.index("```", start)]
+
+
+def test_query_by_a_property_prints_the_table_the_breakdowns_page_shows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with redis_and_postgres("cli") as (store, sink):
+        with Analytics(store=store, sink=sink, background=False) as client:
+            _track_views(client)
+        # Pushed to the store, never flushed: the command reads it with --store.
+        with Analytics(store=store, sink=sink, background=False, flusher=False) as client:
+            when = datetime(2026, 11, 26, 11, tzinfo=timezone.utc)
+            client.track("page_view", properties={"path": "/home"}, value=7, timestamp=when)
+        capsys.readouterr()
+        args = ["query", "page_view", "--from", "2026-11-24", "--to", "2026-11-26", "--by", "path"]
+        args += ["--limit", "2", "--sink", sink]
+        assert main(args) == 0
+        shown = _page_block(BREAKDOWN_PAGE, "## From the command line", "text")
+        assert capsys.readouterr().out == shown
+        assert main([*args, "--store", store, "--format", "csv"]) == 0
+        rows = capsys.readouterr().out.splitlines()
+        assert rows[0] == "period,value,count"
+        assert rows[1:4] == [
+            "2026-11-24T00:00:00+00:00,/home,40",
+            "2026-11-25T00:00:00+00:00,/home,35",
+            "2026-11-26T00:00:00+00:00,/home,45",
+        ]
+        assert rows[-3:] == [
+            "2026-11-24T00:00:00+00:00,(none),0",
+            "2026-11-25T00:00:00+00:00,(none),6",
+            "2026-11-26T00:00:00+00:00,(none),0",
+        ]
+        assert main([*args, "--format", "json", "--property", "plan=pro"]) == 0
+        assert json.loads(capsys.readouterr().out) == [
+            {"period": f"2026-11-{d}T00:00:00+00:00", "value": v, "count": n}
+            for v, counts in [("/home", [0, 35, 0]), ("/docs", [9, 0, 15]), ("(other)", [0, 0, 3])]
+            for d, n in zip((24, 25, 26), counts, strict=True)
+        ]
+
+
+def test_by_a_granularity_word_is_the_older_spelling_unless_granularity_is_given(
+    pg_schema: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, schema = pg_schema
+    sink = f"{url}?schema={schema}"
+    with Analytics(sink=sink, background=False) as client:
+        for day, n in ((2, 1), (3, 2), (9, 4)):
+            when = datetime(2026, 11, day, 10, tzinfo=timezone.utc)
+            client.track("e", properties={"day": f"d{day}"}, value=n, timestamp=when)
+    capsys.readouterr()
+    args = ["query", "e", "--from", "2026-11-02", "--to", "2026-11-09", "--sink", sink]
+    assert main([*args, "--by", "week", "--format", "csv"]) == 0
+    assert capsys.readouterr().out == (
+        "period,count\n2026-11-02T00:00:00+00:00,3\n2026-11-09T00:00:00+00:00,4\n"
+    )
+    assert main([*args, "--granularity", "week", "--by", "day", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "period,value,count",
+        "2026-11-02T00:00:00+00:00,d9,0",
+        "2026-11-09T00:00:00+00:00,d9,4",
+        "2026-11-02T00:00:00+00:00,d3,2",
+        "2026-11-09T00:00:00+00:00,d3,0",
+        "2026-11-02T00:00:00+00:00,d2,1",
+        "2026-11-09T00:00:00+00:00,d2,0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--by", "path", "--limit", "0"], "0 is out of range; accepted: 1 to 1000"),
+        (["--limit", "5"], "--limit 5 is not accepted without --by PROPERTY"),
+        (["--by", ""], "--by '' has 0 characters; accepted: 1 to 100"),
+        (["--by", "k" * 101], "has 101 characters; accepted: 1 to 100"),
+    ],
+)
+def test_a_bad_breakdown_is_refused_before_anything_is_read(
+    extra: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("ANALYTICS_SINK", raising=False)  # refused before the sink is needed
+    args = ["query", "e", "--from", "2026-11-20", "--to", "2026-11-21", *extra]
+    code, err = _fail(args, capsys)
     assert code == 2
     assert message in err

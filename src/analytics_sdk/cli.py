@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import sys
 import time
@@ -14,6 +16,7 @@ from . import __version__
 from .backends.base import Sink
 from .charts import bar, sparkline
 from .errors import AnalyticsError, BackendError, ConfigurationError
+from .query import MAX_VALUES
 
 __all__ = ["main"]
 
@@ -103,33 +106,57 @@ def _readable_sink(url: str) -> Sink:
 
 
 def query(args: argparse.Namespace, out: TextIO) -> int:
-    """Print the series of an event from the configured sink (and store); return 0."""
-    import json as json_module
-
+    """Print the series of an event, or its breakdown by a property, from the configured
+    sink (and store); return 0."""
     from .client import Analytics
-    from .query import periods, resolve_tz
+    from .events import validate_property_key
+    from .query import GRANULARITIES, periods, resolve_tz
 
+    granularity, by = args.granularity, args.by
+    if granularity is None:
+        # --by hour|day|week|month is the older spelling of --granularity.
+        granularity, by = (by, None) if by in GRANULARITIES else ("day", by)
+    if args.limit is not None and by is None:
+        raise ValueError(f"--limit {args.limit} is not accepted without --by PROPERTY")
+    if by is not None:
+        validate_property_key(by, "--by")
     tz = resolve_tz(args.tz)
     end = args.end
-    if args.by == "hour" and not isinstance(end, datetime):
+    if granularity == "hour" and not isinstance(end, datetime):
         # --to is included: a date stands for its last hour too.
         end = datetime(end.year, end.month, end.day, 23, tzinfo=tz)
-    next(periods(args.start, end, args.by, tz))  # a bad range fails before any connection
+    spans = periods(args.start, end, granularity, tz)
+    next(spans)  # a bad range fails before any connection
     sink = _readable_sink(_url(args.sink, "ANALYTICS_SINK", "--sink"))
     store = args.store or os.environ.get("ANALYTICS_STORE") or "memory://"
+    properties = dict(args.property) or None
     with Analytics(store=store, sink=sink, background=False, flusher=False) as client:
-        series = client.series(
-            args.event,
-            args.start,
-            end,
-            granularity=args.by,
-            tz=args.tz,
-            properties=dict(args.property) or None,
-        )
-    fmt = "%Y-%m-%d %H:%M" if args.by == "hour" else "%Y-%m-%d"
-    if args.format == "json":
+        if by is None:
+            series = client.series(
+                args.event,
+                args.start,
+                end,
+                granularity=granularity,
+                tz=args.tz,
+                properties=properties,
+            )
+        else:
+            breakdown = client.breakdown(
+                args.event,
+                by,
+                args.start,
+                end,
+                granularity=granularity,
+                tz=args.tz,
+                properties=properties,
+                limit=10 if args.limit is None else args.limit,
+            )
+    fmt = "%Y-%m-%d %H:%M" if granularity == "hour" else "%Y-%m-%d"
+    if by is not None:
+        _print_breakdown(args, granularity, by, breakdown, fmt, out)
+    elif args.format == "json":
         rows = [{"period": label.isoformat(), "count": n} for label, n in series]
-        out.write(json_module.dumps(rows, indent=2) + "\n")
+        out.write(json.dumps(rows, indent=2) + "\n")
     elif args.format == "csv":
         out.write("period,count\n")
         for label, n in series:
@@ -137,11 +164,54 @@ def query(args: argparse.Namespace, out: TextIO) -> int:
     else:
         counts = [n for _, n in series]
         peak = max(counts, default=0)
-        out.write(f"{args.event} by {args.by} ({args.tz})  {sparkline(counts)}\n")
+        out.write(f"{args.event} by {granularity} ({args.tz})  {sparkline(counts)}\n")
         for label, n in series:
             out.write(f"  {label.strftime(fmt):<16}{n:>12,}  {bar(n, peak, 30)}\n")
         out.write(f"  {'total':<16}{sum(counts):>12,}\n")
     return 0
+
+
+VALUE_WIDTH = 40
+"""Characters of a value the breakdown table shows (longer ones end in an ellipsis)."""
+
+
+def _print_breakdown(
+    args: argparse.Namespace,
+    granularity: str,
+    by: str,
+    breakdown: dict[str, list[tuple[datetime, int]]],
+    fmt: str,
+    out: TextIO,
+) -> None:
+    """Print a breakdown as a table (a row per value), or as csv/json rows per value and
+    period."""
+    if args.format == "json":
+        rows = [
+            {"period": label.isoformat(), "value": value, "count": n}
+            for value, series in breakdown.items()
+            for label, n in series
+        ]
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return
+    if args.format == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["period", "value", "count"])
+        for value, series in breakdown.items():
+            writer.writerows((label.isoformat(), value, n) for label, n in series)
+        return
+    totals = {value: sum(n for _, n in series) for value, series in breakdown.items()}
+    grand = sum(totals.values())
+    names = {v: v if len(v) <= VALUE_WIDTH else v[: VALUE_WIDTH - 1] + "\u2026" for v in breakdown}
+    width = max([len("value"), len("total"), *map(len, names.values())])
+    out.write(f"{args.event} by {by}, by {granularity} ({args.tz})\n")
+    labels = [label for label, _ in next(iter(breakdown.values()), [])]
+    span = f"{labels[0].strftime(fmt)} .. {labels[-1].strftime(fmt)}" if labels else ""
+    out.write(f"  {'value':<{width}}{'total':>12}  {'share':>6}  {span}\n")
+    for value, series in breakdown.items():
+        share = f"{totals[value] / grand:.1%}"
+        spark = sparkline([n for _, n in series])
+        out.write(f"  {names[value]:<{width}}{totals[value]:>12,}  {share:>6}  {spark}\n")
+    out.write(f"  {'total':<{width}}{grand:>12,}\n")
 
 
 def migrate(sink_url: str | None, out: TextIO) -> int:
@@ -216,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="sink URL, e.g. postgresql://host/db?schema=analytics (default: ANALYTICS_SINK)",
     )
 
-    q = commands.add_parser("query", help="print an event's time series")
+    q = commands.add_parser(
+        "query", help="print an event's time series, or its breakdown by a property"
+    )
     q.add_argument("event", help="event name")
     q.add_argument(
         "--from", dest="start", type=_when, required=True, help="first date (or datetime)"
@@ -225,7 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", dest="end", type=_when, required=True, help="last date (or datetime), included"
     )
     q.add_argument(
-        "--by", choices=["hour", "day", "week", "month"], default="day", help="period (default day)"
+        "--granularity",
+        choices=["hour", "day", "week", "month"],
+        help="period (default day; --by hour|day|week|month also sets it when this is not given)",
+    )
+    q.add_argument(
+        "--by",
+        metavar="PROPERTY",
+        help="break the series down by this property's values (the top --limit, (other), (none))",
+    )
+    q.add_argument(
+        "--limit",
+        type=_count_arg(1, MAX_VALUES),
+        help="values listed on their own with --by (default 10)",
     )
     q.add_argument("--tz", default="UTC", help="time zone of the periods (default UTC)")
     q.add_argument(

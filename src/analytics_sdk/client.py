@@ -13,13 +13,20 @@ import attrs
 from . import process
 from .aggregator import Aggregator
 from .backends import sink_from_url, store_from_url
-from .backends.base import CounterStore, Delta, Sink
+from .backends.base import Bucket, CounterStore, Delta, PropertyValue, Sink
 from .config import Config
 from .errors import ConfigurationError
-from .events import MAX_VALUE, Validator, validate_timestamp, validate_value
+from .events import (
+    MAX_VALUE,
+    Validator,
+    validate_property_key,
+    validate_timestamp,
+    validate_value,
+)
 from .feature import FEATURE_EVENT, FeatureTracker, feature_name
 from .keys import Properties, day_of, hour_of
 from .query import (
+    MAX_VALUES,
     QueryEngine,
     check_day,
     check_moment,
@@ -34,7 +41,12 @@ from .stats import EventTotals, FeatureStats
 if TYPE_CHECKING:
     from .prometheus import MetricsServer
 
-__all__ = ["Analytics"]
+__all__ = ["NONE", "OTHER", "Analytics"]
+
+OTHER = Bucket.OTHER.value
+"""``"(other)"``: a breakdown's key for the values not listed on their own."""
+NONE = Bucket.NONE.value
+"""``"(none)"``: a breakdown's key for the events without the property."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -394,6 +406,93 @@ class Analytics:
         first = day_of(check_day(day))
         return self._query.top_users(self._event(event), first, first + 1, limit)
 
+    def breakdown(
+        self,
+        event: str,
+        by: str,
+        start: date | datetime,
+        end: date | datetime,
+        *,
+        granularity: str = "day",
+        tz: str | tzinfo = "UTC",
+        properties: Mapping[str, str | int | bool] | None = None,
+        limit: int = 10,
+    ) -> dict[str, list[tuple[datetime, int]]]:
+        """Return ``{value: [(period start, count)]}``: the series of ``event`` of each of
+        the ``limit`` values of property ``by`` with the most counts over the range, most
+        first, then ``"(other)"`` (the other values summed) and ``"(none)"`` (events without
+        ``by``), each present only if it has counts.
+
+        Periods, ``start``, ``end``, ``granularity``, ``tz`` and ``properties`` are as in
+        :meth:`series`, whose counts the series add up to. A value is keyed by the text
+        ``track()`` stores for it (``True`` -> ``"true"``, ``7`` -> ``"7"``, as the
+        ``properties`` filter matches it); ties in the ranking go to the smaller value by
+        code point. ``limit`` is 1 to ``MAX_VALUES`` (1,000).
+        """
+        name = self._event(event)
+        key = validate_property_key(by, "by (a property key)")
+        _check_limit(limit)
+        spans = list(periods(start, end, granularity, resolve_tz(tz)))
+        bounds: list[int | None] = [first for _, first, _ in spans]
+        bounds.append(spans[-1][2])
+        counts = self._query.property_counts(name, key, bounds, self._filter(properties), limit)
+        series: dict[PropertyValue, list[int]] = {}
+        for (value, period), n in counts.items():
+            series.setdefault(value, [0] * len(spans))[period] += n
+        totals = {value: sum(ns) for value, ns in series.items() if isinstance(value, str)}
+        ranked = sorted(totals, key=lambda v: (-totals[v], v))
+        order: list[PropertyValue] = [*ranked]
+        order += [b for b in (Bucket.OTHER, Bucket.NONE) if b in series]
+        return {
+            v if isinstance(v, str) else v.value: list(
+                zip((label for label, _, _ in spans), series[v], strict=True)
+            )
+            for v in order
+        }
+
+    def top_values(
+        self,
+        event: str,
+        by: str,
+        *,
+        day: date | None = None,
+        start: date | datetime | None = None,
+        end: date | datetime | None = None,
+        limit: int = 10,
+    ) -> list[tuple[str, int]]:
+        """Return ``[(value, count)]``: the ``limit`` values of property ``by`` with the most
+        ``event``, most first (ties: the smaller value by code point).
+
+        Over a UTC ``day``; or from ``start`` to ``end``, both included (a date is its UTC
+        day, an aware datetime its hour; either may be left open); or all time. Values are
+        keyed as in :meth:`breakdown`; events without ``by`` are not ranked. ``limit`` is
+        1 to ``MAX_VALUES`` (1,000).
+        """
+        name = self._event(event)
+        key = validate_property_key(by, "by (a property key)")
+        _check_limit(limit)
+        if day is not None:
+            if start is not None or end is not None:
+                raise ValueError("pass day= or start=/end=, not both")
+            bounds: list[int | None] = list(day_hours(check_day(day)))
+        else:
+            bounds = [
+                None if start is None else _hour_bound(start, "start", last=False),
+                None if end is None else _hour_bound(end, "end", last=True),
+            ]
+            if (
+                start is not None
+                and end is not None
+                and _hour_bound(start, "start", last=False) >= _hour_bound(end, "end", last=True)
+            ):
+                raise ValueError(
+                    f"start {start.isoformat()} is after end {end.isoformat()}; "
+                    "accepted: start <= end"
+                )
+        counts = self._query.property_counts(name, key, bounds, (), limit)
+        ranked = [(v, n) for (v, _), n in counts.items() if isinstance(v, str)]
+        return sorted(ranked, key=lambda item: (-item[1], item[0]))
+
     # -- process life ------------------------------------------------------------------------
 
     def _before_fork(self) -> None:
@@ -414,3 +513,25 @@ class Analytics:
             self.metrics_server = None
         if not self.closed:
             self.scheduler.after_fork_in_child()
+
+
+def _check_limit(limit: object) -> None:
+    if type(limit) is not int or not 1 <= limit <= MAX_VALUES:
+        raise ValueError(
+            f"limit {limit!r} is not accepted; accepted: an int from 1 to {MAX_VALUES:,}"
+        )
+
+
+def _hour_bound(moment: date | datetime, name: str, *, last: bool) -> int:
+    """Return the first hour bucket of ``moment`` (its hour, or its UTC day's first hour), or
+    with ``last`` the bucket after its last hour."""
+    if isinstance(moment, datetime):
+        hour = hour_of(check_moment(moment, name))
+        return hour + 1 if last else hour
+    if not isinstance(moment, date):
+        raise TypeError(
+            f"{name} {moment!r} is of type {type(moment).__name__}; "
+            "accepted: a date or an aware datetime"
+        )
+    first, after = day_hours(check_day(moment, name))
+    return after if last else first

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_VALUE",
     "MIN_TIMESTAMP",
     "Validator",
+    "validate_property_key",
 ]
 
 MAX_NAME_LENGTH = 200
@@ -144,6 +145,18 @@ def _property_value(key: str, value: object) -> str:
         f"property {key!r} has value {value!r} of type {type(value).__name__}; "
         "accepted: str, int or bool (properties are a flat mapping)"
     )
+
+
+def validate_property_key(key: object, what: str = "property key") -> str:
+    """Return ``key`` if it is a property key ``track()`` accepts (a non-empty printable
+    ``str`` of at most ``MAX_PROPERTY_KEY_LENGTH`` characters), or raise."""
+    if not isinstance(key, str):
+        raise TypeError(
+            f"{what} {key!r} is of type {type(key).__name__}; accepted: str (a property key)"
+        )
+    text = str.__str__(key)
+    _check_text(what, text, MAX_PROPERTY_KEY_LENGTH)
+    return text
 
 
 def validate_properties(properties: object, max_properties: int) -> Properties:

@@ -27,6 +27,7 @@ period boundary counts toward the later period).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from datetime import date, datetime, time, timedelta, tzinfo
@@ -40,10 +41,13 @@ from .backends.base import (
     CounterStore,
     Delta,
     Pending,
+    PropertyValue,
     Sink,
     SinkSnapshot,
     hourly_of,
     periods_of,
+    property_hours_of,
+    rank_values,
     users_of,
 )
 from .events import MIN_TIMESTAMP
@@ -54,6 +58,7 @@ __all__ = [
     "GRANULARITIES",
     "LAST_DAY",
     "MAX_PERIODS",
+    "MAX_VALUES",
     "READ_ATTEMPTS",
     "Granularity",
     "QueryEngine",
@@ -63,6 +68,8 @@ __all__ = [
 
 Granularity = Literal["hour", "day", "week", "month"]
 GRANULARITIES: tuple[str, ...] = ("hour", "day", "week", "month")
+MAX_VALUES = 1_000
+"""The most values one breakdown or top_values lists on their own (``limit``)."""
 MAX_PERIODS = 10_000
 """The most periods one series returns: a year by hour (8,784), 27 years by day."""
 FIRST_DAY = MIN_TIMESTAMP.date()
@@ -77,6 +84,18 @@ K = TypeVar("K")
 def _add(target: dict[K, int], counts: dict[K, int]) -> None:
     for key, value in counts.items():
         target[key] = target.get(key, 0) + value
+
+
+def _value_periods(
+    counts: dict[tuple[PropertyValue, int], int], bounds: Sequence[int | None]
+) -> dict[tuple[PropertyValue, int], int]:
+    """Sum counts by (value, hour) into (value, period), as :func:`periods_of` does."""
+    starts = [b for b in bounds[1:-1] if b is not None]
+    out: dict[tuple[PropertyValue, int], int] = {}
+    for (value, hour), n in counts.items():
+        key = (value, bisect_right(starts, hour))
+        out[key] = out.get(key, 0) + n
+    return out
 
 
 @attrs.frozen(kw_only=True)
@@ -197,6 +216,53 @@ class QueryEngine:
                 ),
             )
         )
+
+    def property_counts(
+        self,
+        event: str,
+        by: str,
+        bounds: Sequence[int | None],
+        properties: Properties,
+        limit: int | None,
+    ) -> dict[tuple[PropertyValue, int], int]:
+        """Return exact counts of ``event`` by value of property ``by`` and period (periods
+        as :meth:`period_counts` has them): the ``limit`` values with the most counts over
+        all periods (ties: the smaller value by code point) on their own, the others under
+        ``Bucket.OTHER``, events without ``by`` under ``Bucket.NONE``.
+
+        The sink ranks its own counts (:meth:`~analytics_sdk.backends.base.Sink.
+        property_counts`) and lists besides every value with pending or buffered counts:
+        counts only grow, so a value outside the sink's top ``limit`` and without other
+        counts cannot be in the answer. The ranking is then redone on the merged counts.
+        """
+        start, end = bounds[0], bounds[-1]
+        seen: set[str] = set()
+
+        def note(
+            counts: dict[tuple[PropertyValue, int], int],
+        ) -> dict[tuple[PropertyValue, int], int]:
+            out = _value_periods(counts, bounds)
+            seen.update(value for value, _ in out if isinstance(value, str))
+            return out
+
+        def pending() -> Pending[tuple[PropertyValue, int]]:
+            read = self.store.pending_property_hourly(event, by, start, end, properties)
+            return Pending(
+                live=note(read.live), claimed={i: note(c) for i, c in read.claimed.items()}
+            )
+
+        counts = self._read(
+            _Read(
+                pending=pending,
+                durable=lambda sink: sink.property_counts(
+                    event, by, bounds, properties, limit, set(seen)
+                ),
+                local=lambda delta: note(
+                    property_hours_of(delta.hourly, event, by, start, end, properties)
+                ),
+            )
+        )
+        return rank_values(counts, limit, ())
 
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None

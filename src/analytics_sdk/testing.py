@@ -93,7 +93,8 @@ class Recorder:
         return self.client.count(event, **query)
 
     def __getattr__(self, name: str) -> Any:
-        # hourly, series, unique_users, top_users, flush, ... of the recording client.
+        # hourly, series, breakdown, top_values, unique_users, top_users, flush, ... of the
+        # recording client.
         return getattr(self.client, name)
 
     def clear(self) -> None:

@@ -28,6 +28,7 @@ from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from enum import Enum
 from typing import Generic, TypeVar
 
 import attrs
@@ -37,6 +38,7 @@ from ..keys import HourKey, Properties, UserKey
 __all__ = [
     "DEFAULT_MAX_BATCH_KEYS",
     "Batch",
+    "Bucket",
     "CounterStore",
     "Delta",
     "Pending",
@@ -45,6 +47,8 @@ __all__ = [
     "SinkSnapshot",
     "matches",
     "periods_of",
+    "property_hours_of",
+    "rank_values",
 ]
 
 T = TypeVar("T")
@@ -135,6 +139,61 @@ def hourly_of(
     return out
 
 
+class Bucket(Enum):
+    """Counts of a breakdown that are not one property value's."""
+
+    NONE = "(none)"
+    """Events without the property."""
+    OTHER = "(other)"
+    """Events whose value is not listed on its own (not among the ranked values)."""
+
+
+PropertyValue = str | Bucket
+"""A breakdown's key: a property value (its stored text), or a :class:`Bucket`."""
+
+
+def property_hours_of(
+    counts: dict[HourKey, int],
+    event: str,
+    by: str,
+    start: int | None,
+    end: int | None,
+    wanted: Properties,
+) -> dict[tuple[PropertyValue, int], int]:
+    """Return the counts of ``event`` in ``[start, end)`` whose properties match, by the
+    value of property ``by`` (:attr:`Bucket.NONE` without it) and hour."""
+    out: dict[tuple[PropertyValue, int], int] = {}
+    for (name, properties, hour), value in counts.items():
+        if name == event and in_range(hour, start, end) and matches(properties, wanted):
+            key = (dict(properties).get(by, Bucket.NONE), hour)
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def rank_values(
+    counts: dict[tuple[PropertyValue, T], int], limit: int | None, keep: Collection[str]
+) -> dict[tuple[PropertyValue, T], int]:
+    """Return ``counts`` (by value and period) with only the ``limit`` values with the
+    highest totals (ties: the smaller value by code point) and those in ``keep`` listed on
+    their own; the others' counts are summed by period under :attr:`Bucket.OTHER`.
+
+    ``limit`` None lists every value.
+    """
+    if limit is None:
+        return dict(counts)
+    totals: dict[str, int] = {}
+    for (value, _), n in counts.items():
+        if isinstance(value, str):
+            totals[value] = totals.get(value, 0) + n
+    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+    listed = {value for value, _ in ranked} | set(keep)
+    out: dict[tuple[PropertyValue, T], int] = {}
+    for (value, period), n in counts.items():
+        key = (value if not isinstance(value, str) or value in listed else Bucket.OTHER, period)
+        out[key] = out.get(key, 0) + n
+    return out
+
+
 def periods_of(counts: dict[int, int], bounds: Sequence[int | None]) -> dict[int, int]:
     """Sum counts by hour into periods: period ``i`` holds the hours in
     ``[bounds[i], bounds[i + 1])`` (``None`` first or last: unbounded)."""
@@ -212,6 +271,14 @@ class CounterStore(ABC):
         property sets that contain ``properties``."""
 
     @abstractmethod
+    def pending_property_hourly(
+        self, event: str, by: str, start: int | None, end: int | None, properties: Properties
+    ) -> Pending[tuple[PropertyValue, int]]:
+        """Return pending counts of ``event`` in ``[start, end)`` whose property sets contain
+        ``properties``, by the value of property ``by`` (:attr:`Bucket.NONE` for the sets
+        without it) and hour."""
+
+    @abstractmethod
     def pending_users(
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> Pending[str]:
@@ -256,6 +323,19 @@ class SinkSnapshot(ABC):
         """Return counts of ``event`` by period, as :meth:`Sink.period_counts` does."""
         hourly = self.hourly_counts(event, bounds[0], bounds[-1], properties)
         return periods_of(hourly, bounds)
+
+    @abstractmethod
+    def property_counts(
+        self,
+        event: str,
+        by: str,
+        bounds: Sequence[int | None],
+        properties: Properties,
+        limit: int | None,
+        keep: Collection[str],
+    ) -> dict[tuple[PropertyValue, int], int]:
+        """Return counts of ``event`` by property value and period, as
+        :meth:`Sink.property_counts` does."""
 
     @abstractmethod
     def user_counts(
@@ -320,6 +400,29 @@ class Sink(ABC):
         """
         with self.snapshot() as snapshot:
             return snapshot.period_counts(event, bounds, properties)
+
+    def property_counts(
+        self,
+        event: str,
+        by: str,
+        bounds: Sequence[int | None],
+        properties: Properties,
+        limit: int | None = None,
+        keep: Collection[str] = (),
+    ) -> dict[tuple[PropertyValue, int], int]:
+        """Return counts of ``event`` whose property sets contain ``properties``, by the
+        value of property ``by`` and period (periods as :meth:`period_counts` has them),
+        a key only if it has counts.
+
+        Sets without ``by`` count under :attr:`Bucket.NONE`. The ``limit`` values with the
+        highest totals over all periods (ties: the smaller value by code point) and those
+        in ``keep`` count under their value; the other values' counts are summed by period
+        under :attr:`Bucket.OTHER` (:func:`rank_values`). ``limit`` None lists them all.
+        A sink answers whole days from a daily rollup where it has one, as
+        :meth:`period_counts` does.
+        """
+        with self.snapshot() as snapshot:
+            return snapshot.property_counts(event, by, bounds, properties, limit, keep)
 
     @abstractmethod
     def user_counts(

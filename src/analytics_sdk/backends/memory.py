@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -19,15 +20,19 @@ from ..keys import Properties
 from .base import (
     DEFAULT_MAX_BATCH_KEYS,
     Batch,
+    Bucket,
     CounterStore,
     Delta,
     Pending,
+    PropertyValue,
     Push,
     Sink,
     SinkSnapshot,
     hourly_of,
     in_range,
     matches,
+    property_hours_of,
+    rank_values,
     users_of,
 )
 
@@ -113,6 +118,20 @@ class MemoryCounterStore(CounterStore):
                 live=hourly_of(self._live.hourly, event, start, end, properties),
                 claimed={
                     batch_id: hourly_of(batch.delta.hourly, event, start, end, properties)
+                    for batch_id, batch in self._claims.items()
+                },
+            )
+
+    def pending_property_hourly(
+        self, event: str, by: str, start: int | None, end: int | None, properties: Properties
+    ) -> Pending[tuple[PropertyValue, int]]:
+        with self._lock:
+            return Pending(
+                live=property_hours_of(self._live.hourly, event, by, start, end, properties),
+                claimed={
+                    batch_id: property_hours_of(
+                        batch.delta.hourly, event, by, start, end, properties
+                    )
                     for batch_id, batch in self._claims.items()
                 },
             )
@@ -245,6 +264,24 @@ class _MemorySnapshot(SinkSnapshot):
             if in_range(hour, start, end) and matches(props, properties):
                 out[hour] = out.get(hour, 0) + value
         return out
+
+    def property_counts(
+        self,
+        event: str,
+        by: str,
+        bounds: Sequence[int | None],
+        properties: Properties,
+        limit: int | None,
+        keep: Collection[str],
+    ) -> dict[tuple[PropertyValue, int], int]:
+        self.hold()
+        starts = [b for b in bounds[1:-1] if b is not None]
+        out: dict[tuple[PropertyValue, int], int] = {}
+        for (props, hour), n in self._sink._hourly.get(event, {}).items():
+            if in_range(hour, bounds[0], bounds[-1]) and matches(props, properties):
+                key = (dict(props).get(by, Bucket.NONE), bisect_right(starts, hour))
+                out[key] = out.get(key, 0) + n
+        return rank_values(out, limit, keep)
 
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None

@@ -28,7 +28,7 @@ from ..errors import ConfigurationError, SinkError, remember_secret
 from ..keys import Properties, encode_properties
 from ..process import exiting
 from . import check_url_options, redact_url, url_secrets
-from .base import Batch, Sink, SinkSnapshot
+from .base import Batch, Bucket, PropertyValue, Sink, SinkSnapshot
 
 __all__ = ["PostgresSink", "migrate"]
 
@@ -537,6 +537,34 @@ class _PostgresSnapshot(SinkSnapshot):
                     out[i] = out.get(i, 0) + int(total)
         return out
 
+    def property_counts(
+        self,
+        event: str,
+        by: str,
+        bounds: Sequence[int | None],
+        properties: Properties,
+        limit: int | None,
+        keep: Collection[str],
+    ) -> dict[tuple[PropertyValue, int], int]:
+        days, hours = _plan(bounds, self._sink._hourly_cutoff_day())
+        params: dict[str, Any] = {
+            "event": event,
+            "by": by,
+            "props": json.dumps(dict(properties)) if properties else None,
+            "limit": limit,
+            "keep": list(keep),
+        }
+        for prefix, ranges in (("d", days), ("h", hours)):
+            columns = list(zip(*ranges, strict=True)) or [(), (), ()]
+            for name, column in zip(("p", "lo", "hi"), columns, strict=True):
+                params[prefix + name] = list(column)
+        out: dict[tuple[PropertyValue, int], int] = {}
+        # One row per (value, period); values neither ranked nor kept come summed (NULL).
+        for value, absent, period, total in self._rows("property_periods", params, prepare=False):
+            key = Bucket.NONE if absent else Bucket.OTHER if value is None else value
+            out[key, period] = out.get((key, period), 0) + int(total)
+        return out
+
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> dict[str, int]:
@@ -717,6 +745,38 @@ _STATEMENTS = {
         "AND c.hour >= to_timestamp(r.lo * 3600) AND c.hour < to_timestamp(r.hi * 3600) "
         f"WHERE {_MATCHING_SETS} "
         "GROUP BY r.p"
+    ),
+    # Counts by (value of property %(by)s, period): whole days from the rollup, the rest by
+    # hour (ranges as in periods_daily / periods_hourly), each property set's value read
+    # once per period. The %(limit)s values with the highest totals (NULL: all) and those
+    # in %(keep)s come on their own; the other values' counts are summed with value NULL,
+    # apart from the sets without the property (absent).
+    "property_periods": (
+        "WITH r AS ("
+        "SELECT c.props_hash, d.p, sum(c.count) AS n "
+        "FROM unnest(%(dp)s::integer[], %(dlo)s::integer[], %(dhi)s::integer[]) AS d (p, lo, hi) "
+        "JOIN {s}.daily_counts c ON c.event = %(event)s "
+        "AND c.day >= date '1970-01-01' + d.lo AND c.day < date '1970-01-01' + d.hi "
+        "GROUP BY 1, 2 "
+        "UNION ALL "
+        "SELECT c.props_hash, h.p, sum(c.count) AS n "
+        "FROM unnest(%(hp)s::integer[], %(hlo)s::bigint[], %(hhi)s::bigint[]) AS h (p, lo, hi) "
+        "JOIN {s}.hourly_counts c ON c.event = %(event)s "
+        "AND c.hour >= to_timestamp(h.lo * 3600) AND c.hour < to_timestamp(h.hi * 3600) "
+        "GROUP BY 1, 2"
+        "), v AS ("
+        "SELECT s.properties ->> %(by)s::text AS value, r.p, sum(r.n) AS n "
+        "FROM r JOIN {s}.property_sets s ON s.props_hash = r.props_hash "
+        "WHERE %(props)s::jsonb IS NULL OR s.properties @> %(props)s::jsonb "
+        "GROUP BY 1, 2"
+        "), listed AS ("
+        "SELECT value FROM v WHERE value IS NOT NULL GROUP BY value "
+        'ORDER BY sum(n) DESC, value COLLATE "C" LIMIT %(limit)s::bigint'
+        ") "
+        "SELECT CASE WHEN l.value IS NOT NULL OR v.value = ANY(%(keep)s::text[]) "
+        "THEN v.value END, v.value IS NULL, v.p, sum(v.n) "
+        "FROM v LEFT JOIN listed l ON l.value = v.value "
+        "GROUP BY 1, 2, 3"
     ),
     "query_users": (
         "SELECT user_id, sum(count) FROM {s}.user_daily_counts "

@@ -55,9 +55,11 @@ from . import check_url_options, redact_url
 from .base import (
     DEFAULT_MAX_BATCH_KEYS,
     Batch,
+    Bucket,
     CounterStore,
     Delta,
     Pending,
+    PropertyValue,
     Push,
     in_range,
     matches,
@@ -822,6 +824,21 @@ class RedisCounterStore(CounterStore):
             if in_range(hour, start, end) and matches(decode_properties(head), properties):
                 return hour, int(value)
             return None
+
+        return self._read_pending(f"h:{escape(event)}", decode)
+
+    def pending_property_hourly(
+        self, event: str, by: str, start: int | None, end: int | None, properties: Properties
+    ) -> Pending[tuple[PropertyValue, int]]:
+        def decode(field: str, value: str) -> tuple[tuple[PropertyValue, int], int] | None:
+            head, _, bucket = field.rpartition("|")
+            hour = int(bucket)
+            if not in_range(hour, start, end):
+                return None
+            pairs = decode_properties(head)
+            if not matches(pairs, properties):
+                return None
+            return (dict(pairs).get(by, Bucket.NONE), hour), int(value)
 
         return self._read_pending(f"h:{escape(event)}", decode)
 
