@@ -326,6 +326,67 @@ def redis_through_hanging_proxy() -> Iterator[tuple[HangingProxy, str]]:
         delete_redis_prefix(redis_url_or_skip(), prefix)
 
 
+def _driver_locks(store: Any) -> list[Any]:
+    """The locks redis-py takes while a thread checks a connection out or in (a single
+    server's pool; a cluster's node manager and every node's pool)."""
+    client = store._redis
+    manager = getattr(client, "nodes_manager", None)
+    if manager is None:
+        return [client.connection_pool._lock]
+    nodes = [n.redis_connection for n in manager.nodes_cache.values() if n.redis_connection]
+    return [manager._lock, *(n.connection_pool._lock for n in nodes)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.services
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_a_child_forked_while_another_thread_holds_the_driver_s_locks_does_not_hang(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    # Another thread of the parent (a flusher, a query) is inside redis-py, holding a pool's
+    # lock, at the moment of the fork: the child must not wait on it.
+    base = redis_url_or_skip() if kind == "redis" else request.getfixturevalue("redis_cluster_url")
+    prefix = unique_name("forklock")
+    client = Analytics(
+        store=f"{base}{'&' if '?' in base else '?'}prefix={prefix}",
+        push_interval=0,
+        flush_interval=3600,
+        background=False,
+    )
+    try:
+        client.track("forked")  # connections made, so the pools hold state to reset
+        locks = _driver_locks(client.store)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            for lock in locks:
+                lock.acquire()
+            held.set()
+            release.wait(60)
+            for lock in reversed(locks):
+                lock.release()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert held.wait(10)
+
+        def child() -> list[int]:
+            client.track("forked", value=2)  # write-through: pushed before it returns
+            return [client.scheduler.stats.counts_pushed, client.count("forked")]
+
+        try:
+            assert in_forked_child(child, timeout=30) == [2, 3]
+        finally:
+            release.set()
+            holder.join(10)
+        assert client.count("forked") == 3
+    finally:
+        client.shutdown(timeout=5)
+        if kind == "redis":  # the private cluster goes away with the test session
+            delete_redis_prefix(base, prefix)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings(FORK_WARNING)
 @pytest.mark.services

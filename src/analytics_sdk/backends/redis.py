@@ -875,14 +875,51 @@ class RedisCounterStore(CounterStore):
             raise StoreError(f"Redis {self._description} ping failed: {exc}") from exc
 
     def after_fork_in_child(self) -> None:
-        # redis-py replaces the parent's connections itself; the lock is ours to replace.
+        # redis-py replaces the parent's connections itself on their first use in the child,
+        # under its own locks, which another thread of the parent may have held at the fork.
         self._layout_lock = threading.Lock()
+        _fresh_driver_locks(self._redis)
 
     def close(self) -> None:
         try:
             self._redis.close()
         except self._errors:
             pass
+
+
+_NEW_LOCK: dict[type, Any] = {
+    type(threading.Lock()): threading.Lock,
+    type(threading.RLock()): threading.RLock,
+}
+
+
+def _fresh_driver_locks(client: Any) -> None:
+    """Give the driver's client, pools and cluster node manager new locks, in a forked child.
+
+    A lock of the parent's held by another of its threads at the fork (one checking a
+    connection out, say) stays held forever in the child, where that thread does not exist:
+    redis-py's first use in the child would wait on it for good (its fork check resets the
+    pool under that lock). Only the forking thread runs in the child at this point, and the
+    state those locks guard is discarded by that reset. A lock shared by two objects stays
+    shared.
+    """
+    objects = [client]
+    manager = getattr(client, "nodes_manager", None)
+    if manager is not None:
+        objects += [manager, getattr(manager, "read_load_balancer", None)]
+        for node in list(getattr(manager, "nodes_cache", {}).values()):
+            objects.append(getattr(node, "redis_connection", None))
+    objects += [getattr(o, "connection_pool", None) for o in objects if o is not None]
+    fresh: dict[int, Any] = {}
+    for obj in objects:
+        if obj is None or not hasattr(obj, "__dict__"):
+            continue
+        for name, value in list(vars(obj).items()):
+            new_lock = _NEW_LOCK.get(type(value))
+            if new_lock is not None:
+                if id(value) not in fresh:
+                    fresh[id(value)] = new_lock()
+                setattr(obj, name, fresh[id(value)])
 
 
 def _location(client: Any) -> str:
