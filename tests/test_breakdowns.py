@@ -16,14 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analytics_sdk import Analytics
-from analytics_sdk.backends import CounterStore, Sink
+from analytics_sdk.backends import Batch, CounterStore, Delta, Sink
+from analytics_sdk.backends.postgres import PostgresSink
 from analytics_sdk.client import NONE, OTHER
 from analytics_sdk.keys import day_of
 from analytics_sdk.query import MAX_VALUES, periods, resolve_tz
 from analytics_sdk.testing import ManualClock
 
 from .test_read_consistency import flush_elsewhere
-from .utils import make_sink, redis_and_postgres
+from .utils import drop_schema, make_sink, postgres_url_or_skip, redis_and_postgres, unique_name
 
 DAY0 = date(2026, 11, 20)
 HOUR0 = day_of(DAY0) * 24
@@ -226,6 +227,21 @@ def test_values_are_keyed_by_the_text_track_stores(client: Analytics) -> None:
     assert client.count("e", day=D, properties={"n": 7}) == 2
 
 
+def test_a_value_spelled_like_a_bucket_shares_its_key_and_the_sums_hold(
+    client: Analytics,
+) -> None:
+    client.track("e", properties={"k": "(none)"}, value=5, timestamp=_at(D, 1))
+    client.track("e", value=2, timestamp=_at(D, 1))
+    client.track("e", properties={"k": "a"}, value=3, timestamp=_at(D, 1))
+    client.track("e", properties={"k": "b"}, value=1, timestamp=_at(D, 1))
+    assert _counts(client.breakdown("e", "k", D, D, limit=2)) == {
+        "(none)": [7],
+        "a": [3],
+        OTHER: [1],
+    }
+    assert client.top_values("e", "k", day=D) == [("(none)", 5), ("a", 3), ("b", 1)]
+
+
 def test_ties_go_to_the_smaller_value_by_code_point(client: Analytics) -> None:
     for value in ["b", "a", "B", "\u00e9", "aa"]:
         client.track("e", properties={"k": value}, value=3, timestamp=_at(D, 1))
@@ -401,6 +417,57 @@ def test_whole_days_come_from_the_daily_rollup(
             paris = client.breakdown("v", "k", D, D + timedelta(days=1), tz="Europe/Paris")
             assert paris == {}
             assert client.top_values("v", "k", day=D) == [("x", 16), ("y", 8)]
+
+
+PAIRS = [tuple(sorted((k, _text(v)) for k, v in props.items())) for props in SETS]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    hours=st.dictionaries(
+        st.tuples(st.sampled_from(range(len(SETS))), st.integers(0, 9 * 24 - 1)),
+        st.integers(1, 9),
+        max_size=60,
+    ),
+    inner=st.lists(st.integers(HOUR0 - 48, HOUR0 + 12 * 24), min_size=1, max_size=8).map(sorted),
+    open_start=st.booleans(),
+    open_end=st.booleans(),
+    retention=st.sampled_from([None, 2, 5, 8]),
+    pruned=st.booleans(),
+)
+def test_postgres_property_counts_add_up_to_its_period_counts(
+    hours: dict[tuple[int, int], int],
+    inner: list[int],
+    open_start: bool,
+    open_end: bool,
+    retention: int | None,
+    pruned: bool,
+) -> None:
+    """By value, the planned read (rollup for whole days, hours at the edges, retention's
+    cutoff) gives what the sink's own period counts give, filtered by that value."""
+    url = postgres_url_or_skip()
+    schema = unique_name("breakdown")
+    clock = ManualClock(start=NOW)
+    sink = PostgresSink(url, schema=schema, hourly_retention_days=retention, clock=clock.time)
+    try:
+        delta = Delta(hourly={("v", PAIRS[s], HOUR0 + h): n for (s, h), n in hours.items()})
+        sink.apply(Batch(id="b", delta=delta, claimed_at=0.0))
+        if pruned:
+            sink.prune()
+        bounds: list[int | None] = [None] * open_start + list(inner) + [None] * open_end
+        if len(bounds) < 2:
+            bounds = [None, *bounds]
+        counts = sink.property_counts("v", "path", bounds, ())
+        totals: dict[int, int] = {}
+        for (_, period), n in counts.items():
+            totals[period] = totals.get(period, 0) + n
+        assert totals == sink.period_counts("v", bounds, ())
+        for value in {v for v, _ in counts if isinstance(v, str)}:
+            mine = {p: n for (v, p), n in counts.items() if v == value}
+            assert mine == sink.period_counts("v", bounds, (("path", value),))
+    finally:
+        sink.close()
+        drop_schema(url, schema)
 
 
 # -- the docs --------------------------------------------------------------------------------

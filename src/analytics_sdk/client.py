@@ -443,12 +443,15 @@ class Analytics:
         ranked = sorted(totals, key=lambda v: (-totals[v], v))
         order: list[PropertyValue] = [*ranked]
         order += [b for b in (Bucket.OTHER, Bucket.NONE) if b in series]
-        return {
-            v if isinstance(v, str) else v.value: list(
-                zip((label for label, _, _ in spans), series[v], strict=True)
-            )
-            for v in order
-        }
+        merged: dict[str, list[int]] = {}
+        for v in order:
+            # A value spelled "(other)" or "(none)" shares that bucket's key: summed.
+            text = v if isinstance(v, str) else v.value
+            column = merged.setdefault(text, [0] * len(spans))
+            for i, n in enumerate(series[v]):
+                column[i] += n
+        labels = [label for label, _, _ in spans]
+        return {text: list(zip(labels, ns, strict=True)) for text, ns in merged.items()}
 
     def top_values(
         self,

@@ -559,8 +559,11 @@ class _PostgresSnapshot(SinkSnapshot):
             for name, column in zip(("p", "lo", "hi"), columns, strict=True):
                 params[prefix + name] = list(column)
         out: dict[tuple[PropertyValue, int], int] = {}
+        if not days and not hours:
+            return out
+        name = "property_periods" + ("" if days and hours else "_daily" if days else "_hourly")
         # One row per (value, period); values neither ranked nor kept come summed (NULL).
-        for value, absent, period, total in self._rows("property_periods", params, prepare=False):
+        for value, absent, period, total in self._rows(name, params, prepare=False):
             key = Bucket.NONE if absent else Bucket.OTHER if value is None else value
             out[key, period] = out.get((key, period), 0) + int(total)
         return out
@@ -664,6 +667,40 @@ _MATCHING_SETS = (
     "(SELECT props_hash FROM {s}.property_sets WHERE properties @> %(props)s::jsonb))"
 )
 
+# Counter rows with their period, from ranges (period, low, high) as in periods_daily and
+# periods_hourly.
+_DAILY_SETS = (
+    "SELECT c.props_hash, d.p, c.count AS n "
+    "FROM unnest(%(dp)s::integer[], %(dlo)s::integer[], %(dhi)s::integer[]) AS d (p, lo, hi) "
+    "JOIN {s}.daily_counts c ON c.event = %(event)s "
+    "AND c.day >= date '1970-01-01' + d.lo AND c.day < date '1970-01-01' + d.hi"
+)
+_HOURLY_SETS = (
+    "SELECT c.props_hash, h.p, c.count AS n "
+    "FROM unnest(%(hp)s::integer[], %(hlo)s::bigint[], %(hhi)s::bigint[]) AS h (p, lo, hi) "
+    "JOIN {s}.hourly_counts c ON c.event = %(event)s "
+    "AND c.hour >= to_timestamp(h.lo * 3600) AND c.hour < to_timestamp(h.hi * 3600)"
+)
+# Each row's property value read through its set and summed by (value, period). The
+# %(limit)s values with the highest totals (NULL: all) and those in %(keep)s come on their
+# own; the other values' counts are summed with value NULL, apart from the sets without the
+# property (absent).
+_PROPERTY_PERIODS = (
+    "), v AS ("
+    "SELECT s.properties ->> %(by)s::text AS value, r.p, sum(r.n) AS n "
+    "FROM r JOIN {s}.property_sets s ON s.props_hash = r.props_hash "
+    "WHERE %(props)s::jsonb IS NULL OR s.properties @> %(props)s::jsonb "
+    "GROUP BY 1, 2"
+    "), listed AS ("
+    "SELECT value FROM v WHERE value IS NOT NULL GROUP BY value "
+    'ORDER BY sum(n) DESC, value COLLATE "C" LIMIT %(limit)s::bigint'
+    ") "
+    "SELECT CASE WHEN l.value IS NOT NULL OR v.value = ANY(%(keep)s::text[]) "
+    "THEN v.value END, v.value IS NULL, v.p, sum(v.n) "
+    "FROM v LEFT JOIN listed l ON l.value = v.value "
+    "GROUP BY 1, 2, 3"
+)
+
 _STATEMENTS = {
     "ledger_insert": (
         "INSERT INTO {s}.flush_ledger (batch_id, counters, xact) "
@@ -747,37 +784,11 @@ _STATEMENTS = {
         "GROUP BY r.p"
     ),
     # Counts by (value of property %(by)s, period): whole days from the rollup, the rest by
-    # hour (ranges as in periods_daily / periods_hourly), each property set's value read
-    # once per period. The %(limit)s values with the highest totals (NULL: all) and those
-    # in %(keep)s come on their own; the other values' counts are summed with value NULL,
-    # apart from the sets without the property (absent).
-    "property_periods": (
-        "WITH r AS ("
-        "SELECT c.props_hash, d.p, sum(c.count) AS n "
-        "FROM unnest(%(dp)s::integer[], %(dlo)s::integer[], %(dhi)s::integer[]) AS d (p, lo, hi) "
-        "JOIN {s}.daily_counts c ON c.event = %(event)s "
-        "AND c.day >= date '1970-01-01' + d.lo AND c.day < date '1970-01-01' + d.hi "
-        "GROUP BY 1, 2 "
-        "UNION ALL "
-        "SELECT c.props_hash, h.p, sum(c.count) AS n "
-        "FROM unnest(%(hp)s::integer[], %(hlo)s::bigint[], %(hhi)s::bigint[]) AS h (p, lo, hi) "
-        "JOIN {s}.hourly_counts c ON c.event = %(event)s "
-        "AND c.hour >= to_timestamp(h.lo * 3600) AND c.hour < to_timestamp(h.hi * 3600) "
-        "GROUP BY 1, 2"
-        "), v AS ("
-        "SELECT s.properties ->> %(by)s::text AS value, r.p, sum(r.n) AS n "
-        "FROM r JOIN {s}.property_sets s ON s.props_hash = r.props_hash "
-        "WHERE %(props)s::jsonb IS NULL OR s.properties @> %(props)s::jsonb "
-        "GROUP BY 1, 2"
-        "), listed AS ("
-        "SELECT value FROM v WHERE value IS NOT NULL GROUP BY value "
-        'ORDER BY sum(n) DESC, value COLLATE "C" LIMIT %(limit)s::bigint'
-        ") "
-        "SELECT CASE WHEN l.value IS NOT NULL OR v.value = ANY(%(keep)s::text[]) "
-        "THEN v.value END, v.value IS NULL, v.p, sum(v.n) "
-        "FROM v LEFT JOIN listed l ON l.value = v.value "
-        "GROUP BY 1, 2, 3"
-    ),
+    # hour (see _PROPERTY_PERIODS); one statement per combination, so that no empty range
+    # list is joined (its plan assumes a large range: a parallel scan, 50 ms to start).
+    "property_periods": f"WITH r AS ({_DAILY_SETS} UNION ALL {_HOURLY_SETS}{_PROPERTY_PERIODS}",
+    "property_periods_daily": f"WITH r AS ({_DAILY_SETS}{_PROPERTY_PERIODS}",
+    "property_periods_hourly": f"WITH r AS ({_HOURLY_SETS}{_PROPERTY_PERIODS}",
     "query_users": (
         "SELECT user_id, sum(count) FROM {s}.user_daily_counts "
         "WHERE event = %(event)s "
