@@ -361,7 +361,8 @@ class Proxy:
       instead of returning the reply (the server did the work; the client never hears);
     - ``stall = True``: keep connections open but forward nothing either way (a hung
       server: requests are never answered, and never run);
-    - ``requests``: every chunk clients sent (``sent(b"EVALSHA")`` counts commands).
+    - ``requests``: every chunk clients sent (``sent(b"EVALSHA")`` counts commands);
+    - ``reply_bytes``: how many bytes the server sent back.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -372,6 +373,7 @@ class Proxy:
         self.lose_next_reply = False
         self.stall = False
         self.requests: list[bytes] = []
+        self.reply_bytes = 0
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._closed = False
@@ -404,6 +406,8 @@ class Proxy:
                     break
                 if request:
                     self.requests.append(data)
+                else:
+                    self.reply_bytes += len(data)
                 if self.stall:
                     continue  # a hung server: nothing runs, nothing answers
                 if not request and self.lose_next_reply:

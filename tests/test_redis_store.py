@@ -57,7 +57,7 @@ def test_live_keys_expire_once_and_claims_never(redis_url: str, prefix: str) -> 
     store = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&ttl=3600", ManualClock().time)
     r = store._redis
     push(store, 1, sequence=1)
-    live = f"{{{prefix}:0}}:live:h:e"
+    live = f"{{{prefix}:0}}:live:h:e:{H}"
     assert 3500 < r.ttl(live) <= 3600
     r.expire(live, 1000)  # as if time passed
     push(store, 1, sequence=2)
@@ -65,7 +65,7 @@ def test_live_keys_expire_once_and_claims_never(redis_url: str, prefix: str) -> 
     assert r.ttl(f"{{{prefix}:0}}:seq:p") > 29 * 86400  # the dedup record outlives outages
     [batch] = store.claim()
     assert r.exists(live) == 0
-    assert r.ttl(f"{{{prefix}:0}}:claim:{batch.id}:h:e") == -1  # claimed: no expiry
+    assert r.ttl(f"{{{prefix}:0}}:claim:{batch.id}:h:e:{H}") == -1  # claimed: no expiry
     store.ack(batch.id)
     assert list(r.scan_iter(match=f"{{{prefix}:0}}:claim*")) == []
 
@@ -462,7 +462,7 @@ def test_a_push_during_slot_migration_is_applied_whole_once(proxied_cluster: Clu
         migration = proxied_cluster.migration(_slot(prefix))
         migration.begin()
         # The slot is half moved: ev2's hash is on the new node, the rest on the old one.
-        moved = migration.move([k for k in migration.remaining() if k.endswith(":live:h:ev2")])
+        moved = migration.move([k for k in migration.remaining() if k.endswith(f":live:h:ev2:{H}")])
         assert len(moved) == 1
         with contextlib.suppress(StoreError):
             two_events(2)  # refused whole (TRYAGAIN), or applied whole

@@ -52,6 +52,8 @@ def escape(text: str) -> str:
 
 def unescape(text: str) -> str:
     """Return the text that :func:`escape` turned into ``text``."""
+    if "%" not in text:  # most names: nothing escaped
+        return text
     return _ESCAPED.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 

@@ -3,16 +3,30 @@
 Key layout, for prefix ``P`` and shard ``s`` (every key of a shard shares the hash tag
 ``{P:s}``, so each script touches one Redis Cluster slot)::
 
-    {P:s}:live:h:<event>          HASH  "<properties>|<hour>" -> count    live hourly counters
-    {P:s}:live:u:<event>          HASH  "<user_id>|<day>"     -> count    live per-user daily
-    {P:s}:idx                     SET   names of the live hashes (the pending marker)
+    {P:s}:live:h:<event>:<hour>   HASH  "<properties>" -> count   live hourly counters
+    {P:s}:live:u:<event>:<day>    HASH  "<user_id>"    -> count   live per-user daily
+    {P:s}:hashes                  SET   names of the live hashes (the pending marker)
+    {P:s}:ix:h:<event>            ZSET  the event's hourly hashes, live and claimed: member
+    {P:s}:ix:u:<event>                  "|<bucket>" (live) or "<batch>|<bucket>" (claimed),
+                                         scored by the bucket (hour or day)
+    {P:s}:gen                     STRING how many CLAIM steps moved counters (reads check it)
     {P:s}:seq:<producer>          STRING last push sequence applied from that producer (one
                                          key per producer: its pushes all go to one shard)
     {P:s}:claims                  ZSET  batch id -> claim time
     {P:s}:claim:<batch>           SET   names of the batch's hashes
-    {P:s}:claim:<batch>:h:<event> HASH  the claimed counters (live hashes renamed, or fields
-                                         moved out of them)
+    {P:s}:claim:<batch>:h:<event>:<hour>  HASH  the claimed counters (live hashes renamed,
+    {P:s}:claim:<batch>:u:<event>:<day>         or fields moved out of them)
     {P:s}:step:<batch>            STRING last CLAIM step of the batch and its result (10 min)
+
+A query reads only the hashes of the buckets it asks for, found in the event's index, and
+of those only the fields it needs (one user's, with ``HGET``), never a whole event.
+
+Earlier versions kept one hash per event (``{P:s}:live:h:<event>``, fields
+``"<properties>|<hour>"``, and ``{P:s}:live:u:<event>``, fields ``"<user_id>|<day>"``),
+listed in ``{P:s}:idx``. Counts left in that layout are still read by queries (the event's
+hash, probed by name) and claimed by flushers (CLAIM moves any hash; a batch is decoded by
+the form of its hashes' names), so they are flushed once after an upgrade; new pushes write
+the layout above only.
 
 Event names, properties and user ids are escaped (:mod:`analytics_sdk.keys`), so no
 character can break a key or a field. A push picks its shard from its producer, so a retry
@@ -24,8 +38,13 @@ reply was lost) and runs whole or not at all during Redis Cluster resharding: it
 ``KEYS`` every key it touches (a key it finds it needs but was not given makes it return the
 keys it needs, having written nothing, and the client calls again with them), so Redis
 refuses it (``ASK``/``TRYAGAIN``) rather than stopping it half way, and it writes what makes
-a retry a no-op (the push sequence) last. redis-py's own retries are turned off: the SDK
-retries pushes itself, with backoff, so a hung node costs one ``socket_timeout``.
+a retry a no-op (the push sequence) last. Every script's work is bounded: a CLAIM step moves
+at most ``CLAIM_STEP`` counters of at most ``MAX_HASHES_PER_CLAIM`` hashes, an ACK deletes
+one batch, a push applies one push; reads are plain commands, each bounded (``HGET``,
+``HSCAN`` and ``ZRANGE`` pages), checked against ``{P:s}:gen``: a read during which a CLAIM
+step moved counters is read again, so it sees every counter once, live or claimed. redis-py's
+own retries are turned off: the SDK retries pushes itself, with backoff, so a hung node costs
+one ``socket_timeout``.
 """
 
 from __future__ import annotations
@@ -40,6 +59,8 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import attrs
 
 from ..errors import ConfigurationError, StoreError
 from ..keys import (
@@ -80,9 +101,17 @@ CLAIM_STEP = 2_000
 ``max_batch_keys`` is built in steps of this size."""
 STEP_TTL = 600
 """Seconds a batch's step record is kept: long enough for any retry of its last step."""
-MAX_HASHES_PER_CLAIM = 500
-"""Live hashes (two per event name) one CLAIM declares at most; the rest waits for the
-next claim of the flush."""
+MAX_HASHES_PER_CLAIM = 1_000
+"""Live hashes (one per event and hour, and per event and day) one CLAIM declares at most;
+the rest waits for the next claim of the flush."""
+READ_PAGE = 1_000
+"""Index entries one ``ZRANGE`` and fields one ``HSCAN`` returns at most (roughly, for
+``HSCAN``): no read command holds Redis long."""
+READ_SCANS = 16
+"""``HSCAN`` commands sent in one round trip at most."""
+READ_ATTEMPTS = 10
+"""Reads of a shard before a query gives up because CLAIM steps kept moving its counters
+(each read is retried only if a step moved counters while it ran)."""
 SEQUENCE_TTL = 30 * 24 * 3600
 """How long a producer's last push sequence is kept: a push retried after a longer outage
 would be applied again, so this outlives any plausible outage."""
@@ -91,11 +120,12 @@ MAX_SHARDS = 1024
 FOUND_KEYS = 0
 """First element of a script's reply that ran nothing: the rest are the keys it needs."""
 
-# KEYS: {tag}:idx, {tag}:seq:<producer>, then the live hashes. ARGV: sequence, attempt (a
-# token per call of push()), sequence ttl, live ttl, then per live hash (in KEYS order):
-# field count, field, delta, field, delta... The sequence key holds "<sequence>:<attempt>"
-# (or, written by earlier versions, "<sequence>"). Returns 1 if this attempt applied the
-# push (also when the driver re-sent it after a lost reply), 0 if an earlier one did.
+# KEYS: {tag}:hashes, {tag}:seq:<producer>, then per live hash: the hash and its event's
+# index. ARGV: sequence, attempt (a token per call of push()), sequence ttl, live ttl, then
+# per live hash (in KEYS order): bucket, field count, field, delta, field, delta... The
+# sequence key holds "<sequence>:<attempt>" (or, written by earlier versions, "<sequence>").
+# Returns 1 if this attempt applied the push (also when the driver re-sent it after a lost
+# reply), 0 if an earlier one did.
 PUSH = """
 local seq = tonumber(ARGV[1])
 local current = redis.call('GET', KEYS[2])
@@ -109,15 +139,17 @@ if current then
 end
 local ttl = tonumber(ARGV[4])
 local i = 5
-for k = 3, #KEYS do
+for k = 3, #KEYS, 2 do
   local key = KEYS[k]
-  local n = tonumber(ARGV[i])
-  i = i + 1
+  local bucket = ARGV[i]
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
   for j = 1, n do
     redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
     i = i + 2
   end
   redis.call('SADD', KEYS[1], key)
+  redis.call('ZADD', KEYS[k + 1], bucket, '|' .. bucket)
   -- Expire once, at creation: a TTL refreshed on every push would never arrive.
   if redis.call('TTL', key) < 0 then redis.call('EXPIRE', key, ttl) end
 end
@@ -127,17 +159,21 @@ redis.call('SET', KEYS[2], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[3])
 return 1
 """
 
-# KEYS: {tag}:idx, {tag}:claims, {tag}:claim:<batch>, {tag}:step:<batch>, then n live
-# hashes and the n claim hashes they move to (every key the script touches is declared, so a
-# cluster refuses the whole script, never half of it, while the slot moves). ARGV: batch id,
-# now, room, n, step, step ttl. One step of building a batch: moves at most room counters,
-# whole hashes by RENAME, and from a hash larger than what is left, that many distinct
-# fields (HRANDFIELD), adding to what earlier steps moved (HINCRBY: a push may have brought
-# a moved field back). Returns {counters moved by all steps so far, 1 if the declared hashes
+# KEYS: {tag}:idx (the earlier layout's index), {tag}:hashes, {tag}:claims,
+# {tag}:claim:<batch>, {tag}:step:<batch>, {tag}:gen, then per live hash: the hash, the claim
+# hash it moves to, and its event's index (for a hash of the earlier layout, the hash
+# itself: it has none). Every key the script touches is declared, so a cluster refuses the
+# whole script, never half of it, while the slot moves. ARGV: batch id, now, room, n, step,
+# step ttl, then per live hash its bucket ("" for the earlier layout). One step of building a
+# batch: moves at most room counters, whole hashes by RENAME, and from a hash larger than
+# what is left, that many distinct fields (HRANDFIELD), adding to what earlier steps moved
+# (HINCRBY: a push may have brought a moved field back); the index entry "<batch>|<bucket>"
+# follows the counters, and {tag}:gen counts the steps that moved any (a read that saw it
+# change reads again). Returns {counters moved by all steps so far, 1 if the declared hashes
 # ran out}. A step already run (a lost reply the driver sent again) returns its result and
 # moves nothing more.
 CLAIM = """
-local idx, claims, claim, steps = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local idx, hashes, claims, claim, steps, gen = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local n, step = tonumber(ARGV[4]), tonumber(ARGV[5])
 local total = 0
 local last = redis.call('GET', steps)
@@ -147,17 +183,19 @@ if last then
   total = tonumber(moved)
 end
 local room = tonumber(ARGV[3])
+local moved_now = 0
 for i = 1, n do
   if room == 0 then break end
-  local live, dest = KEYS[4 + i], KEYS[4 + n + i]
+  local live, dest, index = KEYS[3 * i + 4], KEYS[3 * i + 5], KEYS[3 * i + 6]
+  local bucket = ARGV[6 + i]
   local size = redis.call('HLEN', live)
   local fresh = redis.call('EXISTS', dest) == 0
+  local gone = size <= room
   if size == 0 then
-    redis.call('SREM', idx, live)  -- expired, or claimed by another flusher meanwhile
+    -- expired, or claimed by another flusher meanwhile
   elseif size <= room and fresh then
     redis.call('RENAME', live, dest)
     redis.call('PERSIST', dest)  -- a claim never expires before its ack
-    redis.call('SREM', idx, live)
   else
     local picked
     if size <= room then
@@ -175,110 +213,59 @@ for i = 1, n do
       if fresh then redis.call('HSET', dest, unpack(picked, first, stop)) end
       redis.call('HDEL', live, unpack(fields))
     end
-    if size <= room then redis.call('SREM', idx, live) end
+  end
+  if gone then
+    redis.call('SREM', idx, live)
+    redis.call('SREM', hashes, live)
+    if bucket ~= '' then redis.call('ZREM', index, '|' .. bucket) end
   end
   if size > 0 then
     redis.call('SADD', claim, dest)
+    if bucket ~= '' then redis.call('ZADD', index, bucket, ARGV[1] .. '|' .. bucket) end
     local moved = math.min(size, room)
     room = room - moved
     total = total + moved
+    moved_now = moved_now + moved
   end
 end
+if moved_now > 0 then redis.call('INCR', gen) end
 if total > 0 then redis.call('ZADD', claims, 'NX', ARGV[2], ARGV[1]) end
 local ran_out = room > 0 and 1 or 0
 redis.call('SET', steps, step .. ':' .. total .. ':' .. ran_out, 'EX', ARGV[6])
 return {total, ran_out}
 """
 
-# KEYS: {tag}:claims, {tag}:claim:<batch>, then its hashes. ARGV: batch id. Returns
-# {1, removed} or, having done nothing, {FOUND_KEYS, hashes}. Twice is harmless: the second
-# run finds nothing left to delete.
+# KEYS: {tag}:claims, {tag}:claim:<batch>, then its hashes and their events' indexes. ARGV:
+# batch id, tag. Returns {1, removed} or, having done nothing, {FOUND_KEYS, keys needed}.
+# Twice is harmless: the second run finds nothing left to delete. UNLINK frees a large
+# batch's memory outside the script.
 ACK = """
 local declared = {}
 for _, key in ipairs(KEYS) do declared[key] = true end
-local hashes = redis.call('SMEMBERS', KEYS[2])
-for _, key in ipairs(hashes) do
-  if not declared[key] then return {0, hashes} end
-end
-for _, key in ipairs(hashes) do redis.call('DEL', key) end
-redis.call('DEL', KEYS[2])
-return {1, redis.call('ZREM', KEYS[1], ARGV[1])}
-"""
-
-# KEYS: {tag}:claims, {tag}:live:<suffix>, then the claimed hashes of that suffix. ARGV: tag,
-# suffix. Returns {1, live fields, batch, fields, ...} or {FOUND_KEYS, keys needed}.
-PENDING = """
-local declared = {}
-for _, key in ipairs(KEYS) do declared[key] = true end
-local batches = redis.call('ZRANGE', KEYS[1], 0, -1)
-local needed, missing = {}, false
-for _, batch in ipairs(batches) do
-  local key = ARGV[1] .. ':claim:' .. batch .. ':' .. ARGV[2]
-  table.insert(needed, key)
-  if not declared[key] then missing = true end
-end
-if missing then return {0, needed} end
-local out = {1, redis.call('HGETALL', KEYS[2])}
-for i, batch in ipairs(batches) do
-  table.insert(out, batch)
-  table.insert(out, redis.call('HGETALL', needed[i]))
-end
-return out
-"""
-
-# KEYS: {tag}:idx, {tag}:claims, then the hashes and claim sets read. ARGV: tag. Returns
-# {1, batch ("" for live), hash suffix, high, low, ...} for every hourly hash of the shard,
-# its total being high * 10^9 + low (exact: Lua numbers are doubles, and tostring would
-# print 1e14 as 1e+14), or {FOUND_KEYS, keys needed}.
-EVENT_TOTALS = """
-local declared = {}
-for _, key in ipairs(KEYS) do declared[key] = true end
-local needed, missing, hashes = {}, false, {}
+local head = ARGV[2] .. ':claim:' .. ARGV[1] .. ':'
+local needed, missing, plan = {}, false, {}
 local function need(key)
   table.insert(needed, key)
   if not declared[key] then missing = true end
-  return declared[key]
 end
-local live = ARGV[1] .. ':live:'
-for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local suffix = string.sub(key, #live + 1)
-  if string.sub(suffix, 1, 2) == 'h:' and need(key) then
-    table.insert(hashes, {'', key, suffix})
-  end
-end
-for _, batch in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local claim = ARGV[1] .. ':claim:' .. batch
-  if need(claim) then
-    for _, key in ipairs(redis.call('SMEMBERS', claim)) do
-      local suffix = string.sub(key, #claim + 2)
-      if string.sub(suffix, 1, 2) == 'h:' and need(key) then
-        table.insert(hashes, {batch, key, suffix})
-      end
-    end
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  need(key)
+  local kind, event, bucket = string.match(string.sub(key, #head + 1), '^([hu]):([^:]*):(%d+)$')
+  if kind then
+    local index = ARGV[2] .. ':ix:' .. kind .. ':' .. event
+    need(index)
+    table.insert(plan, {key, index, ARGV[1] .. '|' .. bucket})
+  else
+    table.insert(plan, {key})
   end
 end
 if missing then return {0, needed} end
-local out = {1}
-for _, h in ipairs(hashes) do
-  local high, low = 0, 0
-  for _, v in ipairs(redis.call('HVALS', h[2])) do
-    local sign = 1
-    if string.sub(v, 1, 1) == '-' then
-      sign = -1
-      v = string.sub(v, 2)
-    end
-    if #v > 9 then
-      high = high + sign * tonumber(string.sub(v, 1, #v - 9))
-      v = string.sub(v, #v - 8)
-    end
-    low = low + sign * tonumber(v)
-  end
-  table.insert(out, h[1])
-  table.insert(out, h[3])
-  table.insert(out, high)
-  table.insert(out, low)
+for _, item in ipairs(plan) do
+  redis.call('UNLINK', item[1])
+  if item[2] then redis.call('ZREM', item[2], item[3]) end
 end
-return out
+redis.call('DEL', KEYS[2])
+return {1, redis.call('ZREM', KEYS[1], ARGV[1])}
 """
 
 _OPTIONS = {"prefix", "shards", "ttl", "cluster", "allow_eviction"}
@@ -368,17 +355,53 @@ def _pairs(flat: list[str]) -> Iterable[tuple[str, str]]:
 
 
 def _decode_hash(suffix: str, flat: list[str], delta: Delta) -> None:
-    """Add the fields of hash ``suffix`` (``h:<event>`` or ``u:<event>``) to ``delta``."""
-    kind, _, encoded_event = suffix.partition(":")
+    """Add the fields of hash ``suffix`` to ``delta``: ``h:<event>:<hour>`` (fields
+    ``<properties>``) or ``u:<event>:<day>`` (fields ``<user_id>``), or of the earlier
+    layout ``h:<event>`` / ``u:<event>`` (fields ``<properties>|<hour>``, ``<user_id>|<day>``)."""
+    kind, _, rest = suffix.partition(":")
+    encoded_event, per_bucket, bucket_text = rest.partition(":")
     event = unescape(encoded_event)
     for field, value in _pairs(flat):
-        head, _, bucket = field.rpartition("|")
+        if per_bucket:
+            head, bucket = field, int(bucket_text)
+        else:
+            head, _, text = field.rpartition("|")
+            bucket = int(text)
         if kind == "h":
-            hour_key: HourKey = (event, decode_properties(head), int(bucket))
+            hour_key: HourKey = (event, decode_properties(head), bucket)
             delta.hourly[hour_key] = delta.hourly.get(hour_key, 0) + int(value)
         else:
-            user_key: UserKey = (event, unescape(head), int(bucket))
+            user_key: UserKey = (event, unescape(head), bucket)
             delta.users[user_key] = delta.users.get(user_key, 0) + int(value)
+
+
+def _fields(target: _Target, start: int | None, end: int | None) -> Iterator[tuple[str, int, str]]:
+    """Yield ``(field's key part, bucket, value)`` of the fields a target read in buckets
+    ``[start, end)``: a per-bucket hash's bucket is in range (the index was read by range);
+    a hash of the earlier layout has the bucket in each field (``<key part>|<bucket>``)."""
+    bucket = target.bucket
+    for page in target.pages:
+        if bucket is not None:
+            for name, value in page.items():
+                yield name, bucket, value
+            continue
+        for name, value in page.items():
+            head, _, text = name.rpartition("|")
+            field_bucket = int(text)
+            if in_range(field_bucket, start, end):
+                yield head, field_bucket, value
+
+
+@attrs.define
+class _Target:
+    """A hash a pending read reads: live (batch ``""``) or claimed, of one bucket or (the
+    earlier layout, bucket ``None``) of all of an event's."""
+
+    key: str
+    batch: str
+    bucket: int | None
+    cursor: int = 0
+    pages: list[dict[str, str]] = attrs.field(factory=list)
 
 
 class RedisCounterStore(CounterStore):
@@ -429,8 +452,6 @@ class RedisCounterStore(CounterStore):
         self._lua_claim = client.register_script(CLAIM)
         self._in_doubt: set[str] = set()
         self._lua_ack = client.register_script(ACK)
-        self._lua_pending = client.register_script(PENDING)
-        self._lua_event_totals = client.register_script(EVENT_TOTALS)
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float] = time.time) -> RedisCounterStore:
@@ -629,7 +650,7 @@ class RedisCounterStore(CounterStore):
         pipe = self._redis.pipeline(transaction=False)
         for shard in shards:
             tag = f"{{{escape(self.prefix)}:{shard}}}"
-            pipe.exists(f"{tag}:idx", f"{tag}:claims")
+            pipe.exists(f"{tag}:idx", f"{tag}:hashes", f"{tag}:claims")
         return [shard for shard, n in zip(shards, pipe.execute(), strict=True) if n]
 
     def _run(self, what: str, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -664,22 +685,20 @@ class RedisCounterStore(CounterStore):
 
     def push(self, push: Push) -> bool:
         self._check_layout()
-        groups: dict[str, list[str]] = {}
+        groups: dict[tuple[str, int], list[str]] = {}
         for (event, properties, hour), value in push.delta.hourly.items():
-            groups.setdefault(f"h:{escape(event)}", []).extend(
-                (_hour_field(properties, hour), str(value))
+            groups.setdefault((f"h:{escape(event)}", hour), []).extend(
+                (encode_properties(properties), str(value))
             )
         for (event, user_id, day), value in push.delta.users.items():
-            groups.setdefault(f"u:{escape(event)}", []).extend(
-                (f"{escape(user_id)}|{day}", str(value))
-            )
+            groups.setdefault((f"u:{escape(event)}", day), []).extend((escape(user_id), str(value)))
         tag = self._tags[self._shard_of(push)]
-        keys = [f"{tag}:idx", f"{tag}:seq:{push.producer}"]
+        keys = [f"{tag}:hashes", f"{tag}:seq:{push.producer}"]
         attempt = uuid.uuid4().hex[:12]  # tells the driver's re-send of this call from others
         args: list[Any] = [push.sequence, attempt, max(self.ttl, SEQUENCE_TTL), self.ttl]
-        for suffix, fields in groups.items():
-            keys.append(f"{tag}:live:{suffix}")
-            args += [len(fields) // 2, *fields]
+        for (series, bucket), fields in groups.items():
+            keys += (f"{tag}:live:{series}:{bucket}", f"{tag}:ix:{series}")
+            args += [bucket, len(fields) // 2, *fields]
         return bool(self._run("push", self._lua_push, keys, args))
 
     def has_push(self, push: Push) -> bool:
@@ -703,6 +722,22 @@ class RedisCounterStore(CounterStore):
                 if batch is not None:
                     yield batch
 
+    def _live_hashes(self, tag: str) -> tuple[list[str], bool]:
+        """Return up to ``MAX_HASHES_PER_CLAIM`` live hash names of a shard (``SSCAN`` of its
+        index, and of the earlier layout's), and whether there may be more."""
+        found: set[str] = set()
+        for index in (f"{tag}:hashes", f"{tag}:idx"):
+            cursor = 0
+            while len(found) <= MAX_HASHES_PER_CLAIM:
+                cursor, names = self._redis.sscan(index, cursor, count=MAX_HASHES_PER_CLAIM)
+                found.update(names)
+                if not cursor:
+                    break
+            if cursor:
+                return sorted(found)[:MAX_HASHES_PER_CLAIM], True
+        live = sorted(key for key in found if key.startswith(f"{tag}:live:"))
+        return live[:MAX_HASHES_PER_CLAIM], len(live) > MAX_HASHES_PER_CLAIM
+
     def _claim_shard(self, shard: int, max_keys: int) -> tuple[Batch | None, bool]:
         """Claim one batch of ``shard``; return it (if anything was live) and whether more
         may be live. Two steps: read the index, then claim exactly the hashes read, all of
@@ -711,30 +746,40 @@ class RedisCounterStore(CounterStore):
         it does), so a batch takes a few calls; then the batch is read back."""
         tag = self._tags[shard]
         try:
-            live = sorted(self._redis.smembers(f"{tag}:idx"))
+            declared, more_hashes = self._live_hashes(tag)
         except self._errors as exc:
             raise StoreError(f"Redis {self._description} claim failed: {exc}") from exc
         prefix = f"{tag}:live:"
-        declared = [key for key in live if key.startswith(prefix)][:MAX_HASHES_PER_CLAIM]
+        declared = [key for key in declared if key.startswith(prefix)]
         if not declared:
-            return None, False
+            return None, more_hashes
         now = self._clock()
         batch_id = f"{shard}.{uuid.uuid4().hex}"
         claim = f"{tag}:claim:{batch_id}"
-        keys = [f"{tag}:idx", f"{tag}:claims", claim, f"{tag}:step:{batch_id}", *declared]
-        keys += [f"{claim}:{key[len(prefix) :]}" for key in declared]
+        keys = [f"{tag}:idx", f"{tag}:hashes", f"{tag}:claims", claim, f"{tag}:step:{batch_id}"]
+        keys.append(f"{tag}:gen")
+        buckets: list[str] = []
+        for key in declared:
+            suffix = key[len(prefix) :]
+            series, _, bucket = suffix.rpartition(":")
+            if series.count(":") == 1:  # "<kind>:<event>:<bucket>"
+                keys += (key, f"{claim}:{suffix}", f"{tag}:ix:{series}")
+                buckets.append(bucket)
+            else:  # the earlier layout, "<kind>:<event>": no index, no bucket
+                keys += (key, f"{claim}:{suffix}", key)
+                buckets.append("")
         moved = step = ran_out = 0
         while moved < max_keys and not ran_out:
             step += 1
             room = min(CLAIM_STEP, max_keys - moved)
-            args = [batch_id, repr(now), room, len(declared), step, STEP_TTL]
+            args = [batch_id, repr(now), room, len(declared), step, STEP_TTL, *buckets]
             try:
                 moved, ran_out = self._lua_claim(keys=keys, args=args)
             except self._errors as exc:
                 # The script may have run with its reply lost: the flusher must look for it.
                 self._in_doubt.add(batch_id)
                 raise StoreError(f"Redis {self._description} claim failed: {exc}") from exc
-        more = not ran_out or len(live) > len(declared)
+        more = not ran_out or more_hashes
         if not moved:
             return None, more
         try:
@@ -799,33 +844,195 @@ class RedisCounterStore(CounterStore):
             return  # not one of ours: nothing to delete
         tag = self._tags[int(shard_text)]
         claim = f"{tag}:claim:{batch_id}"
-        self._declared("ack", self._lua_ack, int(shard_text), [f"{tag}:claims", claim], [batch_id])
+        self._declared(
+            "ack", self._lua_ack, int(shard_text), [f"{tag}:claims", claim], [batch_id, tag]
+        )
         self._keys.pop(("ack", int(shard_text), claim), None)
 
+    def _pipeline(self, what: str, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` (``(redis-py method name, *arguments)``) in one round trip (per
+        node); return their replies."""
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for name, *args in commands:
+                getattr(pipe, name)(*args)
+            return list(pipe.execute())
+        except self._errors as exc:
+            raise StoreError(f"Redis {self._description} {what} failed: {exc}") from exc
+
+    def _read_shards(
+        self,
+        what: str,
+        plan: Callable[[str], list[tuple[Any, ...]]],
+        read: Callable[[dict[int, list[Any]]], dict[int, T]],
+    ) -> dict[int, T]:
+        """Read every shard consistently, with plain bounded commands: ``plan(tag)``
+        lists a shard's first commands (after ``GET {tag}:gen``), ``read(first replies by
+        shard)`` does the rest; a shard whose ``gen`` changed meanwhile (a CLAIM step moved
+        counters: one may have been read both live and claimed, or neither) is read again."""
+        out: dict[int, T] = {}
+        todo = list(range(len(self._tags)))
+        for _ in range(READ_ATTEMPTS):
+            first: list[tuple[Any, ...]] = []
+            for shard in todo:
+                first += [("get", f"{self._tags[shard]}:gen"), *plan(self._tags[shard])]
+            replies = self._pipeline(what, first)
+            per = len(replies) // len(todo)
+            started = {s: replies[i * per : (i + 1) * per] for i, s in enumerate(todo)}
+            results = read({s: r[1:] for s, r in started.items()})
+            gens = self._pipeline(what, [("get", f"{self._tags[s]}:gen") for s in todo])
+            again = []
+            for shard, gen in zip(todo, gens, strict=True):
+                if gen == started[shard][0]:
+                    out[shard] = results[shard]
+                else:
+                    again.append(shard)
+            if not again:
+                return out
+            todo = again
+        raise StoreError(
+            f"Redis {self._description} {what}: counters of shards {todo[:8]} were being "
+            f"claimed during each of {READ_ATTEMPTS} reads; retry"
+        )
+
+    def _scan(self, what: str, targets: list[_Target]) -> None:
+        """Read whole hashes into their targets, ``READ_SCANS`` ``HSCAN`` pages a round trip."""
+        todo = list(targets)
+        while todo:
+            chunk, todo = todo[:READ_SCANS], todo[READ_SCANS:]
+            pages = self._pipeline(
+                what, [("hscan", t.key, t.cursor, None, READ_PAGE) for t in chunk]
+            )
+            for target, (cursor, fields) in zip(chunk, pages, strict=True):
+                target.pages.append(fields)
+                target.cursor = int(cursor)
+                if target.cursor:
+                    todo.append(target)
+
     def _read_pending(
-        self, suffix: str, decode: Callable[[str, str], tuple[T, int] | None]
+        self,
+        kind: str,
+        event: str,
+        start: int | None,
+        end: int | None,
+        user: str | None,
+        decode: Callable[[Iterator[tuple[str, int, str]], dict[T, int]], None],
     ) -> Pending[T]:
+        """Read the pending counts of ``event`` (``kind`` ``h`` or ``u``) in buckets
+        ``[start, end)``: the live and claimed hashes of those buckets only (the event's
+        index lists them), and of one user only its field (``HGET``)."""
         self._check_layout()
+        series = f"{kind}:{escape(event)}"
+        low = "-inf" if start is None else str(start)
+        high = "+inf" if end is None else f"({end}"
+        field = None if user is None else escape(user)
+
+        def plan(tag: str) -> list[tuple[Any, ...]]:
+            return [
+                ("zrange", f"{tag}:claims", 0, -1),
+                ("zrangebyscore", f"{tag}:ix:{series}", low, high, 0, READ_PAGE),
+            ]
+
+        def read(first: dict[int, list[Any]]) -> dict[int, tuple[list[str], list[_Target]]]:
+            found: dict[int, tuple[list[str], list[_Target]]] = {}
+            pages: dict[int, list[str]] = {}
+            for shard, (batches, page) in first.items():
+                tag = self._tags[shard]
+                # The earlier layout's hashes: one per event, live and in each batch.
+                targets = [_Target(f"{tag}:live:{series}", "", None)]
+                targets += [_Target(f"{tag}:claim:{b}:{series}", b, None) for b in batches]
+                found[shard] = (list(batches), targets)
+                pages[shard] = list(page)
+            offset = 0
+            while pages:  # the index, a page at a time
+                for shard, page in pages.items():
+                    tag = self._tags[shard]
+                    for member in page:
+                        batch, _, bucket = member.rpartition("|")
+                        key = f"{tag}:live:" if not batch else f"{tag}:claim:{batch}:"
+                        found[shard][1].append(
+                            _Target(f"{key}{series}:{bucket}", batch, int(bucket))
+                        )
+                offset += READ_PAGE
+                full = [shard for shard, page in pages.items() if len(page) == READ_PAGE]
+                if not full:
+                    break
+                more = self._pipeline(
+                    "read",
+                    [
+                        (
+                            "zrangebyscore",
+                            f"{self._tags[s]}:ix:{series}",
+                            low,
+                            high,
+                            offset,
+                            READ_PAGE,
+                        )
+                        for s in full
+                    ],
+                )
+                pages = dict(zip(full, more, strict=True))
+            targets = [t for _, shard_targets in found.values() for t in shard_targets]
+            if field is None:
+                self._scan("read", targets)
+            else:
+                self._read_field(field, start, end, targets)
+            return found
+
         pending: Pending[T] = Pending()
-        for shard, tag in enumerate(self._tags):
-            base = [f"{tag}:claims", f"{tag}:live:{suffix}"]
-            reply = self._declared("read", self._lua_pending, shard, base, [tag, suffix])
-            _add_fields(pending.live, reply[0], decode)
-            for batch_id, flat in _pairs(reply[1:]):
-                _add_fields(pending.claimed.setdefault(batch_id, {}), flat, decode)  # type: ignore[arg-type]
+        for batches, targets in self._read_shards("read", plan, read).values():
+            for batch in batches:
+                pending.claimed.setdefault(batch, {})
+            for target in targets:
+                counts = (
+                    pending.claimed.setdefault(target.batch, {}) if target.batch else pending.live
+                )
+                decode(_fields(target, start, end), counts)
         return pending
+
+    def _read_field(
+        self, field: str, start: int | None, end: int | None, targets: list[_Target]
+    ) -> None:
+        """Read one field (a user's) of each target: ``HGET`` where the hash is per bucket;
+        ``HMGET`` of its days, or the whole hash over an unbounded or long range, in a hash
+        of the earlier layout."""
+        days = None
+        if start is not None and end is not None and end - start <= 400:
+            days = [f"{field}|{day}" for day in range(start, end)]
+        whole = [t for t in targets if t.bucket is None and days is None]
+        narrow = [t for t in targets if t not in whole]
+
+        calls: list[tuple[Any, ...]] = []
+        for t in narrow:
+            if t.bucket is not None:
+                calls.append(("hget", t.key, field))
+            elif days:
+                calls.append(("hmget", t.key, days))
+            else:
+                calls.append(("exists", t.key))  # an empty range: nothing to read
+        for target, value in zip(narrow, self._pipeline("read", calls), strict=True):
+            if target.bucket is not None:
+                if value is not None:
+                    target.pages.append({field: value})
+            elif days:
+                found = dict(zip(days, value, strict=True))
+                target.pages.append({k: v for k, v in found.items() if v is not None})
+        self._scan("read", whole)
 
     def pending_hourly(
         self, event: str, start: int | None, end: int | None, properties: Properties
     ) -> Pending[int]:
-        def decode(field: str, value: str) -> tuple[int, int] | None:
-            head, _, bucket = field.rpartition("|")
-            hour = int(bucket)
-            if in_range(hour, start, end) and matches(decode_properties(head), properties):
-                return hour, int(value)
-            return None
+        matching: dict[str, bool] = {}
 
-        return self._read_pending(f"h:{escape(event)}", decode)
+        def decode(fields: Iterator[tuple[str, int, str]], counts: dict[int, int]) -> None:
+            for head, hour, value in fields:
+                wanted = matching.get(head)
+                if wanted is None:
+                    wanted = matching[head] = matches(decode_properties(head), properties)
+                if wanted:
+                    counts[hour] = counts.get(hour, 0) + int(value)
+
+        return self._read_pending("h", event, start, end, None, decode)
 
     def pending_property_hourly(
         self, event: str, by: str, start: int | None, end: int | None, properties: Properties
@@ -845,26 +1052,65 @@ class RedisCounterStore(CounterStore):
     def pending_users(
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> Pending[str]:
-        def decode(field: str, value: str) -> tuple[str, int] | None:
-            head, _, bucket = field.rpartition("|")
-            user = unescape(head)
-            if in_range(int(bucket), start, end) and (user_id is None or user == user_id):
-                return user, int(value)
-            return None
+        def decode(fields: Iterator[tuple[str, int, str]], counts: dict[str, int]) -> None:
+            for head, _, value in fields:
+                user = unescape(head)
+                if user_id is None or user == user_id:
+                    counts[user] = counts.get(user, 0) + int(value)
 
-        return self._read_pending(f"u:{escape(event)}", decode)
+        return self._read_pending("u", event, start, end, user_id, decode)
 
     def pending_event_totals(self) -> Pending[str]:
+        """Every pending hourly counter summed per event: the shard's index of live hashes
+        and each batch's set of hashes, read with ``SSCAN``, then their hourly hashes with
+        ``HSCAN``."""
         self._check_layout()
+
+        def plan(tag: str) -> list[tuple[Any, ...]]:
+            return [("zrange", f"{tag}:claims", 0, -1)]
+
+        def read(first: dict[int, list[Any]]) -> dict[int, tuple[list[str], list[_Target]]]:
+            found: dict[int, tuple[list[str], list[_Target]]] = {}
+            for shard, (batches,) in first.items():
+                tag = self._tags[shard]
+                targets: list[_Target] = []
+                sets = [(f"{tag}:hashes", ""), (f"{tag}:idx", "")]
+                sets += [(f"{tag}:claim:{b}", b) for b in batches]
+                for name, batch in sets:
+                    head = f"{tag}:live:" if not batch else f"{tag}:claim:{batch}:"
+                    members: set[str] = set()
+                    cursor = 0
+                    while True:
+                        try:
+                            cursor, page = self._redis.sscan(name, cursor, count=READ_PAGE)
+                        except self._errors as exc:
+                            raise StoreError(
+                                f"Redis {self._description} read failed: {exc}"
+                            ) from exc
+                        members.update(page)
+                        if not cursor:
+                            break
+                    for key in sorted(members):
+                        if key.startswith(f"{head}h:"):
+                            targets.append(_Target(key, batch, None))
+                found[shard] = (list(batches), targets)
+            self._scan("read", [t for _, ts in found.values() for t in ts])
+            return found
+
         pending: Pending[str] = Pending()
-        for shard, tag in enumerate(self._tags):
-            base = [f"{tag}:idx", f"{tag}:claims"]
-            reply = self._declared("read", self._lua_event_totals, shard, base, [tag])
-            for i in range(0, len(reply), 4):
-                batch_id, suffix, high, low = reply[i : i + 4]
-                target = pending.claimed.setdefault(batch_id, {}) if batch_id else pending.live
-                event = unescape(suffix[2:])
-                target[event] = target.get(event, 0) + int(high) * 10**9 + int(low)
+        for shard, (batches, targets) in self._read_shards("read", plan, read).items():
+            tag = self._tags[shard]
+            for batch in batches:
+                pending.claimed.setdefault(batch, {})
+            for target in targets:
+                counts = (
+                    pending.claimed.setdefault(target.batch, {}) if target.batch else pending.live
+                )
+                head = f"{tag}:live:" if not target.batch else f"{tag}:claim:{target.batch}:"
+                encoded_event = target.key[len(head) + 2 :].partition(":")[0]
+                event = unescape(encoded_event)
+                total = sum(int(value) for page in target.pages for value in page.values())
+                counts[event] = counts.get(event, 0) + total
         return pending
 
     def check(self) -> None:
@@ -931,12 +1177,3 @@ def _location(client: Any) -> str:
         return f"{where}/{kwargs.get('db', 0)}"
     node = client.get_default_node()  # a cluster client built by the caller
     return f"cluster:{node.host}:{node.port}"
-
-
-def _add_fields(
-    target: dict[T, int], flat: list[str], decode: Callable[[str, str], tuple[T, int] | None]
-) -> None:
-    for field, value in _pairs(flat):
-        item = decode(field, value)
-        if item is not None:
-            target[item[0]] = target.get(item[0], 0) + item[1]
