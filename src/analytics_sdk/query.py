@@ -9,7 +9,7 @@ goes backwards. How (``docs/concepts.md`` tells the same with the reasons):
 1. enter a sink :meth:`~analytics_sdk.backends.base.Sink.snapshot`, which marks its
    ledger's commit order now;
 2. with this process's pushes held (``track()`` never waits), copy the buffer and outbox,
-   then read the store (live counters and claimed batches, atomically per shard). The outbox
+   then read the store (live counters and claimed batches, consistently per shard). The outbox
    counts here unless the store had applied it before the read;
 3. read the sink in the snapshot (taken now): its counts, and which of the claimed batches
    its ledger holds (those are in its counts, so their pending counts are skipped);
@@ -27,6 +27,7 @@ period boundary counts toward the later period).
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -316,8 +317,8 @@ class QueryEngine:
         counts = self._users_read(
             event, start, end, lambda sink, users: sink.top_users(event, start, end, limit, users)
         )
-        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        return ranked[:limit]
+        # The first ``limit`` of the ranking, without sorting every pending user.
+        return heapq.nsmallest(limit, counts.items(), key=lambda item: (-item[1], item[0]))
 
     def unique_users(self, event: str, start: int, end: int) -> int:
         """Return the exact number of users with ``event`` over days ``[start, end)``.

@@ -24,6 +24,7 @@ between its entry and its reads (see :mod:`analytics_sdk.query`).
 
 from __future__ import annotations
 
+import heapq
 from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -348,7 +349,7 @@ class SinkSnapshot(ABC):
     ) -> dict[str, int]:
         """Return counts of ``event`` by user, as :meth:`Sink.top_users` does."""
         counts = self.user_counts(event, start, end, None)
-        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        ranked = heapq.nsmallest(limit, counts.items(), key=lambda item: (-item[1], item[0]))
         out = dict(ranked)
         out.update((user, counts[user]) for user in users if user in counts)
         return out

@@ -107,7 +107,7 @@ the rest waits for the next claim of the flush."""
 READ_PAGE = 1_000
 """Index entries one ``ZRANGE`` and fields one ``HSCAN`` returns at most (roughly, for
 ``HSCAN``): no read command holds Redis long."""
-READ_SCANS = 16
+READ_SCANS = 32
 """``HSCAN`` commands sent in one round trip at most."""
 READ_ATTEMPTS = 10
 """Reads of a shard before a query gives up because CLAIM steps kept moving its counters
@@ -350,18 +350,14 @@ def _hour_field(properties: Properties, hour: int) -> str:
     return f"{encode_properties(properties)}|{hour}"
 
 
-def _pairs(flat: list[str]) -> Iterable[tuple[str, str]]:
-    return zip(flat[::2], flat[1::2], strict=True)
-
-
-def _decode_hash(suffix: str, flat: list[str], delta: Delta) -> None:
+def _decode_hash(suffix: str, fields: dict[str, str], delta: Delta) -> None:
     """Add the fields of hash ``suffix`` to ``delta``: ``h:<event>:<hour>`` (fields
     ``<properties>``) or ``u:<event>:<day>`` (fields ``<user_id>``), or of the earlier
     layout ``h:<event>`` / ``u:<event>`` (fields ``<properties>|<hour>``, ``<user_id>|<day>``)."""
     kind, _, rest = suffix.partition(":")
     encoded_event, per_bucket, bucket_text = rest.partition(":")
     event = unescape(encoded_event)
-    for field, value in _pairs(flat):
+    for field, value in fields.items():
         if per_bucket:
             head, bucket = field, int(bucket_text)
         else:
@@ -820,11 +816,11 @@ class RedisCounterStore(CounterStore):
             if claimed_at is None:
                 return None
             delta = Delta()
-            for key in sorted(self._redis.smembers(claim)):
-                flat: list[str] = []
-                for field, value in self._redis.hscan_iter(key, count=CLAIM_STEP):
-                    flat += (field, value)
-                _decode_hash(key[len(claim) + 1 :], flat, delta)
+            targets = [_Target(key, batch_id, None) for key in sorted(self._redis.smembers(claim))]
+            self._scan("read", targets)  # a few hashes' pages a round trip
+            for target in targets:
+                for page in target.pages:
+                    _decode_hash(target.key[len(claim) + 1 :], page, delta)
             if self._redis.zscore(f"{tag}:claims", batch_id) is None:
                 return None  # acknowledged meanwhile
         except self._errors as exc:
@@ -1037,17 +1033,22 @@ class RedisCounterStore(CounterStore):
     def pending_property_hourly(
         self, event: str, by: str, start: int | None, end: int | None, properties: Properties
     ) -> Pending[tuple[PropertyValue, int]]:
-        def decode(field: str, value: str) -> tuple[tuple[PropertyValue, int], int] | None:
-            head, _, bucket = field.rpartition("|")
-            hour = int(bucket)
-            if not in_range(hour, start, end):
-                return None
-            pairs = decode_properties(head)
-            if not matches(pairs, properties):
-                return None
-            return (dict(pairs).get(by, Bucket.NONE), hour), int(value)
+        values: dict[str, PropertyValue | None] = {}  # per property set: its value, if it matches
 
-        return self._read_pending(f"h:{escape(event)}", decode)
+        def decode(
+            fields: Iterator[tuple[str, int, str]], counts: dict[tuple[PropertyValue, int], int]
+        ) -> None:
+            for head, hour, value in fields:
+                if head not in values:
+                    pairs = decode_properties(head)
+                    matched = matches(pairs, properties)
+                    values[head] = dict(pairs).get(by, Bucket.NONE) if matched else None
+                found = values[head]
+                if found is not None:
+                    key = (found, hour)
+                    counts[key] = counts.get(key, 0) + int(value)
+
+        return self._read_pending("h", event, start, end, None, decode)
 
     def pending_users(
         self, event: str, start: int | None, end: int | None, user_id: str | None
