@@ -241,6 +241,19 @@ def cases(
             ),
         ),
         (
+            f"breakdown(event, 'plan', {args.days} days, granularity='day', tz='{tz}')",
+            lambda: by_value(client.breakdown("event_1", "plan", FIRST_DAY, last, tz=tz)),
+            sql(
+                "SELECT s.properties ->> 'plan', (c.hour AT TIME ZONE %s)::date AS d, "
+                f"sum(c.count) FROM {s}.hourly_counts c JOIN {s}.property_sets s "
+                "ON s.props_hash = c.props_hash WHERE c.event = %s "
+                "AND c.hour >= (%s::timestamp AT TIME ZONE %s) "
+                "AND c.hour < (%s::timestamp AT TIME ZONE %s) GROUP BY 1, 2 ORDER BY 1, 2",
+                [tz, "event_1", FIRST_DAY, tz, last + timedelta(days=1), tz],
+                value_rows,
+            ),
+        ),
+        (
             "top_values(event, 'path', day=d, limit=10)",
             lambda: client.top_values("event_1", "path", day=day, limit=10),
             sql(
