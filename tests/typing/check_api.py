@@ -33,3 +33,13 @@ def check() -> None:
     coroutine = assert_type(sync_remote(1), Coroutine[Any, Any, int])
     coroutine.close()
     export("1")  # type: ignore[arg-type]  # the point: a wrong argument type is caught
+
+
+def check_breakdowns(client: analytics.Analytics) -> None:
+    from datetime import date, datetime
+
+    d = date(2026, 11, 26)
+    series = client.breakdown("page_view", "path", d, d, granularity="day", limit=5)
+    assert_type(series, dict[str, list[tuple[datetime, int]]])
+    assert_type(client.top_values("page_view", "path", day=d), list[tuple[str, int]])
+    client.breakdown("page_view", "path", d)  # type: ignore[call-arg]  # end is required
