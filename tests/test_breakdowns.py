@@ -377,6 +377,19 @@ def test_counts_read_live_then_committed_before_the_sink_is_read_count_once(
     assert (len(reads), tiers._query.retries, tiers._query.fenced) == (2, 1, 0)
 
 
+def test_when_reads_keep_being_overtaken_one_read_behind_the_fence_answers(
+    tiers: Analytics, clock: ManualClock
+) -> None:
+    tiers._query.attempts = 1
+    when = datetime.fromtimestamp(clock.time(), timezone.utc)
+    tiers.track("e", properties={"k": "v"}, value=2, timestamp=when)
+    tiers.track("e", value=1, timestamp=when)
+    tiers.scheduler.push()
+    reads = after_store_read(tiers, lambda: flush_elsewhere(tiers))
+    assert _counts(tiers.breakdown("e", "k", when, when)) == {"v": [2], NONE: [1]}
+    assert (len(reads), tiers._query.retries, tiers._query.fenced) == (2, 1, 1)
+
+
 def test_a_value_ranked_low_in_the_sink_but_high_with_pending_counts_is_found(
     tiers: Analytics, clock: ManualClock
 ) -> None:
