@@ -22,6 +22,7 @@ __all__ = ["main"]
 
 # the distribution's name on PyPI (the import name is analytics_sdk); also the command's name
 PROG = "analytics-sdk-exact"
+DASHBOARD_ADDR = ("127.0.0.1", 8050)
 
 
 def _positive_seconds(text: str) -> float:
@@ -243,6 +244,59 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def wait_for_stop() -> None:
+    """Block until SIGINT or SIGTERM (Ctrl-C, or a supervisor stopping the process)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop.wait()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _token(given: str | None) -> str | None:
+    from .dashboard import TOKEN_VARIABLE
+
+    return given or os.environ.get(TOKEN_VARIABLE) or None
+
+
+def dashboard(args: argparse.Namespace, out: TextIO) -> int:
+    """Serve the read-only dashboard on the sink (and store) until interrupted; return 0."""
+    from .client import Analytics
+    from .dashboard import DashboardServer
+
+    sink = _readable_sink(_url(args.sink, "ANALYTICS_SINK", "--sink"))
+    store = args.store or os.environ.get("ANALYTICS_STORE") or "memory://"
+    with Analytics(store=store, sink=sink, background=False, flusher=False) as client:
+        token = _token(args.token)
+        server = DashboardServer(client, args.addr, token=token)
+        try:
+            _announce(server.url, token, out)
+            wait_for_stop()
+        finally:
+            server.close()
+    return 0
+
+
+def _announce(url: str, token: str | None, out: TextIO) -> None:
+    if token is None:
+        out.write(f"dashboard on {url} (read-only; Ctrl-C stops it)\n")
+    else:
+        out.write(
+            f"dashboard on {url} (read-only; Ctrl-C stops it); it asks for the token: open "
+            f"{url}?token=TOKEN once, or send Authorization: Bearer TOKEN\n"
+        )
+    out.flush()
+
+
 def worker(args: argparse.Namespace) -> int:
     """Run a flush worker until SIGTERM or SIGINT; return its exit code."""
     import logging
@@ -259,6 +313,8 @@ def worker(args: argparse.Namespace) -> int:
         flush_interval=args.flush_interval,
         shutdown_timeout=args.shutdown_timeout,
         metrics_addr=None if args.no_metrics else args.metrics_addr,
+        dashboard_addr=args.dashboard_addr if args.dashboard else None,
+        dashboard_token=_token(args.dashboard_token),
         **spool,
     )
     return w.run()
@@ -278,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--users", type=_count_arg(1, 100_000), default=200, help="distinct users (default 200)"
+    )
+    run.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="after the report, serve the dashboard on the demo's data until interrupted",
+    )
+    run.add_argument(
+        "--dashboard-addr", type=_address, default=DASHBOARD_ADDR, help="default 127.0.0.1:8050"
     )
 
     mig = commands.add_parser("migrate", help="create or upgrade the sink's schema")
@@ -340,6 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--no-metrics", action="store_true", help="serve no /metrics or /healthz")
     w.add_argument(
+        "--dashboard", action="store_true", help="also serve the read-only web dashboard"
+    )
+    w.add_argument(
+        "--dashboard-addr", type=_address, default=DASHBOARD_ADDR, help="default 127.0.0.1:8050"
+    )
+    w.add_argument(
+        "--dashboard-token",
+        help="token the dashboard requires (default: ANALYTICS_DASHBOARD_TOKEN; none: open)",
+    )
+    w.add_argument(
         "--flush-interval", type=_positive_seconds, default=10.0, help="seconds (default 10)"
     )
     w.add_argument(
@@ -353,6 +427,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="spool directory to replay into the store (default: ANALYTICS_SPOOL_DIR, or "
         "the per-user default)",
     )
+
+    d = commands.add_parser(
+        "dashboard", help="serve the read-only web dashboard (pages and a JSON API)"
+    )
+    d.add_argument("--sink", help="sink URL, e.g. postgresql://host/db (default: ANALYTICS_SINK)")
+    d.add_argument(
+        "--store", help="store URL, to include pending counts (default: ANALYTICS_STORE)"
+    )
+    d.add_argument(
+        "--addr", type=_address, default=DASHBOARD_ADDR, help="host:port (default 127.0.0.1:8050)"
+    )
+    d.add_argument(
+        "--token",
+        help="bearer token every page and API call must carry (default: "
+        "ANALYTICS_DASHBOARD_TOKEN; none: open)",
+    )
     return parser
 
 
@@ -364,13 +454,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import demo
 
-            return demo(args.seconds, args.threads, args.users, sys.stdout, sys.stderr)
+            return demo(
+                args.seconds,
+                args.threads,
+                args.users,
+                sys.stdout,
+                sys.stderr,
+                dashboard=args.dashboard_addr if args.dashboard else None,
+            )
         if args.command == "migrate":
             return migrate(args.sink, sys.stdout)
         if args.command == "query":
             return query(args, sys.stdout)
         if args.command == "worker":
             return worker(args)
+        if args.command == "dashboard":
+            return dashboard(args, sys.stdout)
     except (ValueError, TypeError, AnalyticsError) as exc:
         parser.exit(2 if not isinstance(exc, BackendError) else 1, f"{PROG}: error: {exc}\n")
     except OSError as exc:  # e.g. the metrics port is taken

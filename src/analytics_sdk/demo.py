@@ -139,8 +139,19 @@ def track_rate(calls: int = 200_000) -> float:
     return calls / elapsed
 
 
-def demo(seconds: float, threads: int, users: int, out: TextIO, err: TextIO) -> int:
-    """Simulate an application for ``seconds``, flush, and print a report; return 0."""
+def demo(
+    seconds: float,
+    threads: int,
+    users: int,
+    out: TextIO,
+    err: TextIO,
+    *,
+    dashboard: tuple[str, int] | None = None,
+) -> int:
+    """Simulate an application for ``seconds``, flush, and print a report; return 0.
+
+    With ``dashboard`` (an address), then serve the dashboard on the demo's data until
+    SIGINT or SIGTERM."""
     day = datetime.now(timezone.utc).date() - timedelta(days=1)
     clock = DemoClock(day, seconds)
     client = api.configure(
@@ -181,8 +192,32 @@ def demo(seconds: float, threads: int, users: int, out: TextIO, err: TextIO) -> 
         f"the rate above is the simulated application's, {threads} threads sharing the GIL "
         f"with its users' work and quiet hours)\n"
     )
+    if dashboard is None:
+        out.write(
+            "\nThese counts live in this process's memory and end with it. To browse the same "
+            "run in a web dashboard:\n"
+            f"  analytics-sdk demo --seconds {seconds:g} --threads {threads} --users {users} "
+            "--dashboard\n"
+            "(or, on your own data: analytics-sdk dashboard --sink postgresql://host/db)\n"
+        )
+    else:
+        _serve_dashboard(client, dashboard, out)
     api.shutdown()
     return 0
+
+
+def _serve_dashboard(client: Analytics, addr: tuple[str, int], out: TextIO) -> None:
+    from .cli import _announce, _token, wait_for_stop
+    from .dashboard import DashboardServer
+
+    token = _token(None)
+    server = DashboardServer(client, addr, token=token)
+    try:
+        out.write("\n")
+        _announce(server.url, token, out)
+        wait_for_stop()
+    finally:
+        server.close()
 
 
 def _report(

@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -23,13 +23,18 @@ from .client import Analytics
 from .config import Config
 from .prometheus import MetricsServer, make_wsgi_app, registry_for
 
+if TYPE_CHECKING:
+    from .dashboard import DashboardServer
+
 __all__ = ["Worker"]
 
 logger = logging.getLogger("analytics_sdk.worker")
 
 
 class Worker:
-    """A flusher with ``/metrics`` (pipeline health and fleet totals) and ``/healthz``."""
+    """A flusher with ``/metrics`` (pipeline health and fleet totals) and ``/healthz``, and,
+    with ``dashboard_addr``, the read-only web dashboard (``dashboard_token`` then required,
+    if given)."""
 
     def __init__(
         self,
@@ -40,6 +45,8 @@ class Worker:
         shutdown_timeout: float = 30.0,
         metrics_addr: tuple[str, int] | None = ("127.0.0.1", 9464),
         fleet_cache_seconds: float = 10.0,
+        dashboard_addr: tuple[str, int] | None = None,
+        dashboard_token: str | None = None,
         **settings: Any,
     ) -> None:
         config = Config.load(
@@ -62,6 +69,19 @@ class Worker:
             self.server = MetricsServer(
                 make_wsgi_app(self.registry, self.health), metrics_addr[1], metrics_addr[0]
             )
+        self.dashboard: DashboardServer | None = None
+        if dashboard_addr is not None:
+            from .dashboard import DashboardServer
+
+            try:
+                self.dashboard = DashboardServer(
+                    self.client, dashboard_addr, token=dashboard_token, health=self.health
+                )
+            except BaseException:
+                if self.server is not None:
+                    self.server.close()
+                self.client.shutdown(timeout=1.0)
+                raise
 
     def _log_flush(self, moved: tuple[int, int], seconds: float) -> None:
         counts, batches = moved
@@ -93,6 +113,8 @@ class Worker:
             sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         where = f" with metrics on {self.server.url}" if self.server else ""
+        if self.dashboard is not None:
+            where += f", dashboard on {self.dashboard.url}"
         logger.info("worker started: %r%s", self.client, where)
         try:
             self.stop_requested.wait()
@@ -106,6 +128,8 @@ class Worker:
         result = self.client.shutdown()
         if self.server is not None:
             self.server.close()
+        if self.dashboard is not None:
+            self.dashboard.close()
         if result.complete:
             logger.info("worker stopped after a final flush of %d counts", result.flushed)
             return 0

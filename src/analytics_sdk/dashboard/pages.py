@@ -1,0 +1,352 @@
+"""The dashboard's HTML pages, rendered on the server from the API's answers.
+
+Every name, property value and user id goes through :func:`html.escape` (and every link's
+query through :func:`urllib.parse.urlencode`): an event named ``<script>`` shows as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime, timedelta
+from html import escape
+from typing import Any
+from urllib.parse import urlencode
+
+from .. import __version__
+from ..query import GRANULARITIES
+from . import svg
+from .api import OVERVIEW_DAYS, DashboardAPI, NotAvailable, Params
+
+__all__ = ["PAGES", "error_page", "page"]
+
+ZONES = (
+    "UTC",
+    "Europe/London",
+    "Europe/Paris",
+    "Europe/Berlin",
+    "America/New_York",
+    "America/Chicago",
+    "America/Los_Angeles",
+    "America/Sao_Paulo",
+    "Asia/Kolkata",
+    "Asia/Shanghai",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+)
+FORMATS = {"hour": "%Y-%m-%d %H:%M", "day": "%Y-%m-%d", "week": "%Y-%m-%d", "month": "%Y-%m"}
+
+
+def e(value: object) -> str:
+    """Escape ``value`` for HTML text and attribute values."""
+    return escape(str(value), quote=True)
+
+
+def _href(path: str, **query: str | None) -> str:
+    given = {k: v for k, v in query.items() if v}
+    return e(path + ("?" + urlencode(given) if given else ""))
+
+
+def page(title: str, body: str) -> str:
+    """Return a whole HTML document around ``body``."""
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{e(title)} · analytics_sdk</title>"
+        '<link rel="stylesheet" href="/static/dashboard.css">'
+        '<script src="/static/dashboard.js" defer></script></head><body>'
+        '<header><a class="brand" href="/">analytics_sdk</a>'
+        '<nav><a href="/">Events</a><a href="/api">API</a></nav>'
+        f'<span class="version">{e(__version__)} · read-only</span></header>'
+        f"<main>{body}</main></body></html>\n"
+    )
+
+
+def error_page(status: int, message: str) -> str:
+    """Return the page of a refused request."""
+    return page(
+        f"Error {status}",
+        f'<h1>Error {status}</h1><p class="error" id="error">{e(message)}</p>'
+        '<p><a href="/">Back to the events</a></p>',
+    )
+
+
+def _unavailable(what: str, exc: NotAvailable) -> str:
+    return (
+        f'<p class="unavailable" data-view="{e(what)}">Not available in this version: {e(exc)}.</p>'
+    )
+
+
+def _label(moment: datetime, granularity: str) -> str:
+    text = moment.strftime(FORMATS[granularity])
+    return f"week of {text}" if granularity == "week" else text
+
+
+def _table(table_id: str, head: Sequence[str], rows: list[str]) -> str:
+    cells = "".join(f"<th>{e(h)}</th>" for h in head)
+    return (
+        f'<table id="{e(table_id)}"><thead><tr>{cells}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _series_rows(series: list[tuple[datetime, int]], granularity: str) -> list[str]:
+    rows = [
+        f'<tr data-period="{e(label.isoformat())}"><td>{e(_label(label, granularity))}</td>'
+        f'<td class="n">{n:,}</td></tr>'
+        for label, n in series
+    ]
+    total = sum(n for _, n in series)
+    rows.append(
+        f'<tr class="total"><td>total</td><td class="n" id="series-total">{total:,}</td></tr>'
+    )
+    return rows
+
+
+def _tz_select(tz: str) -> str:
+    zones = ZONES if tz in ZONES else (tz, *ZONES)
+    options = "".join(
+        f'<option value="{e(z)}"{" selected" if z == tz else ""}>{e(z)}</option>' for z in zones
+    )
+    return f'<label>Time zone <select name="tz">{options}</select></label>'
+
+
+# -- the overview ----------------------------------------------------------------------------
+
+
+def overview(api: DashboardAPI, params: Params) -> str:
+    """The events with today's and the last 30 days' totals, feature outcomes, health."""
+    tz = params.tz()
+    data = api.call("overview", {"tz": [tz]})
+    today: date = data["today"]
+    rows = []
+    for name, series in data["events"].items():
+        counts = [n for _, n in series]
+        rows.append(
+            f'<tr data-event="{e(name)}"><td><a href="{_href("/event", event=name, tz=tz)}">'
+            f'{e(name)}</a></td><td class="n today">{counts[-1]:,}</td>'
+            f'<td class="n last30">{sum(counts):,}</td><td>{svg.sparkline(counts)}</td></tr>'
+        )
+    events = (
+        _table("events", ("Event", "Today", f"Last {OVERVIEW_DAYS} days", "Daily"), rows)
+        if rows
+        else '<p class="empty" id="events">No events yet.</p>'
+    )
+    first = today - timedelta(days=OVERVIEW_DAYS - 1)
+    window = {"from": [first.isoformat()], "to": [today.isoformat()], "tz": [tz]}
+    return page(
+        "Events",
+        f'<h1>Events</h1><form class="controls" method="get" action="/">{_tz_select(tz)}'
+        f'<button type="submit">Apply</button></form>'
+        f'<p class="note">Today is {e(today.isoformat())} in {e(tz)}; the last {OVERVIEW_DAYS} '
+        f"days run from {e(first.isoformat())}. Exact counts: the sink, the store's pending "
+        "counts.</p>"
+        f"{events}<h2>Feature outcomes, last {OVERVIEW_DAYS} days</h2>{_features(api, window)}"
+        f"<h2>Pipeline</h2>{_health(api.call('health', {}))}",
+    )
+
+
+def _features(api: DashboardAPI, window: Mapping[str, list[str]]) -> str:
+    try:
+        outcomes: dict[str, dict[str, int]] = api.call("features", window)
+    except NotAvailable as exc:
+        return _unavailable("features", exc)
+    if not outcomes:
+        return '<p class="empty" id="features">No feature_used events in these days.</p>'
+    rows = []
+    for feature, counts in outcomes.items():
+        ok, error = counts["ok"], counts["error"]
+        rate = f"{error / (ok + error):.1%}" if ok + error else "-"
+        rows.append(
+            f'<tr data-feature="{e(feature)}"><td>{e(feature)}</td><td class="n ok">{ok:,}</td>'
+            f'<td class="n error">{error:,}</td><td class="n rate">{e(rate)}</td></tr>'
+        )
+    return _table("features", ("Feature", "ok", "error", "error rate"), rows)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def _health(h: Mapping[str, Any]) -> str:
+    errors = h["errors"]
+    items = [
+        ("status", "ok" if h["healthy"] else f"unhealthy: {h['message']}"),
+        ("last flush", h["last_flush"] or "none yet"),
+        ("lag (since the last flush)", _seconds(h["seconds_since_last_flush"])),
+        ("pending counts", f"{h['pending_counts']:,}"),
+        (
+            "claims in flight",
+            f"{h['claimed_batches']:,} ({_seconds(h['oldest_claim_seconds'])} oldest)",
+        ),
+        ("flushes failed", f"{errors['flushes_failed']:,}"),
+        ("pushes failed", f"{errors['pushes_failed']:,}"),
+        ("counts dropped", f"{errors['dropped']:,}"),
+        ("keys evicted by Redis", f"{errors['evicted_keys']:,}"),
+    ]
+    items += [("backend error", message) for message in errors["backend_errors"]]
+    cells = "".join(
+        f'<div data-health="{e(k)}"><dt>{e(k)}</dt><dd>{e(v)}</dd></div>' for k, v in items
+    )
+    state = "ok" if h["healthy"] else "bad"
+    return f'<dl id="health" class="health {state}">{cells}</dl>'
+
+
+# -- one event ------------------------------------------------------------------------------
+
+
+def event(api: DashboardAPI, params: Params) -> str:
+    """One event: its series, breakdown, top users and active users."""
+    name = params.text("event", "an event name")
+    granularity = params.choice("granularity", GRANULARITIES, "day")
+    tz = params.tz()
+    today = api.today(tz)
+    start = params.moment("from", today - timedelta(days=OVERVIEW_DAYS - 1))
+    end = params.moment("to", today)
+    by = params.raw("by")
+    end_day = end.date() if isinstance(end, datetime) else end
+    day = params.day("day", end_day)
+    window = {
+        "from": [start.isoformat()],
+        "to": [end.isoformat()],
+        "granularity": [granularity],
+        "tz": [tz],
+    }
+    series: list[tuple[datetime, int]] = api.call("series", {"event": [name], **window})
+    labels = [_label(label, granularity) for label, _ in series]
+    counts = [n for _, n in series]
+    title = f"{name} by {granularity} ({tz})"
+    body = [
+        f"<h1>{e(name)}</h1>",
+        _controls(name, granularity, start, end, tz, by, day),
+        f'<section id="series-view"><h2>{e(title)}</h2>',
+        svg.bars(labels, counts, title=title),
+        _table("series", ("Period", "Count"), _series_rows(series, granularity)),
+        "</section>",
+    ]
+    if by:
+        body.append(_breakdown(api, name, by, window, granularity))
+    uniques: int = api.call(
+        "unique_users",
+        {"event": [name], "from": [_day(start).isoformat()], "to": [end_day.isoformat()]},
+    )
+    body.append(
+        f'<p class="note">Distinct users over the UTC days {e(_day(start).isoformat())} to '
+        f'{e(end_day.isoformat())}: <strong id="unique-users">{uniques:,}</strong></p>'
+    )
+    body.append(_top_users(api, name, day))
+    body.append(_active_users(api, name, window, granularity))
+    return page(name, "".join(body))
+
+
+def _day(moment: date | datetime) -> date:
+    return moment.date() if isinstance(moment, datetime) else moment
+
+
+def _controls(
+    name: str,
+    granularity: str,
+    start: date | datetime,
+    end: date | datetime,
+    tz: str,
+    by: str | None,
+    day: date,
+) -> str:
+    options = "".join(
+        f'<option value="{g}"{" selected" if g == granularity else ""}>{g}</option>'
+        for g in GRANULARITIES
+    )
+    return (
+        '<form class="controls auto" method="get" action="/event">'
+        f'<input type="hidden" name="event" value="{e(name)}">'
+        f'<label>Granularity <select name="granularity">{options}</select></label>'
+        f'<label>From <input type="text" name="from" value="{e(start.isoformat())}" size="12"></label>'
+        f'<label>To <input type="text" name="to" value="{e(end.isoformat())}" size="12"></label>'
+        f"{_tz_select(tz)}"
+        f'<label>Breakdown by <input type="text" name="by" value="{e(by or "")}" '
+        'placeholder="property key" size="12"></label>'
+        f'<label>Top users on <input type="text" name="day" value="{e(day.isoformat())}" size="12"></label>'
+        '<button type="submit">Apply</button></form>'
+    )
+
+
+def _breakdown(
+    api: DashboardAPI, name: str, by: str, window: Mapping[str, list[str]], granularity: str
+) -> str:
+    head = f'<section id="breakdown-view"><h2>{e(name)} by {e(by)}</h2>'
+    try:
+        answer: dict[str, list[tuple[datetime, int]]] = api.call(
+            "breakdown", {"event": [name], "by": [by], **window}
+        )
+    except NotAvailable as exc:
+        return head + _unavailable("breakdown", exc) + "</section>"
+    if not answer:
+        return head + '<p class="empty">No counts in this range.</p></section>'
+    first = next(iter(answer.values()))
+    labels = [_label(label, granularity) for label, _ in first]
+    named = [(value, [n for _, n in series]) for value, series in answer.items()]
+    rows = []
+    for i, (value, counts) in enumerate(named):
+        color = svg.PALETTE[i % len(svg.PALETTE)]
+        rows.append(
+            f'<tr data-value="{e(value)}"><td><svg class="swatch" width="10" height="10">'
+            f'<rect width="10" height="10" fill="{color}"/></svg>{e(value)}</td><td class="n">{sum(counts):,}</td>'
+            f"<td>{svg.sparkline(counts)}</td></tr>"
+        )
+    return (
+        head
+        + svg.lines(labels, named, title=f"{name} by {by}")
+        + _table("breakdown", (by, "Total", "Series"), rows)
+        + "</section>"
+    )
+
+
+def _top_users(api: DashboardAPI, name: str, day: date) -> str:
+    top: list[tuple[str, int]] = api.call(
+        "top_users", {"event": [name], "day": [day.isoformat()], "limit": ["10"]}
+    )
+    head = f'<section id="top-users-view"><h2>Top users on {e(day.isoformat())} (UTC)</h2>'
+    if not top:
+        return head + '<p class="empty">No users on this day.</p></section>'
+    rows = [
+        f'<tr data-user="{e(user)}"><td>{rank}</td><td>{e(user)}</td><td class="n">{n:,}</td></tr>'
+        for rank, (user, n) in enumerate(top, 1)
+    ]
+    return head + _table("top-users", ("#", "User", "Count"), rows) + "</section>"
+
+
+def _active_users(
+    api: DashboardAPI, name: str, window: Mapping[str, list[str]], granularity: str
+) -> str:
+    head = f'<section id="active-users-view"><h2>Active users of {e(name)} by {e(granularity)}</h2>'
+    try:
+        answer: list[tuple[datetime, int]] = api.call("active_users", {"event": [name], **window})
+    except NotAvailable as exc:
+        return head + _unavailable("active_users", exc) + "</section>"
+    labels = [_label(label, granularity) for label, _ in answer]
+    counts = [n for _, n in answer]
+    rows = [
+        f'<tr data-period="{e(label.isoformat())}"><td>{e(_label(label, granularity))}</td>'
+        f'<td class="n">{n:,}</td></tr>'
+        for label, n in answer
+    ]
+    return (
+        head
+        + svg.bars(labels, counts, title=f"active users of {name}")
+        + _table("active-users", ("Period", "Users"), rows)
+        + "</section>"
+    )
+
+
+Page = Callable[[DashboardAPI, Params], str]
+PAGES: dict[str, tuple[Page, tuple[str, ...]]] = {
+    "/": (overview, ("token", "tz")),
+    "/event": (event, ("token", "event", "granularity", "from", "to", "tz", "by", "day")),
+}
+"""``{path: (render, accepted parameters)}``."""
