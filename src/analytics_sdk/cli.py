@@ -244,57 +244,16 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def wait_for_stop() -> None:
-    """Block until SIGINT or SIGTERM (Ctrl-C, or a supervisor stopping the process)."""
-    import signal
-    import threading
-
-    stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        stop.wait()
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _token(given: str | None) -> str | None:
-    from .dashboard import TOKEN_VARIABLE
-
-    return given or os.environ.get(TOKEN_VARIABLE) or None
-
-
 def dashboard(args: argparse.Namespace, out: TextIO) -> int:
     """Serve the read-only dashboard on the sink (and store) until interrupted; return 0."""
     from .client import Analytics
-    from .dashboard import DashboardServer
+    from .dashboard import serve_until_stopped
 
     sink = _readable_sink(_url(args.sink, "ANALYTICS_SINK", "--sink"))
     store = args.store or os.environ.get("ANALYTICS_STORE") or "memory://"
     with Analytics(store=store, sink=sink, background=False, flusher=False) as client:
-        token = _token(args.token)
-        server = DashboardServer(client, args.addr, token=token)
-        try:
-            _announce(server.url, token, out)
-            wait_for_stop()
-        finally:
-            server.close()
+        serve_until_stopped(client, args.addr, token=args.token, out=out)
     return 0
-
-
-def _announce(url: str, token: str | None, out: TextIO) -> None:
-    if token is None:
-        out.write(f"dashboard on {url} (read-only; Ctrl-C stops it)\n")
-    else:
-        out.write(
-            f"dashboard on {url} (read-only; Ctrl-C stops it); it asks for the token: open "
-            f"{url}?token=TOKEN once, or send Authorization: Bearer TOKEN\n"
-        )
-    out.flush()
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -314,7 +273,7 @@ def worker(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         metrics_addr=None if args.no_metrics else args.metrics_addr,
         dashboard_addr=args.dashboard_addr if args.dashboard else None,
-        dashboard_token=_token(args.dashboard_token),
+        dashboard_token=args.dashboard_token,
         **spool,
     )
     return w.run()

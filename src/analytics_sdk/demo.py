@@ -201,23 +201,11 @@ def demo(
             "(or, on your own data: analytics-sdk dashboard --sink postgresql://host/db)\n"
         )
     else:
-        _serve_dashboard(client, dashboard, out)
+        from .dashboard import serve_until_stopped
+
+        serve_until_stopped(client, dashboard, out=out)
     api.shutdown()
     return 0
-
-
-def _serve_dashboard(client: Analytics, addr: tuple[str, int], out: TextIO) -> None:
-    from .cli import _announce, _token, wait_for_stop
-    from .dashboard import DashboardServer
-
-    token = _token(None)
-    server = DashboardServer(client, addr, token=token)
-    try:
-        out.write("\n")
-        _announce(server.url, token, out)
-        wait_for_stop()
-    finally:
-        server.close()
 
 
 def _report(

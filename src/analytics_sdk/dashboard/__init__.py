@@ -16,7 +16,7 @@ pipeline's state), ``svg`` (charts), ``pages`` (HTML), ``server`` (HTTP), ``stat
 from __future__ import annotations
 
 from .api import BadParameter, DashboardAPI, NotAvailable
-from .server import DEFAULT_ADDR, TOKEN_VARIABLE, DashboardServer, serve
+from .server import DEFAULT_ADDR, TOKEN_VARIABLE, DashboardServer, serve, serve_until_stopped
 
 __all__ = [
     "DEFAULT_ADDR",
@@ -26,4 +26,5 @@ __all__ = [
     "DashboardServer",
     "NotAvailable",
     "serve",
+    "serve_until_stopped",
 ]

@@ -53,6 +53,7 @@ def page(title: str, body: str) -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{e(title)} · analytics_sdk</title>"
+        '<link rel="icon" href="data:,">'  # no favicon request
         '<link rel="stylesheet" href="/static/dashboard.css">'
         '<script src="/static/dashboard.js" defer></script></head><body>'
         '<header><a class="brand" href="/">analytics_sdk</a>'
@@ -88,6 +89,11 @@ def _table(table_id: str, head: Sequence[str], rows: list[str]) -> str:
         f'<table id="{e(table_id)}"><thead><tr>{cells}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
+
+
+def _scroll(table: str) -> str:
+    """A long table in a box of its own height, so that the sections below stay in view."""
+    return f'<div class="scroll">{table}</div>'
 
 
 def _series_rows(series: list[tuple[datetime, int]], granularity: str) -> list[str]:
@@ -227,7 +233,7 @@ def event(api: DashboardAPI, params: Params) -> str:
         _controls(name, granularity, start, end, tz, by, day),
         f'<section id="series-view"><h2>{e(title)}</h2>',
         svg.bars(labels, counts, title=title),
-        _table("series", ("Period", "Count"), _series_rows(series, granularity)),
+        _scroll(_table("series", ("Period", "Count"), _series_rows(series, granularity))),
         "</section>",
     ]
     if by:
@@ -339,7 +345,7 @@ def _active_users(
     return (
         head
         + svg.bars(labels, counts, title=f"active users of {name}")
-        + _table("active-users", ("Period", "Users"), rows)
+        + _scroll(_table("active-users", ("Period", "Users"), rows))
         + "</section>"
     )
 

@@ -25,10 +25,11 @@ from .pages import PAGES, error_page
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import TextIO
 
     from ..client import Analytics
 
-__all__ = ["DEFAULT_ADDR", "TOKEN_VARIABLE", "DashboardServer", "serve"]
+__all__ = ["DEFAULT_ADDR", "TOKEN_VARIABLE", "DashboardServer", "serve", "serve_until_stopped"]
 
 logger = logging.getLogger("analytics_sdk.dashboard")
 
@@ -276,3 +277,37 @@ def serve(
 ) -> DashboardServer:
     """Start serving ``client``'s dashboard on ``addr``; return the server (``close()`` it)."""
     return DashboardServer(client, addr, token=token, health=health)
+
+
+def serve_until_stopped(
+    client: Analytics,
+    addr: tuple[str, int] = DEFAULT_ADDR,
+    *,
+    token: str | None = None,
+    out: TextIO,
+) -> None:
+    """Serve ``client``'s dashboard, print where to ``out``, and return on SIGINT or
+    SIGTERM (Ctrl-C, or a supervisor stopping the process)."""
+    import signal
+
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with DashboardServer(client, addr, token=token) as server:
+            if server.token is None:
+                out.write(f"dashboard on {server.url} (read-only; Ctrl-C stops it)\n")
+            else:
+                out.write(
+                    f"dashboard on {server.url} (read-only; Ctrl-C stops it); it asks for the "
+                    f"token: open {server.url}?token=TOKEN once, or send Authorization: "
+                    "Bearer TOKEN\n"
+                )
+            out.flush()
+            stop.wait()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
