@@ -61,6 +61,12 @@ def direct_ms(run: Callable[[], Any], repeat: int) -> float:
     return statistics.median(timings) * 1000
 
 
+def report(label: str, loads: list[float], queries: float) -> None:
+    median = statistics.median(loads)
+    verdict = "ok" if median < TARGET_MS else "MISSED"
+    print(f"{label:<66} {median:>6.0f}ms {max(loads):>6.0f}ms {queries:>6.0f}ms {verdict:>8}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
@@ -105,14 +111,13 @@ def main() -> None:
                     lambda: (api.call("overview", ""), api.call("health", "")),
                 ),
                 (
-                    "event_1 by day, 30 days (with top and distinct users)",
+                    "event_1 by day, 30 days (with top users)",
                     "event?event=event_1",
                     lambda: [
                         api.call(n, q)
                         for n, q in (
                             ("series", "event=event_1"),
                             ("top_users", f"event=event_1&day={last}"),
-                            ("unique_users", "event=event_1"),
                         )
                     ],
                 ),
@@ -127,7 +132,7 @@ def main() -> None:
                     ),
                 ),
                 (
-                    f"event_0 on its last user day ({args.users:,} users: top and distinct)",
+                    f"event_0, top users of a day of {args.users:,} users",
                     f"event?event=event_0&from={user_last - timedelta(days=29)}&to={user_last}",
                     lambda: [
                         api.call(n, q)
@@ -137,10 +142,6 @@ def main() -> None:
                                 f"event=event_0&from={user_last - timedelta(days=29)}&to={user_last}",
                             ),
                             ("top_users", f"event=event_0&day={user_last}"),
-                            (
-                                "unique_users",
-                                f"event=event_0&from={user_last - timedelta(days=29)}&to={user_last}",
-                            ),
                         )
                     ],
                 ),
@@ -151,15 +152,15 @@ def main() -> None:
             )
             print(f"{'page':<66} {'median':>8} {'max':>8} {'queries':>8} {'target':>8}")
             for label, path, direct in pages:
-                load_ms(page, server.url + path)  # warm-up
-                loads = [load_ms(page, server.url + path) for _ in range(args.repeat)]
-                queries = direct_ms(direct, args.repeat)
-                median = statistics.median(loads)
-                verdict = "ok" if median < TARGET_MS else "MISSED"
-                print(
-                    f"{label:<66} {median:>6.0f}ms {max(loads):>6.0f}ms {queries:>6.0f}ms "
-                    f"{verdict:>8}"
-                )
+                for cached in (True, False) if path == "" else (True,):
+                    # The overview reuses the list of event names for 30 s: measured with
+                    # it and, as on a first load, with the fleet totals read each time.
+                    api.names_cache_seconds = 30.0 if cached else 0.0
+                    name = label if cached else "overview, event names not cached"
+                    load_ms(page, server.url + path)  # warm-up
+                    loads = [load_ms(page, server.url + path) for _ in range(args.repeat)]
+                    queries = direct_ms(direct, args.repeat)
+                    report(name, loads, queries)
             browser.close()
     finally:
         if not args.keep:

@@ -495,3 +495,51 @@ def test_demo_dashboard_serves_the_demos_data_until_interrupted() -> None:
         assert get(url)[0] == 200
     finally:
         assert _stop(proc, signal.SIGTERM) == 0
+
+
+def test_a_backend_that_does_not_answer_is_a_503_and_shows_in_the_health(known: Known) -> None:
+    from analytics_sdk.errors import SinkError, StoreError
+
+    from .faults import Faults
+
+    with (
+        Analytics(store=known.store, sink=known.sink, background=False, flusher=False) as client,
+        serve(client, ("127.0.0.1", 0)) as s,
+    ):
+        Faults(client.sink).fail("snapshot", times=100, error=SinkError("sink down (injected)"))
+        Faults(client.store).fail(
+            "pending_event_totals", times=100, error=StoreError("store down (injected)")
+        )
+        status, _, body = get(s.url + "api/series?event=page_view")
+        assert (status, json.loads(body)) == (503, {"error": "sink down (injected)"})
+        status, _, page = get(s.url + "event?event=page_view")
+        assert status == 503
+        assert "sink down (injected)" in page
+        health = json.loads(get(s.url + "api/health")[2])
+        assert health["healthy"] is False
+        assert health["errors"]["backend_errors"] == ["store down (injected)"]
+
+
+def test_the_overview_reuses_the_event_names_for_a_while_never_the_counts() -> None:
+    from analytics_sdk.dashboard import DashboardAPI
+    from analytics_sdk.testing import ManualClock
+
+    clock = ManualClock(NOW)
+    with Analytics(store="memory://", sink="memory://", clock=clock, background=False) as client:
+        api = DashboardAPI(client, names_cache_seconds=30)
+        try:
+            client.track("signup")
+            client.flush()  # the event names come from the store and the sink
+            assert list(api.call("overview", "")["events"]) == ["signup"]
+            client.track("signup", value=2)
+            client.track("page_view", value=5)
+            client.flush()
+            overview = api.call("overview", "")["events"]
+            assert list(overview) == ["signup"]  # the new name shows within 30 s...
+            assert overview["signup"][-1][1] == 3  # ...its counts at once
+            clock.advance(30)
+            overview = api.call("overview", "")["events"]
+            assert list(overview) == ["page_view", "signup"]  # the most counts first
+            assert api.call("events", "") == {"page_view": 5, "signup": 3}  # never cached
+        finally:
+            api.close()

@@ -168,7 +168,6 @@ def test_the_event_page_switches_granularity_range_time_zone_and_breakdown(
         "2026-11-20T02:00:00-08:00": "1",
         "2026-11-20T06:00:00-08:00": "4",
     }
-    shot(page, "dashboard-hourly.png", tmp_path)
 
     # Breakdown by a property.
     page.fill('input[name="by"]', "path")

@@ -9,7 +9,9 @@ unchanged; the pages render the same answers. :func:`to_json` turns an answer in
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -201,9 +203,37 @@ class DashboardAPI:
         client: Analytics,
         *,
         health: Callable[[], tuple[bool, str]] | None = None,
+        names_cache_seconds: float = 30.0,
+        workers: int = 4,
     ) -> None:
+        """``names_cache_seconds``: how long the overview reuses the list of event names
+        (their counts are always read afresh); ``workers``: queries a page runs at once
+        (the PostgreSQL sink's pool holds 4 connections by default)."""
         self.client = client
         self.worker_health = health
+        self.names_cache_seconds = names_cache_seconds
+        self._monotonic = client.config.clock.monotonic
+        self._names: tuple[float, list[str]] | None = None
+        self._names_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="analytics-sdk-dashboard")
+
+    def close(self) -> None:
+        """Stop the threads that run a page's queries."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, name: str, query: str | Mapping[str, list[str]]) -> Future[Any]:
+        """Start :meth:`call` on a worker thread: a page runs its queries at once."""
+        return self._executor.submit(self.call, name, query)
+
+    def event_names(self) -> list[str]:
+        """Return the names of every event in the store or the sink (cached for
+        ``names_cache_seconds``: an event seen for the first time shows within that)."""
+        with self._names_lock:
+            now = self._monotonic()
+            if self._names is None or now >= self._names[0]:
+                names = sorted(self.client._query.fleet_totals())
+                self._names = (now + self.names_cache_seconds, names)
+            return self._names[1]
 
     def call(self, name: str, query: str | Mapping[str, list[str]]) -> Any:
         """Validate ``query`` for endpoint ``name`` and return its answer."""
@@ -243,15 +273,19 @@ class DashboardAPI:
 
     @_endpoint("tz")
     def overview(self, p: Params) -> dict[str, Any]:
-        """Each event's daily series over the last 30 days in tz (today last): {"today", "tz", "events": {event: [[day, n], ...]}}."""
+        """Each event's daily series over the last 30 days in tz (today last), the events with the most counts in those days first: {"today", "tz", "events": {event: [[day, n], ...]}}."""
         tz = p.tz()
         today = self.today(tz)
         first = today - timedelta(days=OVERVIEW_DAYS - 1)
-        names = list(self.events(p))
-        series = {
-            name: self.client.series(name, first, today, granularity="day", tz=tz) for name in names
+        futures = {
+            name: self._executor.submit(
+                self.client.series, name, first, today, granularity="day", tz=tz
+            )
+            for name in self.event_names()
         }
-        return {"today": today, "tz": tz, "events": series}
+        series = {name: future.result() for name, future in futures.items()}
+        ranked = sorted(series, key=lambda name: (-sum(n for _, n in series[name]), name))
+        return {"today": today, "tz": tz, "events": {name: series[name] for name in ranked}}
 
     @_endpoint("event", "day", "hour", "property", "user_id")
     def count(self, p: Params) -> int:

@@ -7,6 +7,7 @@ query through :func:`urllib.parse.urlencode`): an event named ``<script>`` shows
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import date, datetime, timedelta
 from html import escape
 from typing import Any
@@ -123,8 +124,11 @@ def _tz_select(tz: str) -> str:
 def overview(api: DashboardAPI, params: Params) -> str:
     """The events with today's and the last 30 days' totals, feature outcomes, health."""
     tz = params.tz()
-    data = api.call("overview", {"tz": [tz]})
-    today: date = data["today"]
+    today = api.today(tz)
+    first = today - timedelta(days=OVERVIEW_DAYS - 1)
+    window = {"from": [first.isoformat()], "to": [today.isoformat()], "tz": [tz]}
+    features, health = api.submit("features", window), api.submit("health", {})
+    data = api.call("overview", {"tz": [tz]})  # runs its series at once itself
     rows = []
     for name, series in data["events"].items():
         counts = [n for _, n in series]
@@ -138,8 +142,6 @@ def overview(api: DashboardAPI, params: Params) -> str:
         if rows
         else '<p class="empty" id="events">No events yet.</p>'
     )
-    first = today - timedelta(days=OVERVIEW_DAYS - 1)
-    window = {"from": [first.isoformat()], "to": [today.isoformat()], "tz": [tz]}
     return page(
         "Events",
         f'<h1>Events</h1><form class="controls" method="get" action="/">{_tz_select(tz)}'
@@ -147,14 +149,14 @@ def overview(api: DashboardAPI, params: Params) -> str:
         f'<p class="note">Today is {e(today.isoformat())} in {e(tz)}; the last {OVERVIEW_DAYS} '
         f"days run from {e(first.isoformat())}. Exact counts: the sink, the store's pending "
         "counts.</p>"
-        f"{events}<h2>Feature outcomes, last {OVERVIEW_DAYS} days</h2>{_features(api, window)}"
-        f"<h2>Pipeline</h2>{_health(api.call('health', {}))}",
+        f"{events}<h2>Feature outcomes, last {OVERVIEW_DAYS} days</h2>{_features(features)}"
+        f"<h2>Pipeline</h2>{_health(health.result())}",
     )
 
 
-def _features(api: DashboardAPI, window: Mapping[str, list[str]]) -> str:
+def _features(future: Future[Any]) -> str:
     try:
-        outcomes: dict[str, dict[str, int]] = api.call("features", window)
+        outcomes: dict[str, dict[str, int]] = future.result()
     except NotAvailable as exc:
         return _unavailable("features", exc)
     if not outcomes:
@@ -224,7 +226,12 @@ def event(api: DashboardAPI, params: Params) -> str:
         "granularity": [granularity],
         "tz": [tz],
     }
-    series: list[tuple[datetime, int]] = api.call("series", {"event": [name], **window})
+    # The page's queries run at once; each section waits for its own.
+    series_f = api.submit("series", {"event": [name], **window})
+    breakdown_f = api.submit("breakdown", {"event": [name], "by": [by], **window}) if by else None
+    top_f = api.submit("top_users", {"event": [name], "day": [day.isoformat()], "limit": ["10"]})
+    active_f = api.submit("active_users", {"event": [name], **window})
+    series: list[tuple[datetime, int]] = series_f.result()
     labels = [_label(label, granularity) for label, _ in series]
     counts = [n for _, n in series]
     title = f"{name} by {granularity} ({tz})"
@@ -236,18 +243,10 @@ def event(api: DashboardAPI, params: Params) -> str:
         _scroll(_table("series", ("Period", "Count"), _series_rows(series, granularity))),
         "</section>",
     ]
-    if by:
-        body.append(_breakdown(api, name, by, window, granularity))
-    uniques: int = api.call(
-        "unique_users",
-        {"event": [name], "from": [_day(start).isoformat()], "to": [end_day.isoformat()]},
-    )
-    body.append(
-        f'<p class="note">Distinct users over the UTC days {e(_day(start).isoformat())} to '
-        f'{e(end_day.isoformat())}: <strong id="unique-users">{uniques:,}</strong></p>'
-    )
-    body.append(_top_users(api, name, day))
-    body.append(_active_users(api, name, window, granularity))
+    if breakdown_f is not None and by:
+        body.append(_breakdown(breakdown_f, name, by, granularity))
+    body.append(_top_users(top_f, day))
+    body.append(_active_users(active_f, name, granularity))
     return page(name, "".join(body))
 
 
@@ -282,14 +281,10 @@ def _controls(
     )
 
 
-def _breakdown(
-    api: DashboardAPI, name: str, by: str, window: Mapping[str, list[str]], granularity: str
-) -> str:
+def _breakdown(future: Future[Any], name: str, by: str, granularity: str) -> str:
     head = f'<section id="breakdown-view"><h2>{e(name)} by {e(by)}</h2>'
     try:
-        answer: dict[str, list[tuple[datetime, int]]] = api.call(
-            "breakdown", {"event": [name], "by": [by], **window}
-        )
+        answer: dict[str, list[tuple[datetime, int]]] = future.result()
     except NotAvailable as exc:
         return head + _unavailable("breakdown", exc) + "</section>"
     if not answer:
@@ -313,10 +308,8 @@ def _breakdown(
     )
 
 
-def _top_users(api: DashboardAPI, name: str, day: date) -> str:
-    top: list[tuple[str, int]] = api.call(
-        "top_users", {"event": [name], "day": [day.isoformat()], "limit": ["10"]}
-    )
+def _top_users(future: Future[Any], day: date) -> str:
+    top: list[tuple[str, int]] = future.result()
     head = f'<section id="top-users-view"><h2>Top users on {e(day.isoformat())} (UTC)</h2>'
     if not top:
         return head + '<p class="empty">No users on this day.</p></section>'
@@ -327,12 +320,10 @@ def _top_users(api: DashboardAPI, name: str, day: date) -> str:
     return head + _table("top-users", ("#", "User", "Count"), rows) + "</section>"
 
 
-def _active_users(
-    api: DashboardAPI, name: str, window: Mapping[str, list[str]], granularity: str
-) -> str:
+def _active_users(future: Future[Any], name: str, granularity: str) -> str:
     head = f'<section id="active-users-view"><h2>Active users of {e(name)} by {e(granularity)}</h2>'
     try:
-        answer: list[tuple[datetime, int]] = api.call("active_users", {"event": [name], **window})
+        answer: list[tuple[datetime, int]] = future.result()
     except NotAvailable as exc:
         return head + _unavailable("active_users", exc) + "</section>"
     labels = [_label(label, granularity) for label, _ in answer]

@@ -259,6 +259,7 @@ class DashboardServer:
         """Stop serving and release the port."""
         if self._pid == os.getpid():
             self._server.shutdown()
+            self.api.close()
         self._server.server_close()
 
     def __enter__(self) -> DashboardServer:

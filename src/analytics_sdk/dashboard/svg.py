@@ -47,12 +47,13 @@ def sparkline(values: Sequence[int], width: int = 120, height: int = 24) -> str:
 
 def _axis(peak: int, width: int, top: int, bottom: int, left: int) -> str:
     mid = (top + bottom) / 2
+    half = f"{peak // 2:,}" if peak % 2 == 0 else f"{peak / 2:,.1f}"
     return (
         f'<line class="axis" x1="{left}" y1="{bottom}" x2="{width}" y2="{bottom}"/>'
         f'<line class="grid" x1="{left}" y1="{top}" x2="{width}" y2="{top}"/>'
         f'<line class="grid" x1="{left}" y1="{mid}" x2="{width}" y2="{mid}"/>'
         f'<text class="tick" x="{left - 4}" y="{top + 4}" text-anchor="end">{peak:,}</text>'
-        f'<text class="tick" x="{left - 4}" y="{mid + 4}" text-anchor="end">{peak / 2:,.0f}</text>'
+        f'<text class="tick" x="{left - 4}" y="{mid + 4}" text-anchor="end">{half}</text>'
         f'<text class="tick" x="{left - 4}" y="{bottom + 4}" text-anchor="end">0</text>'
     )
 
