@@ -470,7 +470,7 @@ def test_the_demo_prints_the_dashboard_command(capsys: pytest.CaptureFixture[str
 
     assert main(["demo", "--seconds", "0.5", "--threads", "1", "--users", "5"]) == 0
     out = capsys.readouterr().out
-    assert "analytics-sdk demo --seconds 0.5 --threads 1 --users 5 --dashboard\n" in out
+    assert "analytics-sdk-exact demo --seconds 0.5 --threads 1 --users 5 --dashboard\n" in out
 
 
 def test_demo_dashboard_serves_the_demos_data_until_interrupted() -> None:

@@ -65,7 +65,7 @@ def test_every_install_line_and_command_in_the_docs_uses_the_distribution_name()
                         line,
                     )
             for match in re.finditer(
-                r"(?<![\w./-])(analytics-sdk[\w-]*) (demo|migrate|query|worker)", line
+                r"(?<![\w./-])(analytics-sdk[\w-]*) (demo|migrate|query|worker|dashboard)", line
             ):
                 commands += 1
                 assert match.group(1) == DISTRIBUTION, (page, line)

@@ -196,9 +196,9 @@ def demo(
         out.write(
             "\nThese counts live in this process's memory and end with it. To browse the same "
             "run in a web dashboard:\n"
-            f"  analytics-sdk demo --seconds {seconds:g} --threads {threads} --users {users} "
-            "--dashboard\n"
-            "(or, on your own data: analytics-sdk dashboard --sink postgresql://host/db)\n"
+            f"  analytics-sdk-exact demo --seconds {seconds:g} --threads {threads} "
+            f"--users {users} --dashboard\n"
+            "(or, on your own data: analytics-sdk-exact dashboard --sink postgresql://host/db)\n"
         )
     else:
         from .dashboard import serve_until_stopped

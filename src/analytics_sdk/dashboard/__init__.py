@@ -1,7 +1,7 @@
 """A read-only web dashboard over the query API: pages, SVG charts and a JSON API.
 
-``analytics-sdk dashboard --sink postgresql://...`` serves it; so does a flush worker
-started with ``--dashboard``, and ``analytics-sdk demo --dashboard``. In code::
+``analytics-sdk-exact dashboard --sink postgresql://...`` serves it; so does a flush worker
+started with ``--dashboard``, and ``analytics-sdk-exact demo --dashboard``. In code::
 
     from analytics_sdk.dashboard import serve
     server = serve(client, ("127.0.0.1", 8050), token="s3cret")

@@ -298,7 +298,7 @@ def _breakdown(future: Future[Any], name: str, by: str, granularity: str) -> str
         rows.append(
             f'<tr data-value="{e(value)}"><td><svg class="swatch" width="10" height="10">'
             f'<rect width="10" height="10" fill="{color}"/></svg>{e(value)}</td><td class="n">{sum(counts):,}</td>'
-            f"<td>{svg.sparkline(counts)}</td></tr>"
+            f"<td>{svg.sparkline(counts, color=color)}</td></tr>"
         )
     return (
         head

@@ -30,7 +30,9 @@ def _scale(peak: int, height: float) -> float:
     return height / peak if peak > 0 else 0.0
 
 
-def sparkline(values: Sequence[int], width: int = 120, height: int = 24) -> str:
+def sparkline(
+    values: Sequence[int], width: int = 120, height: int = 24, color: str = PALETTE[0]
+) -> str:
     """Return a small SVG line of ``values`` scaled to the largest, with an accessible label."""
     n = len(values)
     peak = max(values, default=0)
@@ -40,7 +42,7 @@ def sparkline(values: Sequence[int], width: int = 120, height: int = 24) -> str:
     label = escape(f"{n} values, peak {peak:,}, last {values[-1] if values else 0:,}")
     return (
         f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'role="img" aria-label="{label}"><polyline fill="none" stroke="{PALETTE[0]}" '
+        f'role="img" aria-label="{label}"><polyline fill="none" stroke="{color}" '
         f'stroke-width="1.5" points="{points}"/></svg>'
     )
 
