@@ -414,3 +414,77 @@ def test_counts_of_the_earlier_layout_are_read_and_flushed_once_after_an_upgrade
         assert store.pending_users("view", None, None, None) == Pending()
         for s in range(store.shards):
             assert r.exists(f"{store._tags[s]}:idx", f"{store._tags[s]}:hashes") == 0
+
+
+def test_a_counter_moved_into_a_batch_being_built_after_the_read_counts_once(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query reads a user's count live while a flusher is half way through building a
+    batch; the flusher's next CLAIM step moves that count into the batch, which commits
+    before the query reads the sink. The batch was claimed when the store was read, but
+    still being built: the query must read again, not count the user live and in the sink."""
+    import threading
+
+    from analytics_sdk import Analytics
+    from analytics_sdk.backends import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "CLAIM_STEP", 4)  # a batch of 10 in three steps
+    url = f"{redis_url}?prefix={prefix}&shards=1"
+    client = Analytics(store=url, sink="memory://", background=False)
+    flusher = RedisCounterStore.from_url(url)
+    users = {("e", f"u{n}", DAY): 1 for n in range(10)}
+    flusher.push(Push(producer="p", sequence=1, delta=Delta(users=users)))
+    stepped, go, applied = threading.Event(), threading.Event(), threading.Event()
+    script = flusher._lua_claim
+
+    def pausing_after_the_first_step(*args: Any, **kwargs: Any) -> Any:
+        reply = script(*args, **kwargs)
+        if not stepped.is_set():
+            stepped.set()
+            assert go.wait(10)
+        return reply
+
+    flusher._lua_claim = pausing_after_the_first_step  # type: ignore[method-assign]
+
+    def flush() -> None:
+        batches = flusher.claim_batches(max_keys=10)
+        batch = next(batches)
+        batches.close()
+        client.sink.apply(batch)  # committed; not acknowledged yet
+        applied.set()
+
+    thread = threading.Thread(target=flush)
+    thread.start()
+    assert stepped.wait(10)
+    live = flusher._redis.hkeys(f"{{{prefix}:0}}:live:u:e:{DAY}")
+    assert len(live) == 6  # the first step moved 4 of 10 users (picked at random)
+    user = sorted(live)[0]
+    store = client.store
+    read = store.pending_users
+
+    def read_then_let_the_flusher_finish(*args: Any) -> Any:
+        pending = read(*args)
+        if not go.is_set():
+            assert user in pending.live
+            assert pending.building  # the batch read is still being built
+            go.set()
+            assert applied.wait(10)
+        return pending
+
+    store.pending_users = read_then_let_the_flusher_finish  # type: ignore[method-assign]
+    try:
+        day = date_of(DAY)
+        assert client.count("e", day=day, user_id=user) == 1
+        assert client._query.retries == 1
+        assert client.count("e", day=day, user_id=user) == 1
+    finally:
+        go.set()
+        thread.join(10)
+        flusher.close()
+        client.shutdown()
+
+
+def date_of(day: int) -> Any:
+    from datetime import date, timedelta
+
+    return date(1970, 1, 1) + timedelta(days=day)

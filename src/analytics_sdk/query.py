@@ -164,10 +164,10 @@ class QueryEngine:
                     _add(local, read.local(outbox.delta))
             durable = read.durable(snapshot)
             # A batch that was not claimed when the store was read but committed since may
-            # hold counts read live, or pushed from this buffer after the read.
-            if (
-                pending.live or local
-            ) and snapshot.committed_since_entered() - pending.claimed.keys():
+            # hold counts read live, or pushed from this buffer after the read; so may a batch
+            # that was still being built (a later step may have moved a counter read live).
+            settled = pending.claimed.keys() - pending.building
+            if (pending.live or local) and snapshot.committed_since_entered() - settled:
                 return None
             committed = snapshot.applied(pending.claimed) if pending.claimed else set()
         out = dict(durable)
@@ -206,6 +206,7 @@ class QueryEngine:
             return Pending(
                 live=periods_of(read.live, bounds),
                 claimed={i: periods_of(c, bounds) for i, c in read.claimed.items()},
+                building=read.building,
             )
 
         return self._read(
@@ -249,7 +250,9 @@ class QueryEngine:
         def pending() -> Pending[tuple[PropertyValue, int]]:
             read = self.store.pending_property_hourly(event, by, start, end, properties)
             return Pending(
-                live=note(read.live), claimed={i: note(c) for i, c in read.claimed.items()}
+                live=note(read.live),
+                claimed={i: note(c) for i, c in read.claimed.items()},
+                building=read.building,
             )
 
         counts = self._read(

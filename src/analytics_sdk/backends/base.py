@@ -117,6 +117,10 @@ class Pending(Generic[T]):
     live: dict[T, int] = attrs.field(factory=dict)
     claimed: dict[str, dict[T, int]] = attrs.field(factory=dict)
     """Counts of each claimed batch, by batch id."""
+    building: set[str] = attrs.field(factory=set)
+    """Claimed batches that were still being built when read (a store that builds a batch
+    in several steps): a counter read live may move into one later, so a query treats the
+    commit of one like that of a batch it did not read."""
 
 
 def matches(properties: Properties, wanted: Properties) -> bool:

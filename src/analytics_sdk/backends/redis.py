@@ -16,7 +16,9 @@ Key layout, for prefix ``P`` and shard ``s`` (every key of a shard shares the ha
     {P:s}:claim:<batch>           SET   names of the batch's hashes
     {P:s}:claim:<batch>:h:<event>:<hour>  HASH  the claimed counters (live hashes renamed,
     {P:s}:claim:<batch>:u:<event>:<day>         or fields moved out of them)
-    {P:s}:step:<batch>            STRING last CLAIM step of the batch and its result (10 min)
+    {P:s}:step:<batch>            STRING last CLAIM step of the batch and its result (10 min,
+                                         or deleted once the batch is built: reads report a
+                                         batch that has one as still being built)
 
 A query reads only the hashes of the buckets it asks for, found in the event's index, and
 of those only the fields it needs (one user's, with ``HGET``), never a whole event.
@@ -779,6 +781,13 @@ class RedisCounterStore(CounterStore):
         if not moved:
             return None, more
         try:
+            # Built: no step follows (the last one's reply is in), so the step record goes,
+            # which tells readers that nothing more will move into the batch.
+            self._redis.delete(f"{tag}:step:{batch_id}")
+        except self._errors as exc:
+            self._in_doubt.add(batch_id)  # claimed: the next flush of this flusher applies it
+            raise StoreError(f"Redis {self._description} claim failed: {exc}") from exc
+        try:
             batch = self.read_claim(batch_id)
         except StoreError:
             self._in_doubt.add(batch_id)  # claimed: the next flush of this flusher applies it
@@ -861,26 +870,43 @@ class RedisCounterStore(CounterStore):
         what: str,
         plan: Callable[[str], list[tuple[Any, ...]]],
         read: Callable[[dict[int, list[Any]]], dict[int, T]],
-    ) -> dict[int, T]:
-        """Read every shard consistently, with plain bounded commands: ``plan(tag)``
-        lists a shard's first commands (after ``GET {tag}:gen``), ``read(first replies by
-        shard)`` does the rest; a shard whose ``gen`` changed meanwhile (a CLAIM step moved
-        counters: one may have been read both live and claimed, or neither) is read again."""
-        out: dict[int, T] = {}
+    ) -> dict[int, tuple[T, set[str]]]:
+        """Read every shard consistently, with plain bounded commands; return each shard's
+        result and the batches that were still being built (see below).
+
+        The first round trip sends, per shard, ``GET {tag}:gen``, ``ZRANGE {tag}:claims``
+        and the commands ``plan(tag)`` lists; ``read(replies by shard: the batch ids, then
+        the plan's)`` does the rest. A last round trip reads ``gen`` again: a shard whose
+        ``gen`` changed meanwhile (a CLAIM step moved counters: one may have been read both
+        live and claimed, or neither) is read again. It also asks which of the batches read
+        still have a step record: their flusher has not finished building them, so a later
+        step may move into them a counter this read saw live (the query must then treat their
+        commit as that of a batch it did not read)."""
+        out: dict[int, tuple[T, set[str]]] = {}
         todo = list(range(len(self._tags)))
         for _ in range(READ_ATTEMPTS):
             first: list[tuple[Any, ...]] = []
             for shard in todo:
-                first += [("get", f"{self._tags[shard]}:gen"), *plan(self._tags[shard])]
+                tag = self._tags[shard]
+                first += [("get", f"{tag}:gen"), ("zrange", f"{tag}:claims", 0, -1), *plan(tag)]
             replies = self._pipeline(what, first)
             per = len(replies) // len(todo)
             started = {s: replies[i * per : (i + 1) * per] for i, s in enumerate(todo)}
             results = read({s: r[1:] for s, r in started.items()})
-            gens = self._pipeline(what, [("get", f"{self._tags[s]}:gen") for s in todo])
+            last: list[tuple[Any, ...]] = []
+            for shard in todo:
+                tag = self._tags[shard]
+                last.append(("get", f"{tag}:gen"))
+                last += [("exists", f"{tag}:step:{b}") for b in started[shard][1]]
+            replies = self._pipeline(what, last)
             again = []
-            for shard, gen in zip(todo, gens, strict=True):
+            for shard in todo:
+                batches = started[shard][1]
+                gen, building = replies[0], replies[1 : 1 + len(batches)]
+                replies = replies[1 + len(batches) :]
                 if gen == started[shard][0]:
-                    out[shard] = results[shard]
+                    open_ = {b for b, n in zip(batches, building, strict=True) if n}
+                    out[shard] = (results[shard], open_)
                 else:
                     again.append(shard)
             if not again:
@@ -924,10 +950,7 @@ class RedisCounterStore(CounterStore):
         field = None if user is None else escape(user)
 
         def plan(tag: str) -> list[tuple[Any, ...]]:
-            return [
-                ("zrange", f"{tag}:claims", 0, -1),
-                ("zrangebyscore", f"{tag}:ix:{series}", low, high, 0, READ_PAGE),
-            ]
+            return [("zrangebyscore", f"{tag}:ix:{series}", low, high, 0, READ_PAGE)]
 
         def read(first: dict[int, list[Any]]) -> dict[int, tuple[list[str], list[_Target]]]:
             found: dict[int, tuple[list[str], list[_Target]]] = {}
@@ -976,7 +999,8 @@ class RedisCounterStore(CounterStore):
             return found
 
         pending: Pending[T] = Pending()
-        for batches, targets in self._read_shards("read", plan, read).values():
+        for (batches, targets), building in self._read_shards("read", plan, read).values():
+            pending.building.update(building)
             for batch in batches:
                 pending.claimed.setdefault(batch, {})
             for target in targets:
@@ -1068,7 +1092,7 @@ class RedisCounterStore(CounterStore):
         self._check_layout()
 
         def plan(tag: str) -> list[tuple[Any, ...]]:
-            return [("zrange", f"{tag}:claims", 0, -1)]
+            return []
 
         def read(first: dict[int, list[Any]]) -> dict[int, tuple[list[str], list[_Target]]]:
             found: dict[int, tuple[list[str], list[_Target]]] = {}
@@ -1099,7 +1123,8 @@ class RedisCounterStore(CounterStore):
             return found
 
         pending: Pending[str] = Pending()
-        for shard, (batches, targets) in self._read_shards("read", plan, read).items():
+        for shard, ((batches, targets), building) in self._read_shards("read", plan, read).items():
+            pending.building.update(building)
             tag = self._tags[shard]
             for batch in batches:
                 pending.claimed.setdefault(batch, {})
