@@ -543,3 +543,26 @@ def test_the_overview_reuses_the_event_names_for_a_while_never_the_counts() -> N
             assert api.call("events", "") == {"page_view": 5, "signup": 3}  # never cached
         finally:
             api.close()
+
+
+def test_the_health_counts_the_claims_in_flight() -> None:
+    with redis_and_postgres("dashclaim") as (store, sink):
+        with Analytics(store=store, sink=sink, background=False, flusher=False) as app:
+            app.sink.migrate()
+            app.track("signup", value=3)
+            app.flush(timeout=30)  # pushed only
+        with (
+            Analytics(store=store, sink=sink, background=False, flusher=False) as reader,
+            serve(reader, ("127.0.0.1", 0)) as s,
+        ):
+            assert [b.delta.total for b in reader.store.claim()] == [
+                3
+            ]  # a flusher's claim, not applied
+            health = json.loads(get(s.url + "api/health")[2])
+            assert (health["pending_counts"], health["claimed_counts"]) == (3, 3)
+            assert health["claimed_batches"] == 1
+            assert 0 <= health["oldest_claim_seconds"] < 600
+            assert health["last_flush"] is None
+            page = get(s.url)[2]
+            assert re.search(r"claims in flight</dt><dd>1 \(the oldest [\d.]+ s old\)", page)
+            assert "last flush</dt><dd>none yet" in page

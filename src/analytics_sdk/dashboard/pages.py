@@ -84,8 +84,16 @@ def _label(moment: datetime, granularity: str) -> str:
     return f"week of {text}" if granularity == "week" else text
 
 
+NUMERIC = frozenset(
+    ("Today", f"Last {OVERVIEW_DAYS} days", "ok", "error", "error rate", "Count", "Total", "Users")
+)
+"""Column headings of numbers: aligned right, as their cells."""
+
+
 def _table(table_id: str, head: Sequence[str], rows: list[str]) -> str:
-    cells = "".join(f"<th>{e(h)}</th>" for h in head)
+    cells = "".join(
+        f'<th class="n">{e(h)}</th>' if h in NUMERIC else f"<th>{e(h)}</th>" for h in head
+    )
     return (
         f'<table id="{e(table_id)}"><thead><tr>{cells}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table>"
@@ -182,17 +190,24 @@ def _seconds(value: float | None) -> str:
     return f"{value / 3600:.1f} h"
 
 
+def _moment(iso: str | None) -> str:
+    if iso is None:
+        return "none yet"
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _claims(count: int, oldest: float | None) -> str:
+    return f"{count:,}" if not count else f"{count:,} (the oldest {_seconds(oldest)} old)"
+
+
 def _health(h: Mapping[str, Any]) -> str:
     errors = h["errors"]
     items = [
         ("status", "ok" if h["healthy"] else f"unhealthy: {h['message']}"),
-        ("last flush", h["last_flush"] or "none yet"),
+        ("last flush", _moment(h["last_flush"])),
         ("lag (since the last flush)", _seconds(h["seconds_since_last_flush"])),
         ("pending counts", f"{h['pending_counts']:,}"),
-        (
-            "claims in flight",
-            f"{h['claimed_batches']:,} ({_seconds(h['oldest_claim_seconds'])} oldest)",
-        ),
+        ("claims in flight", _claims(h["claimed_batches"], h["oldest_claim_seconds"])),
         ("flushes failed", f"{errors['flushes_failed']:,}"),
         ("pushes failed", f"{errors['pushes_failed']:,}"),
         ("counts dropped", f"{errors['dropped']:,}"),
