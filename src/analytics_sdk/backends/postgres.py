@@ -30,7 +30,7 @@ from ..process import exiting
 from . import check_url_options, redact_url, url_secrets
 from .base import Batch, Bucket, PropertyValue, Sink, SinkSnapshot
 
-__all__ = ["PostgresSink", "migrate"]
+__all__ = ["PostgresSink", "build_user_bitmaps", "migrate"]
 
 DEFAULT_SCHEMA = "analytics"
 _OPTIONS = {
@@ -85,8 +85,60 @@ def migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def migrate(conn: Any, schema: str) -> list[int]:
-    """Apply the migrations ``conn``'s database lacks in ``schema``; return their versions.
+def build_user_bitmaps(conn: Any, schema: str) -> int:
+    """Number the users of ``schema``'s per-user rows and write the bitmaps of every (event,
+    day) and day those rows hold, replacing what is there; return how many (event, day).
+
+    Migration 3 runs this on the rows already stored; a bulk load of ``user_daily_counts``
+    in SQL (bypassing :meth:`PostgresSink.apply`) needs it too. Run it in a transaction.
+    """
+    from psycopg import sql
+    from pyroaring import BitMap
+
+    s = sql.Identifier(schema)
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {s}.user_numbers (user_id) SELECT DISTINCT user_id "
+            "FROM {s}.user_daily_counts ORDER BY 1 ON CONFLICT (user_id) DO NOTHING"
+        ).format(s=s)
+    )
+    conn.execute(sql.SQL("DELETE FROM {s}.event_day_users").format(s=s))
+    conn.execute(sql.SQL("DELETE FROM {s}.day_users").format(s=s))
+    insert = sql.SQL("INSERT INTO {s}.event_day_users (event, day, users) VALUES (%s, %s, %s)")
+    days: dict[Any, BitMap] = {}
+    chunk: list[tuple[str, Any, bytes]] = []
+    written = 0
+    with conn.cursor(name="analytics_user_bitmaps") as rows:  # streamed, not all in memory
+        rows.execute(
+            sql.SQL(
+                "SELECT c.event, c.day, array_agg(n.number) FROM {s}.user_daily_counts c "
+                "JOIN {s}.user_numbers n USING (user_id) GROUP BY 1, 2"
+            ).format(s=s)
+        )
+        for event, day, numbers in rows:
+            users = BitMap(numbers)
+            chunk.append((event, day, users.serialize()))
+            days.setdefault(day, BitMap()).update(users)
+            if len(chunk) >= 500:
+                conn.cursor().executemany(insert.format(s=s), chunk)
+                written, chunk = written + len(chunk), []
+        if chunk:
+            conn.cursor().executemany(insert.format(s=s), chunk)
+            written += len(chunk)
+    conn.cursor().executemany(
+        sql.SQL("INSERT INTO {s}.day_users (day, users) VALUES (%s, %s)").format(s=s),
+        [(day, users.serialize()) for day, users in days.items()],
+    )
+    return written
+
+
+# Steps of a migration done in Python, right after its SQL file, in its transaction.
+_AFTER_SQL: dict[int, Callable[[Any, str], object]] = {3: build_user_bitmaps}
+
+
+def migrate(conn: Any, schema: str, until: int | None = None) -> list[int]:
+    """Apply the migrations ``conn``'s database lacks in ``schema`` (up to version
+    ``until``, default all); return their versions.
 
     Idempotent and safe to run from several processes at once (an advisory lock serialises
     them). Commits.
@@ -109,9 +161,12 @@ def migrate(conn: Any, schema: str) -> list[int]:
         current = row[0] if row else 0
         applied = []
         for version, text in migrations():
-            if version <= current:
+            if version <= current or (until is not None and version > until):
                 continue
             conn.execute(sql.SQL(text).format(schema=ident))  # the shipped migration files
+            step = _AFTER_SQL.get(version)
+            if step is not None:
+                step(conn, schema)
             conn.execute(
                 sql.SQL("INSERT INTO {}.schema_version (version) VALUES (%s)").format(ident),
                 [version],
@@ -357,8 +412,51 @@ class PostgresSink(Sink):
                     for (event, user_id, day), value in batch.delta.users.items():
                         copy.write_row((event, day, user_id, value))
                 conn.execute(self._sql["upsert_users"])
+                self._add_to_bitmaps(conn)
         self._maybe_maintain()
         return True
+
+    def _add_to_bitmaps(self, conn: Any) -> None:
+        """Number the batch's new users and add its users to the bitmaps of their (event,
+        day) and day, in the apply's transaction (the ledger guards them like the counts)."""
+        from pyroaring import BitMap
+
+        # Only users without a number ask the sequence for one (ON CONFLICT would use one
+        # per row), in user_id order: flushers numbering the same new users wait for each
+        # other in the same order, and the loser's SELECT (a new statement, so a new
+        # snapshot in READ COMMITTED) sees the winner's numbers.
+        conn.execute(self._sql["number_users"])
+        by_event: dict[tuple[str, int], BitMap] = {}
+        by_day: dict[int, BitMap] = {}
+        for event, day, numbers in conn.execute(self._sql["batch_numbers"]):
+            users = BitMap(numbers)
+            by_event[event, day] = users
+            by_day.setdefault(day, BitMap()).update(users)
+        events, event_days = (list(c) for c in zip(*sorted(by_event), strict=True))
+        self._merge_bitmaps(conn, "event_day_users", [events, event_days], by_event)
+        days = sorted(by_day)
+        self._merge_bitmaps(conn, "day_users", [days], {(d,): by_day[d] for d in days})
+
+    def _merge_bitmaps(
+        self, conn: Any, table: str, keys: list[list[Any]], added: dict[Any, Any]
+    ) -> None:
+        """OR ``added`` ({key tuple: BitMap}) into ``table``'s bitmaps, rows locked in key
+        order; rows whose bitmap already holds every user are not written."""
+        from pyroaring import BitMap
+
+        # Rows exist (empty if new) before they are locked: two flushers adding the first
+        # users of a day both lock the one row, instead of both inserting their own.
+        conn.execute(self._sql[f"{table}_create"], keys)
+        changed: list[tuple[Any, ...]] = []
+        for *key, stored in conn.execute(self._sql[f"{table}_lock"], keys):
+            users = BitMap.deserialize(stored) if stored else BitMap()
+            new = added[tuple(key)]
+            if not new.issubset(users):
+                changed.append((*key, (users | new).serialize()))
+        if changed:
+            conn.execute(
+                self._sql[f"{table}_update"], [list(c) for c in zip(*changed, strict=True)]
+            )
 
     def applied(self, batch_ids: Iterable[str]) -> set[str]:
         ids = list(batch_ids)
@@ -587,9 +685,19 @@ class _PostgresSnapshot(SinkSnapshot):
         return out
 
     def distinct_users(self, event: str, start: int, end: int, exclude: Collection[str]) -> int:
-        params = {"event": event, "start": start, "end": end, "exclude": list(exclude)}
-        row = self._rows("distinct_users", params)[0]
-        return int(row[0])
+        from pyroaring import BitMap
+
+        # The union of the days' bitmaps (OR in Python: tens of kilobytes a day), less the
+        # excluded users' numbers.
+        params = {"event": event, "start": start, "end": end}
+        days = [BitMap.deserialize(users) for (users,) in self._rows("day_bitmaps", params)]
+        if not days:
+            return 0
+        users = BitMap.union(*days)
+        if exclude:
+            numbers = self._rows("numbers_of", {"users": list(exclude)})
+            return len(users) - users.intersection_cardinality(BitMap(n for (n,) in numbers))
+        return len(users)
 
     def event_totals(self) -> dict[str, int]:
         return {event: int(n) for event, n in self._rows("event_totals", None)}
@@ -815,12 +923,52 @@ _STATEMENTS = {
         "AND day < date '1970-01-01' + %(end)s::integer AND user_id = ANY(%(users)s::text[]) "
         "GROUP BY user_id"
     ),
-    "distinct_users": (
-        "SELECT count(DISTINCT user_id) FROM {s}.user_daily_counts "
-        "WHERE event = %(event)s AND day >= date '1970-01-01' + %(start)s::integer "
-        "AND day < date '1970-01-01' + %(end)s::integer "
-        "AND NOT (user_id = ANY(%(exclude)s::text[]))"
+    "number_users": (
+        "INSERT INTO {s}.user_numbers (user_id) SELECT DISTINCT user_id "
+        "FROM analytics_tmp_users t "
+        "WHERE NOT EXISTS (SELECT 1 FROM {s}.user_numbers n WHERE n.user_id = t.user_id) "
+        "ORDER BY 1 ON CONFLICT (user_id) DO NOTHING"
     ),
+    "batch_numbers": (
+        "SELECT t.event, t.day, array_agg(n.number) FROM analytics_tmp_users t "
+        "JOIN {s}.user_numbers n USING (user_id) GROUP BY 1, 2"
+    ),
+    "event_day_users_create": (
+        "INSERT INTO {s}.event_day_users (event, day, users) "
+        "SELECT e, date '1970-01-01' + d, '' FROM unnest(%s::text[], %s::integer[]) AS k (e, d) "
+        "ORDER BY 1, 2 ON CONFLICT (event, day) DO NOTHING"
+    ),
+    "event_day_users_lock": (
+        "SELECT event, day - date '1970-01-01', users FROM {s}.event_day_users "
+        "WHERE (event, day) IN (SELECT e, date '1970-01-01' + d "
+        "FROM unnest(%s::text[], %s::integer[]) AS k (e, d)) ORDER BY 1, 2 FOR UPDATE"
+    ),
+    "event_day_users_update": (
+        "UPDATE {s}.event_day_users AS t SET users = k.u "
+        "FROM unnest(%s::text[], %s::integer[], %s::bytea[]) AS k (e, d, u) "
+        "WHERE t.event = k.e AND t.day = date '1970-01-01' + k.d"
+    ),
+    "day_users_create": (
+        "INSERT INTO {s}.day_users (day, users) "
+        "SELECT date '1970-01-01' + d, '' FROM unnest(%s::integer[]) AS k (d) "
+        "ORDER BY 1 ON CONFLICT (day) DO NOTHING"
+    ),
+    "day_users_lock": (
+        "SELECT day - date '1970-01-01', users FROM {s}.day_users "
+        "WHERE day IN (SELECT date '1970-01-01' + d FROM unnest(%s::integer[]) AS k (d)) "
+        "ORDER BY 1 FOR UPDATE"
+    ),
+    "day_users_update": (
+        "UPDATE {s}.day_users AS t SET users = k.u "
+        "FROM unnest(%s::integer[], %s::bytea[]) AS k (d, u) "
+        "WHERE t.day = date '1970-01-01' + k.d"
+    ),
+    "day_bitmaps": (
+        "SELECT users FROM {s}.event_day_users "
+        "WHERE event = %(event)s AND day >= date '1970-01-01' + %(start)s::integer "
+        "AND day < date '1970-01-01' + %(end)s::integer AND users <> ''"
+    ),
+    "numbers_of": "SELECT number FROM {s}.user_numbers WHERE user_id = ANY(%(users)s::text[])",
     # Daily totals hold every count (hourly rows may be pruned), in fewer rows.
     "event_totals": "SELECT event, sum(count) FROM {s}.daily_counts GROUP BY event",
     "prune_ledger": "DELETE FROM {s}.flush_ledger WHERE applied_at < %s",
