@@ -488,3 +488,54 @@ def date_of(day: int) -> Any:
     from datetime import date, timedelta
 
     return date(1970, 1, 1) + timedelta(days=day)
+
+
+def test_the_index_is_read_page_by_page_by_score(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of 3 index entries: many days, and one day claimed in many batches (a page of
+    a single score); a push of an earlier day between two pages shifts every entry by one,
+    which offset paging would read twice; by score, every day is read once."""
+    from analytics_sdk.backends import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "READ_PAGE", 3)
+    store = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=1")
+    try:
+        users = {("e", f"u{n}", DAY + 2): 1 for n in range(12)}
+        store.push(Push(producer="p", sequence=1, delta=Delta(users=users)))
+        batches = store.claim_batches(max_keys=2)  # day DAY + 2 in 6 batches: 6 entries
+        claimed = [next(batches) for _ in range(5)]
+        batches.close()
+        assert len(claimed) == 5
+        days = {("e", "u0", DAY + d): d + 1 for d in range(7)}  # and u0 on 7 days, live
+        store.push(Push(producer="p", sequence=2, delta=Delta(users=days)))
+        want_u0 = sum(days.values()) + 1
+        assert total(store.pending_users("e", None, None, "u0")) == {"u0": want_u0}
+        want_all = {f"u{n}": 1 for n in range(12)}
+        for (_, user, _), n in days.items():
+            want_all[user] += n
+        assert total(store.pending_users("e", None, None, None)) == want_all
+        # Another event, live only: one entry a day, 7 days.
+        store.push(
+            Push(
+                producer="p",
+                sequence=3,
+                delta=Delta(users={("f", "u0", DAY + d): 1 for d in range(7)}),
+            )
+        )
+        pages = store._index_pages
+        pushed: list[int] = []
+
+        def push_an_earlier_day_between_pages(*args: Any) -> Any:
+            if not pushed:
+                earlier = Delta(users={("f", "u0", DAY - 1): 100})
+                store.push(Push(producer="p", sequence=4, delta=earlier))
+                pushed.append(1)
+            return pages(*args)
+
+        store._index_pages = push_an_earlier_day_between_pages  # type: ignore[method-assign]
+        assert total(store.pending_users("f", None, None, "u0")) == {"u0": 7}
+        assert pushed
+        assert total(store.pending_users("f", None, None, "u0")) == {"u0": 107}
+    finally:
+        store.close()

@@ -950,11 +950,11 @@ class RedisCounterStore(CounterStore):
         field = None if user is None else escape(user)
 
         def plan(tag: str) -> list[tuple[Any, ...]]:
-            return [("zrangebyscore", f"{tag}:ix:{series}", low, high, 0, READ_PAGE)]
+            return [("zrangebyscore", f"{tag}:ix:{series}", low, high, 0, READ_PAGE, True)]
 
         def read(first: dict[int, list[Any]]) -> dict[int, tuple[list[str], list[_Target]]]:
             found: dict[int, tuple[list[str], list[_Target]]] = {}
-            pages: dict[int, list[str]] = {}
+            pages: dict[int, list[tuple[str, float]]] = {}
             for shard, (batches, page) in first.items():
                 tag = self._tags[shard]
                 # The earlier layout's hashes: one per event, live and in each batch.
@@ -962,35 +962,12 @@ class RedisCounterStore(CounterStore):
                 targets += [_Target(f"{tag}:claim:{b}:{series}", b, None) for b in batches]
                 found[shard] = (list(batches), targets)
                 pages[shard] = list(page)
-            offset = 0
-            while pages:  # the index, a page at a time
-                for shard, page in pages.items():
-                    tag = self._tags[shard]
-                    for member in page:
-                        batch, _, bucket = member.rpartition("|")
-                        key = f"{tag}:live:" if not batch else f"{tag}:claim:{batch}:"
-                        found[shard][1].append(
-                            _Target(f"{key}{series}:{bucket}", batch, int(bucket))
-                        )
-                offset += READ_PAGE
-                full = [shard for shard, page in pages.items() if len(page) == READ_PAGE]
-                if not full:
-                    break
-                more = self._pipeline(
-                    "read",
-                    [
-                        (
-                            "zrangebyscore",
-                            f"{self._tags[s]}:ix:{series}",
-                            low,
-                            high,
-                            offset,
-                            READ_PAGE,
-                        )
-                        for s in full
-                    ],
-                )
-                pages = dict(zip(full, more, strict=True))
+            for shard, members in self._index_pages(series, high, pages).items():
+                tag = self._tags[shard]
+                for member in members:
+                    batch, _, bucket = member.rpartition("|")
+                    key = f"{tag}:live:" if not batch else f"{tag}:claim:{batch}:"
+                    found[shard][1].append(_Target(f"{key}{series}:{bucket}", batch, int(bucket)))
             targets = [t for _, shard_targets in found.values() for t in shard_targets]
             if field is None:
                 self._scan("read", targets)
@@ -1009,6 +986,45 @@ class RedisCounterStore(CounterStore):
                 )
                 decode(_fields(target, start, end), counts)
         return pending
+
+    def _index_pages(
+        self, series: str, high: str, pages: dict[int, list[tuple[str, float]]]
+    ) -> dict[int, list[str]]:
+        """Return, by shard, the members of ``{tag}:ix:<series>`` up to ``high``, given each
+        shard's first page (``READ_PAGE`` members from the low end, with scores).
+
+        Pages follow by score, not by offset (a push or an ack between two pages would
+        shift offsets: a member read twice, or skipped): a full page is kept up to its last
+        score, exclusive, and the next page starts at that score; a page of a single score
+        (as many claimed batches of one bucket) is followed by that score's members whole,
+        then the scores above it. A member a push adds or an ack removes meanwhile is a count
+        that arrived during the read, or a committed batch's, which the sink holds."""
+        out: dict[int, list[str]] = {shard: [] for shard in pages}
+        todo = dict(pages)
+        while todo:
+            calls: list[tuple[Any, ...]] = []
+            follow: list[tuple[int, bool]] = []  # (shard, whether a whole score comes first)
+            for shard, page in todo.items():
+                key = f"{self._tags[shard]}:ix:{series}"
+                if len(page) < READ_PAGE:
+                    out[shard] += [member for member, _ in page]
+                    continue
+                last = page[-1][1]
+                whole = page[0][1] == last  # one score fills the page: read that score whole
+                if whole:
+                    calls.append(("zrangebyscore", key, last, last))
+                    calls.append(("zrangebyscore", key, f"({last}", high, 0, READ_PAGE, True))
+                else:
+                    out[shard] += [member for member, score in page if score < last]
+                    calls.append(("zrangebyscore", key, last, high, 0, READ_PAGE, True))
+                follow.append((shard, whole))
+            replies = self._pipeline("read", calls) if calls else []
+            todo = {}
+            for shard, whole in follow:
+                if whole:
+                    out[shard] += list(replies.pop(0))
+                todo[shard] = list(replies.pop(0))
+        return out
 
     def _read_field(
         self, field: str, start: int | None, end: int | None, targets: list[_Target]
