@@ -272,6 +272,8 @@ def test_views_without_their_method_say_so(
             "accepted: at most 10,000",
         ),
         ("series?event=&from=2026-11-01", "event", None, "an event name"),
+        ("hourly?event=page_view", "day", None, "a date, e.g. 2026-11-26"),
+        ("top_users?event=page_view&day=26/11/2026", "day", "26/11/2026", "a date, e.g."),
         ("series?event=" + "x" * 300, "event", "x" * 300, "accepted: 1 to"),
     ],
 )
@@ -566,3 +568,19 @@ def test_the_health_counts_the_claims_in_flight() -> None:
             page = get(s.url)[2]
             assert re.search(r"claims in flight</dt><dd>1 \(the oldest [\d.]+ s old\)", page)
             assert "last flush</dt><dd>none yet" in page
+
+
+def test_a_worker_whose_dashboard_port_is_taken_does_not_start() -> None:
+    import threading
+
+    with (
+        redis_and_postgres("dashport") as (store, sink),
+        Analytics(store="memory://", sink="memory://", background=False) as other,
+        serve(other, ("127.0.0.1", 0)) as taken,
+    ):
+        before = set(threading.enumerate())
+        with pytest.raises(OSError, match=f"cannot serve the dashboard on 127.0.0.1:{taken.port}"):
+            Worker(
+                store=store, sink=sink, metrics_addr=None, dashboard_addr=("127.0.0.1", taken.port)
+            )
+        assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
