@@ -102,6 +102,19 @@ SETTINGS: dict[str, tuple[list[object], tuple[str, list[object]]]] = {
         ),
     ),
     "spool_after": ([5, 60.0], NUMBER_GT0),
+    "enabled": ([True, False], BOOL),
+    "on_error": ([None, print], ("None or a callable on_error(exc, operation)", [1, "log", True])),
+    "before_track": (
+        [None, lambda event, user_id, properties: None],
+        ("None or a callable before_track(event, user_id, properties)", [0, "scrub", {}]),
+    ),
+    "dedupe_window": (
+        [1, 86400, 2.5, 30 * 24 * 3600],
+        (
+            "a number of seconds from 1 to 2592000 (30 days)",
+            [0, 0.5, -1, True, "86400", None, float("nan"), float("inf"), 30 * 24 * 3600 + 1],
+        ),
+    ),
     "clock": ([ManualClock()], ("a Clock", [None, 0, "system", time.time])),
 }
 
@@ -128,6 +141,8 @@ ENV_OK: dict[str, list[tuple[str, object]]] = {
     "background": [("true", True), ("0", False)],
     "spool_dir": [("", None), ("/tmp/analytics-spool", "/tmp/analytics-spool")],
     "spool_after": [("30", 30.0)],
+    "enabled": [("0", False), ("false", False), ("1", True), ("on", True)],
+    "dedupe_window": [("86400", 86400.0), ("3600.5", 3600.5)],
 }
 ENV_BAD: dict[str, list[str]] = {
     "store": ["", "redis"],
@@ -151,13 +166,16 @@ ENV_BAD: dict[str, list[str]] = {
     "background": ["nope"],
     "spool_dir": ["/dev/null"],
     "spool_after": ["0", "soon"],
+    "enabled": ["", "disabled", "2"],
+    "dedupe_window": ["0", "1d", "-5", "2592001"],
 }
 
 
 def test_every_setting_is_covered_by_the_tables() -> None:
     names = {f.name for f in attrs.fields(Config)}
     assert set(SETTINGS) == names
-    assert set(ENV_OK) == set(ENV_BAD) == set(ENVIRONMENT) == names - {"clock"}
+    hooks = {"on_error", "before_track"}  # callables: no environment variable
+    assert set(ENV_OK) == set(ENV_BAD) == set(ENVIRONMENT) == names - {"clock"} - hooks
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .backends.base import Delta, Push
+from .backends.base import DEFAULT_DEDUPE_WINDOW, Deduped, Delta, Push
 from .keys import HourKey, Properties, UserKey
 
 __all__ = ["OVERFLOW_EVENT", "OVERFLOW_PROPERTIES", "Aggregator", "LocalCounts"]
@@ -55,13 +55,23 @@ class LocalCounts:
 class _Shard:
     """One thread's part of the buffer."""
 
-    __slots__ = ("dropped", "hourly", "lock", "names_overflowed", "overflowed", "thread", "users")
+    __slots__ = (
+        "deduped",
+        "dropped",
+        "hourly",
+        "lock",
+        "names_overflowed",
+        "overflowed",
+        "thread",
+        "users",
+    )
 
     def __init__(self, thread: threading.Thread) -> None:
         self.lock = threading.Lock()
         self.thread = thread
         self.hourly: dict[HourKey, int] = {}
         self.users: dict[UserKey, int] = {}
+        self.deduped: dict[str, Deduped] = {}  # dedupe key -> the first call with it
         self.overflowed = 0
         self.names_overflowed = 0
         self.dropped = 0
@@ -84,12 +94,14 @@ class Aggregator:
         on_full: Callable[[], bool] = lambda: False,
         on_drop: Callable[[int], None] = lambda count: None,
         on_drain: Callable[[Delta], None] = lambda delta: None,
+        dedupe_window: float = DEFAULT_DEDUPE_WINDOW,
     ) -> None:
         """``on_full`` pushes the buffer, in the calling thread, and returns whether the new
         key may go in; ``on_drop`` hears of each count that could not be held."""
         self.max_property_sets = max_property_sets
         self.max_buffered_keys = max_buffered_keys
         self.max_event_names = max_event_names
+        self.dedupe_window = dedupe_window
         self._on_full = on_full
         self._on_drop = on_drop
         self._on_drain = on_drain
@@ -151,6 +163,37 @@ class Aggregator:
                     self._add_when_full(shard, None, user_key, value)
         finally:
             lock.release()
+
+    def add_deduped(
+        self,
+        dedupe_key: str,
+        event: str,
+        properties: Properties,
+        hour: int,
+        user_id: str | None,
+        value: int,
+    ) -> None:
+        """Hold a call made with ``dedupe_key`` for the next push (the first call with a key
+        is kept; the store decides whether the key was counted already). The limits on
+        event names and property sets apply as in :meth:`add`."""
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self._shard()
+        with shard.lock:
+            if dedupe_key in shard.deduped:
+                return
+            if event not in self._events and not self._admit_event(event):
+                shard.names_overflowed += value
+                event, properties = OVERFLOW_EVENT, ()
+            if properties:
+                seen = self._property_sets.get(event)
+                if (seen is None or properties not in seen) and not self._admit_properties(
+                    event, properties
+                ):
+                    shard.overflowed += value
+                    properties = OVERFLOW_PROPERTIES
+            shard.deduped[dedupe_key] = Deduped(dedupe_key, event, properties, hour, user_id, value)
 
     def _has_room(self) -> bool:
         return next(self._new_keys) <= self.max_buffered_keys
@@ -235,8 +278,9 @@ class Aggregator:
             finally:
                 lock.acquire()
 
-    def _take(self) -> Delta:
-        """Empty every shard into one delta; forget shards of threads that ended."""
+    def _take(self, deduped: dict[str, Deduped]) -> Delta:
+        """Empty every shard into one delta (and ``deduped``); forget shards of threads that
+        ended."""
         delta = Delta()
         with self._shards_lock:
             shards = list(self._shards)
@@ -244,6 +288,10 @@ class Aggregator:
             with shard.lock:
                 hourly, users = shard.hourly, shard.users
                 shard.hourly, shard.users = {}, {}
+                if shard.deduped:
+                    for key, call in shard.deduped.items():
+                        deduped.setdefault(key, call)
+                    shard.deduped = {}
             if not delta:
                 delta = Delta(hourly=hourly, users=users)  # the common case: no copy
             else:
@@ -260,7 +308,7 @@ class Aggregator:
         with self._shards_lock:
             for shard in ended:
                 with shard.lock:
-                    if shard.hourly or shard.users:
+                    if shard.hourly or shard.users or shard.deduped:
                         continue  # drained next time
                     self._shards.remove(shard)
                     self._overflowed_before += shard.overflowed
@@ -301,12 +349,17 @@ class Aggregator:
                     if threading.get_ident() in self._readers:
                         return None
                     self._no_readers.wait()
-                delta = self._take()
-                if delta:
+                deduped: dict[str, Deduped] = {}
+                delta = self._take(deduped)
+                if delta or deduped:
                     self._on_drain(delta)
                     self._sequence += 1
                     self._outbox = Push(
-                        producer=self._producer, sequence=self._sequence, delta=delta
+                        producer=self._producer,
+                        sequence=self._sequence,
+                        delta=delta,
+                        deduped=tuple(deduped.values()),
+                        dedupe_window=self.dedupe_window,
                     )
             return self._outbox
 
@@ -325,17 +378,26 @@ class Aggregator:
         """
         with self._outbox_lock:
             pushes = [] if self._outbox is None else [self._outbox]
-            delta = self._take()
-            if delta:
+            deduped: dict[str, Deduped] = {}
+            delta = self._take(deduped)
+            if delta or deduped:
                 sequence = self._sequence + 1
-                pushes.append(Push(producer=self._producer, sequence=sequence, delta=delta))
+                pushes.append(
+                    Push(
+                        producer=self._producer,
+                        sequence=sequence,
+                        delta=delta,
+                        deduped=tuple(deduped.values()),
+                        dedupe_window=self.dedupe_window,
+                    )
+                )
             if not pushes:
                 return []
             try:
                 write(pushes)
             except BaseException:
-                if delta:
-                    self._put_back(delta)
+                if delta or deduped:
+                    self._put_back(delta, deduped)
                 raise
             if delta:
                 self._on_drain(delta)
@@ -344,7 +406,7 @@ class Aggregator:
             self._sequence = 0
             return pushes
 
-    def _put_back(self, delta: Delta) -> None:
+    def _put_back(self, delta: Delta, deduped: dict[str, Deduped]) -> None:
         try:
             shard = self._local.shard
         except AttributeError:
@@ -352,6 +414,8 @@ class Aggregator:
         with shard.lock:
             _add(shard.hourly, delta.hourly)
             _add(shard.users, delta.users)
+            for key, call in deduped.items():
+                shard.deduped.setdefault(key, call)
 
     @contextmanager
     def reading(self) -> Iterator[None]:
@@ -388,7 +452,9 @@ class Aggregator:
     def is_empty(self) -> bool:
         """Whether neither the buffer nor the outbox holds a count."""
         with self._outbox_lock:
-            return self._outbox is None and not any(s.hourly or s.users for s in list(self._shards))
+            return self._outbox is None and not any(
+                s.hourly or s.users or s.deduped for s in list(self._shards)
+            )
 
     def before_fork(self) -> None:
         """Hold every lock across ``fork()`` so the child copies a consistent state."""

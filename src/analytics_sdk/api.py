@@ -84,13 +84,27 @@ def track(
     properties: Mapping[str, str | int | bool] | None = None,
     value: int = 1,
     timestamp: datetime | None = None,
+    dedupe_key: str | None = None,
 ) -> None:
     """Count ``value`` occurrences of ``event`` on the global client (see
-    :meth:`Analytics.track <analytics_sdk.Analytics.track>`)."""
+    :meth:`Analytics.track <analytics_sdk.Analytics.track>`); with ``dedupe_key``, once per
+    key within ``dedupe_window``."""
     client = _client
     if client is None:
         client = get_client()
-    client.track(event, user_id=user_id, properties=properties, value=value, timestamp=timestamp)
+    if dedupe_key is None:
+        client.track(
+            event, user_id=user_id, properties=properties, value=value, timestamp=timestamp
+        )
+    else:
+        client.track(
+            event,
+            user_id=user_id,
+            properties=properties,
+            value=value,
+            timestamp=timestamp,
+            dedupe_key=dedupe_key,
+        )
 
 
 @overload

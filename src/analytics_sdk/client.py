@@ -20,6 +20,7 @@ from .events import (
     MAX_VALUE,
     Validator,
     validate_property_key,
+    validate_dedupe_key,
     validate_timestamp,
     validate_value,
 )
@@ -66,6 +67,16 @@ class Analytics:
         if config is not None and settings:
             raise ConfigurationError("pass either a Config or keyword settings, not both")
         self.config = config if config is not None else Config.load(**settings)
+        if not self.config.enabled:
+            # Off: the same object over empty memory backends, with nothing started.
+            self.config = attrs.evolve(
+                self.config,
+                store="memory://",
+                sink="memory://",
+                background=False,
+                metrics_port=None,
+                spool_dir=None,
+            )
         clock = self.config.clock
         self._now = clock.time
         store, sink = self.config.store, self.config.sink
@@ -86,12 +97,21 @@ class Analytics:
             on_full=self._buffer_full,
             on_drop=self._dropped,
             on_drain=self._drained,
+            dedupe_window=self.config.dedupe_window,
         )
         self.scheduler = Scheduler(self.aggregator, self.store, self.sink, self.config)
         self._query = QueryEngine(self.aggregator, self.store, self.sink)
         self._add = self.aggregator.add
         if self.config.push_interval == 0:
             self._add = self._add_write_through
+        self._before_track = self.config.before_track
+        self._hook_failures = 0
+        if not self.config.enabled:
+            self.track = self._track_disabled  # type: ignore[method-assign]
+            self._add = self._add_disabled
+            self._record_feature = self._record_feature_disabled  # type: ignore[method-assign]
+        self.scheduler.on_error = self.config.on_error
+        self._query.on_error = self.scheduler.report_error
         self._hour_cache: tuple[float, float, int] = (0.0, 0.0, 0)
         self._enter_hour(self._now())
         self.closed = False
@@ -136,8 +156,14 @@ class Analytics:
         properties: Mapping[str, str | int | bool] | None = None,
         value: int = 1,
         timestamp: datetime | None = None,
+        dedupe_key: str | None = None,
     ) -> None:
-        """Count ``value`` occurrences of ``event`` (now, or at an aware ``timestamp``)."""
+        """Count ``value`` occurrences of ``event`` (now, or at an aware ``timestamp``).
+
+        With ``dedupe_key``, the call counts once however many times it is made with that key
+        (in any process sharing the store) within ``dedupe_window``; it shows in queries once
+        pushed to the store. ``before_track``, if configured, may rewrite or drop the call.
+        """
         try:
             name = self._names[event]
         except (KeyError, TypeError):
@@ -168,7 +194,89 @@ class Analytics:
                 hour = self._enter_hour(now)
         else:
             hour = hour_of(validate_timestamp(timestamp, self._now()))
-        self._add(name, props, hour, user_id, value)
+        if dedupe_key is None is self._before_track:
+            self._add(name, props, hour, user_id, value)
+        else:
+            self._track_special(name, props, hour, user_id, value, dedupe_key)
+
+    def _track_special(
+        self,
+        event: str,
+        properties: Properties,
+        hour: int,
+        user_id: str | None,
+        value: int,
+        dedupe_key: str | None,
+    ) -> None:
+        """The end of a ``track()`` that has a ``before_track`` hook or a ``dedupe_key``."""
+        if dedupe_key is not None:
+            dedupe_key = validate_dedupe_key(dedupe_key)
+        if self._before_track is not None:
+            rewritten = self._run_before_track(event, user_id, properties)
+            if rewritten is None:
+                return
+            event, user_id, properties = rewritten
+        if dedupe_key is None:
+            self._add(event, properties, hour, user_id, value)
+        else:
+            self.aggregator.add_deduped(dedupe_key, event, properties, hour, user_id, value)
+            if self._add != self.aggregator.add:  # write-through, or after shutdown()
+                self.scheduler.push_through()
+
+    def _run_before_track(
+        self, event: str, user_id: str | None, properties: Properties
+    ) -> tuple[str, str | None, Properties] | None:
+        """Return what ``before_track`` makes of a call (validated), or None to drop it.
+
+        A hook that raises, or returns something that is not a valid call, drops the call:
+        a scrubbing hook that fails must not let through what it was there to remove."""
+        hook = self._before_track
+        assert hook is not None
+        try:
+            out = hook(event, user_id, dict(properties))
+            if out is None:
+                return None
+            if not isinstance(out, tuple) or len(out) != 3:
+                raise TypeError(
+                    f"before_track returned {out!r}; accepted: None (drop the call) or a "
+                    "tuple (event, user_id, properties)"
+                )
+            new_event, new_user, new_props = out
+            name = self._validator.event_name(new_event)
+            user = None if new_user is None else self._validator.user_id(new_user)
+            props = () if new_props is None else self._validator.properties(new_props)
+        except Exception:
+            self._hook_failures += 1
+            log = logger.exception if self._hook_failures == 1 else logger.debug
+            log(
+                "before_track failed on %r (%d failures so far); the call is dropped",
+                event,
+                self._hook_failures,
+            )
+            return None
+        return name, user, props
+
+    def _track_disabled(
+        self,
+        event: str,
+        *,
+        user_id: str | None = None,
+        properties: Mapping[str, str | int | bool] | None = None,
+        value: int = 1,
+        timestamp: datetime | None = None,
+        dedupe_key: str | None = None,
+    ) -> None:
+        """``track()`` of a client configured with ``enabled=False``: nothing."""
+
+    def _add_disabled(
+        self, event: str, properties: Properties, hour: int, user_id: str | None, value: int
+    ) -> None:
+        pass
+
+    def _record_feature_disabled(
+        self, name: str, outcome: Properties, ok: bool, duration: float
+    ) -> None:
+        pass
 
     def _add_write_through(
         self, event: str, properties: Properties, hour: int, user_id: str | None, value: int
@@ -214,7 +322,14 @@ class Analytics:
         if scope is not None:
             user_id = scope.user_id
             outcome = merge_properties(scope.properties, outcome)
-        self._add(FEATURE_EVENT, outcome, int(self._now() // 3600), user_id, 1)
+        event = FEATURE_EVENT
+        if self._before_track is not None:
+            rewritten = self._run_before_track(event, user_id, outcome)
+            if rewritten is not None:
+                event, user_id, outcome = rewritten
+                self._add(event, outcome, int(self._now() // 3600), user_id, 1)
+        else:
+            self._add(event, outcome, int(self._now() // 3600), user_id, 1)
         self.features.observe(name, ok, duration)
 
     def _buffer_full(self) -> bool:
@@ -262,6 +377,7 @@ class Analytics:
                 self.metrics_server.close()
         if not self.aggregator.is_empty():
             result = self._spool_rest(result)
+        self.scheduler.report_errors()
         if not result.complete:
             # The exit hook shuts down again: the same failure, with nothing moved this time,
             # is not news (whether it was reported as incomplete or as spooled).

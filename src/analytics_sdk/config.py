@@ -104,6 +104,27 @@ def _label_names(instance: object, attribute: attrs.Attribute[Any], value: Any) 
         raise _refuse(attribute.name, value, _LABELS_ACCEPTED, "a name repeats")
 
 
+def _optional_hook(what: str) -> Callable[[object, attrs.Attribute[Any], Any], None]:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and not callable(value):
+            raise _refuse(attribute.name, value, f"None or a callable {what}")
+
+    return check
+
+
+MAX_DEDUPE_WINDOW = 30 * 24 * 3600.0
+"""Longest ``dedupe_window`` (seconds): 30 days, the time a store keeps push records."""
+
+
+def _dedupe_window(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not _is_number(value) or not 1 <= value <= MAX_DEDUPE_WINDOW:
+        raise _refuse(
+            attribute.name,
+            value,
+            f"a number of seconds from 1 to {MAX_DEDUPE_WINDOW:.0f} (30 days), e.g. 86400",
+        )
+
+
 def _optional_port(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and (type(value) is not int or not 0 <= value <= 65535):
         raise _refuse(attribute.name, value, "a port from 0 to 65535, or None")
@@ -222,6 +243,34 @@ class Config:
     spool_after: float = attrs.field(default=60.0, validator=_positive)
     """Seconds of failing pushes after which the buffer is spooled to disk, keeping memory
     bounded through a long outage."""
+    enabled: bool = attrs.field(default=True, validator=_bool_setting)
+    """``False`` makes the client a no-op: ``track()`` and ``track_feature`` record nothing
+    (their arguments are not even checked), no thread starts, no connection opens (the
+    ``store`` and ``sink`` are not used), and queries answer from empty memory backends (0,
+    empty lists). Env: ``ANALYTICS_ENABLED=0``."""
+    on_error: Callable[[BaseException, str], object] | None = attrs.field(
+        default=None, validator=_optional_hook("on_error(exc, operation)")
+    )
+    """Called as ``on_error(exc, operation)`` for every backend failure, besides the log;
+    ``operation`` is ``"push"``, ``"flush"``, ``"replay"``, ``"spool"`` or ``"query"``. It
+    runs in the thread that met the failure, with no lock of the SDK held; what it raises
+    is logged and ignored. No environment variable."""
+    before_track: (
+        Callable[
+            [str, str | None, dict[str, str | int | bool]],
+            tuple[str, str | None, Mapping[str, str | int | bool] | None] | None,
+        ]
+        | None
+    ) = attrs.field(
+        default=None, validator=_optional_hook("before_track(event, user_id, properties)")
+    )
+    """Called as ``before_track(event, user_id, properties)`` for every ``track()`` (and
+    ``feature_used``), with the context's user and properties merged in; it returns
+    ``(event, user_id, properties)`` to count, or ``None`` to drop the call; if it raises or
+    returns something else, the call is dropped and logged. The contract is on the docs page
+    "Hooks and dedupe keys". No environment variable."""
+    dedupe_window: float = attrs.field(default=86400.0, validator=_dedupe_window)
+    """Seconds during which calls with the same ``dedupe_key`` count once (default 24 h)."""
     clock: Clock = attrs.field(factory=SystemClock, validator=_clock)
     """Time source (tests pass :class:`~analytics_sdk.testing.ManualClock`)."""
 
@@ -287,5 +336,8 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "background": ("ANALYTICS_BACKGROUND", parse_bool),
     "spool_dir": ("ANALYTICS_SPOOL_DIR", _optional_path),
     "spool_after": ("ANALYTICS_SPOOL_AFTER", _FLOAT),
+    "enabled": ("ANALYTICS_ENABLED", parse_bool),
+    "dedupe_window": ("ANALYTICS_DEDUPE_WINDOW", _FLOAT),
 }
-"""Setting name -> (environment variable, parser); every setting but ``clock`` has one."""
+"""Setting name -> (environment variable, parser); every setting but ``clock`` and the hooks
+(``on_error``, ``before_track``) has one."""

@@ -15,6 +15,7 @@ from typing import Any
 from .keys import Properties
 
 __all__ = [
+    "MAX_DEDUPE_KEY_LENGTH",
     "MAX_NAME_LENGTH",
     "MAX_PROPERTY_KEY_LENGTH",
     "MAX_PROPERTY_VALUE_LENGTH",
@@ -29,6 +30,7 @@ MAX_NAME_LENGTH = 200
 MAX_PROPERTY_KEY_LENGTH = 100
 MAX_PROPERTY_VALUE_LENGTH = 500
 MAX_USER_ID_LENGTH = 256
+MAX_DEDUPE_KEY_LENGTH = 200
 MAX_VALUE = 2**32 - 1
 MIN_TIMESTAMP = datetime(2000, 1, 1, tzinfo=timezone.utc)
 """The earliest event time accepted (and queried): older ones are bugs, such as a timestamp
@@ -112,6 +114,18 @@ def validate_timestamp(timestamp: object, now: float) -> datetime:
             f"{FUTURE_TOLERANCE.total_seconds():.0f} s ahead of the clock"
         )
     return timestamp
+
+
+def validate_dedupe_key(key: object) -> str:
+    """Return ``key`` if it is an acceptable ``dedupe_key`` (printable ``str``), or raise."""
+    if not isinstance(key, str):
+        raise TypeError(
+            f"dedupe_key {key!r} is of type {type(key).__name__}; accepted: str "
+            "(e.g. the webhook's event id, or f'webhook-{id}')"
+        )
+    text = str.__str__(key)
+    _check_text("dedupe_key", text, MAX_DEDUPE_KEY_LENGTH)
+    return text
 
 
 def validate_user_id(user_id: object) -> str:

@@ -51,6 +51,7 @@ from .backends.base import (
     rank_values,
     users_of,
 )
+from .errors import BackendError
 from .events import MIN_TIMESTAMP
 from .keys import Properties, day_of, hour_of
 
@@ -126,8 +127,18 @@ class QueryEngine:
         """Reads started again because a batch committed under them."""
         self.fenced = 0
         """Queries that read behind the sink's fence after ``attempts`` reads."""
+        self.on_error: Callable[[BaseException, str], None] | None = None
+        """Told of each read that failed (``on_error(exc, "query")``), before it raises."""
 
     def _read(self, read: _Read[K]) -> dict[K, int]:
+        try:
+            return self._read_tiers(read)
+        except BackendError as exc:
+            if self.on_error is not None:
+                self.on_error(exc, "query")
+            raise
+
+    def _read_tiers(self, read: _Read[K]) -> dict[K, int]:
         for _ in range(self.attempts):
             out = self._attempt(read, fence=False)
             if out is not None:

@@ -149,6 +149,9 @@ class Scheduler:
         self.stats = PipelineStats()
         self.on_flush: Callable[[tuple[int, int], float], None] | None = None
         """Called after each flush that succeeded with ``((counts, batches), seconds)``."""
+        self.on_error: Callable[[BaseException, str], object] | None = None
+        """The ``on_error(exc, operation)`` hook: told of each failure, with no lock held."""
+        self._errors: list[tuple[BaseException, str]] = []  # failures not yet reported
         self._rng = rng or random.Random()
         # In write-through mode (push_interval=0) track() pushes; the timer only sweeps up
         # what a failing store left in the buffer.
@@ -218,8 +221,8 @@ class Scheduler:
             # Skipped as a duplicate: applied by an attempt of ours whose reply was lost
             # (counted now, once), or by another sender, such as a replay (not ours to count).
             if applied is not False or push is self._in_doubt:
-                pushed += push.delta.total
-                self.stats.counts_pushed += push.delta.total
+                pushed += push.total
+                self.stats.counts_pushed += push.total
             self._in_doubt = None
         return pushed
 
@@ -354,6 +357,7 @@ class Scheduler:
         pushed = replayed = 0
         progress = _Moved()
         moved: tuple[tuple[int, int], float] | None = None
+        stage = "push"
         try:
             with _holding(self._push_lock, deadline, self.clock):
                 self._pusher = threading.get_ident()
@@ -363,12 +367,15 @@ class Scheduler:
                     self._pusher = None
                     self._push_stalled = False
             if self.spool is not None and (self._replay_due or self.config.flusher):
+                stage = "replay"
                 with _holding(self._replay_lock, deadline, self.clock):
                     replayed = self.replay(deadline).counts
             if self.config.flusher:
+                stage = "flush"
                 with _holding(self._flush_lock, deadline, self.clock):
                     moved = self._measured("flush", lambda: self.flush_store(deadline, progress))
         except _Deadline:
+            self.report_errors()
             return FlushResult(
                 pushed=pushed,
                 flushed=progress.counts,
@@ -377,6 +384,8 @@ class Scheduler:
                 timed_out=True,
             )
         except BackendError as exc:
+            self._note_error(exc, stage)
+            self.report_errors()
             return FlushResult(
                 pushed=pushed,
                 flushed=progress.counts,
@@ -387,6 +396,7 @@ class Scheduler:
         if moved is not None and self.on_flush is not None:
             self.on_flush(*moved)
         self._release_memory(moved)
+        self.report_errors()
         complete = self.aggregator.is_empty() and not self._own_claims and not self._claims_left
         return FlushResult(
             pushed=pushed,
@@ -395,6 +405,32 @@ class Scheduler:
             replayed=replayed,
             complete=complete,
         )
+
+    # -- failures -------------------------------------------------------------------------
+
+    def _note_error(self, exc: BaseException, operation: str) -> None:
+        """Remember a failure for ``on_error``, told once no lock is held."""
+        if self.on_error is not None:
+            self._errors.append((exc, operation))
+
+    def report_errors(self) -> None:
+        """Tell ``on_error`` of the failures noted so far (the caller holds no lock)."""
+        while self._errors:
+            try:
+                exc, operation = self._errors.pop(0)
+            except IndexError:  # another thread reported it meanwhile
+                return
+            self.report_error(exc, operation)
+
+    def report_error(self, exc: BaseException, operation: str) -> None:
+        """Call ``on_error(exc, operation)`` now; what it raises is logged, not raised."""
+        hook = self.on_error
+        if hook is None:
+            return
+        try:
+            hook(exc, operation)
+        except Exception:
+            logger.exception("on_error raised while told of a %s failure; ignored", operation)
 
     # -- the spool ------------------------------------------------------------------------
 
@@ -410,6 +446,7 @@ class Scheduler:
             raise
         except OSError as exc:  # the disk, not the store: retried on the next occasion
             logger.error("cannot read the spool %s: %s", self.spool.directory, exc)
+            self._note_error(exc, "spool")
             return ReplayResult()
         except Exception as exc:
             raise StoreError(f"replay to {self.store!r} failed: {exc!r}") from exc
@@ -433,6 +470,7 @@ class Scheduler:
         try:
             self.replay()
         except BackendError as exc:
+            self._note_error(exc, "replay")
             self.replay_failures += 1
             self.next_replay = now + self.backoff(self.replay_failures)
             log = logger.warning if self.replay_failures == 1 else logger.debug
@@ -441,6 +479,7 @@ class Scheduler:
             self.replay_failures = 0
         finally:
             self._replay_lock.release()
+        self.report_errors()
 
     def spill(self, *, exiting: bool = False) -> tuple[int, str] | None:
         """Write the outbox and the buffer to the spool; return ``(counts, path)``, or None
@@ -456,10 +495,11 @@ class Scheduler:
             pushes = self.aggregator.spill(lambda p: paths.append(spool.write(p)))
         except OSError as exc:
             logger.error("cannot write to the spool %s: %s; counts stay in memory", spool, exc)
+            self._note_error(exc, "spool")
             return None
         if not pushes:
             return None
-        counts = sum(p.delta.total for p in pushes)
+        counts = sum(p.total for p in pushes)
         self.counts_spooled += counts
         if not exiting:
             self._replay_due = True
@@ -566,6 +606,7 @@ class Scheduler:
                 else:
                     moved = self._measured("flush", self.flush_store)
             except BackendError as exc:
+                self._note_error(exc, kind)
                 messages.append(self._failed(kind, now, exc))
                 if kind == "push" and blocking and wait < 0:  # the timer's: never track()'s
                     messages.append(self._spill_if_due(now))
@@ -584,6 +625,7 @@ class Scheduler:
         if moved is not None and self.on_flush is not None:
             self.on_flush(*moved)
         self._release_memory(moved)
+        self.report_errors()
         return ok
 
     def _release_memory(self, moved: tuple[tuple[int, int], float] | None) -> None:

@@ -38,14 +38,16 @@ from typing import Any
 
 import attrs
 
-from .backends.base import CounterStore, Delta, Push
+from .backends.base import DEFAULT_DEDUPE_WINDOW, CounterStore, Deduped, Delta, Push
 from .keys import HourKey, UserKey
 
 __all__ = ["FORMAT_VERSION", "ReplayResult", "Spool", "SpoolError", "default_spool_dir"]
 
 logger = logging.getLogger("analytics_sdk")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format this version reads and writes: 2 added calls made with a
+``dedupe_key`` (files without any are still written as 1, readable by earlier versions)."""
 MAGIC = "analytics-sdk-spool"
 SUFFIX = ".spool"
 TEMP_PREFIX = ".tmp-"
@@ -109,13 +111,32 @@ def encode(identity: str, pushes: list[Push], created: float) -> bytes:
                     [event, user_id, day, value]
                     for (event, user_id, day), value in push.delta.users.items()
                 ],
+                **(
+                    {
+                        "deduped": [
+                            [
+                                d.key,
+                                d.event,
+                                [list(p) for p in d.properties],
+                                d.hour,
+                                d.user_id,
+                                d.value,
+                            ]
+                            for d in push.deduped
+                        ],
+                        "dedupe_window": push.dedupe_window,
+                    }
+                    if push.deduped
+                    else {}
+                ),
             }
             for push in pushes
         ],
     }
     line = json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode()
     digest = hashlib.sha256(line).hexdigest()
-    return b"%s %d\n%s\nsha256 %s\n" % (MAGIC.encode(), FORMAT_VERSION, line, digest.encode())
+    version = FORMAT_VERSION if any(push.deduped for push in pushes) else 1
+    return b"%s %d\n%s\nsha256 %s\n" % (MAGIC.encode(), version, line, digest.encode())
 
 
 class NewerFormat(SpoolError):
@@ -161,7 +182,29 @@ def decode(data: bytes) -> tuple[str, list[Push]]:
                 user_key: UserKey = (_str(event), _str(user_id), _int(day))
                 delta.users[user_key] = delta.users.get(user_key, 0) + _int(value)
             sequence = _int(item["sequence"])
-            pushes.append(Push(producer=producer, sequence=sequence, delta=delta))
+            deduped = tuple(
+                Deduped(
+                    key=_str(key),
+                    event=_str(event),
+                    properties=tuple((_str(k), _str(v)) for k, v in properties),
+                    hour=_int(hour),
+                    user_id=None if user_id is None else _str(user_id),
+                    value=_int(value),
+                )
+                for key, event, properties, hour, user_id, value in item.get("deduped", ())
+            )
+            window = item.get("dedupe_window", DEFAULT_DEDUPE_WINDOW)
+            if not isinstance(window, (int, float)) or isinstance(window, bool):
+                raise SpoolError(f"expected a number, found {window!r}")
+            pushes.append(
+                Push(
+                    producer=producer,
+                    sequence=sequence,
+                    delta=delta,
+                    deduped=deduped,
+                    dedupe_window=float(window),
+                )
+            )
     except (ValueError, KeyError, TypeError) as exc:
         raise SpoolError(f"unreadable contents: {exc!r}") from None
     if not pushes:
@@ -290,7 +333,7 @@ class Spool:
                 for push in loaded:
                     applied = store.push(push)  # a store failure propagates; the file stays
                     pushes += 1
-                    counts += push.delta.total if applied else 0
+                    counts += push.total if applied else 0
                 os.unlink(path)  # while locked: no other replayer can be between read and delete
                 _fsync_dir(self.directory)
                 files += 1

@@ -14,12 +14,13 @@ from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 from ..errors import ConfigurationError, remember_secret
-from .base import Batch, CounterStore, Delta, Pending, Push, Sink
+from .base import Batch, CounterStore, Deduped, Delta, Pending, Push, Sink
 from .memory import MemoryCounterStore, MemorySink
 
 __all__ = [
     "Batch",
     "CounterStore",
+    "Deduped",
     "Delta",
     "MemoryCounterStore",
     "MemorySink",

@@ -30,7 +30,7 @@ from bisect import bisect_right
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import attrs
 
@@ -41,6 +41,7 @@ __all__ = [
     "Batch",
     "Bucket",
     "CounterStore",
+    "Deduped",
     "Delta",
     "Pending",
     "Push",
@@ -80,6 +81,25 @@ class Delta:
         return len(self.hourly) + len(self.users)
 
 
+DEFAULT_DEDUPE_WINDOW = 86400.0
+
+
+class Deduped(NamedTuple):
+    """A ``track()`` made with a ``dedupe_key``: the store adds its counts only if no count
+    with that key was added within the push's ``dedupe_window``, and marks the key in the
+    same atomic step as it adds the counts.
+
+    A named tuple, not an attrs class: one is made per keyed ``track()`` call, and a tuple
+    is built several times faster than a frozen attrs instance."""
+
+    key: str
+    event: str
+    properties: Properties
+    hour: int
+    user_id: str | None
+    value: int
+
+
 @attrs.frozen(kw_only=True)
 class Push:
     """A delta sent from one process (a *producer*) to the store.
@@ -93,6 +113,16 @@ class Push:
     producer: str
     sequence: int
     delta: Delta
+    deduped: tuple[Deduped, ...] = ()
+    """Calls made with a ``dedupe_key`` (one per key), applied with the push."""
+    dedupe_window: float = DEFAULT_DEDUPE_WINDOW
+    """Seconds a key of ``deduped`` stays marked in the store once counted."""
+
+    @property
+    def total(self) -> int:
+        """The counts of the delta and of the calls with a ``dedupe_key`` (some of which the
+        store may find already counted)."""
+        return self.delta.total + sum(d.value for d in self.deduped)
 
     @property
     def id(self) -> str:

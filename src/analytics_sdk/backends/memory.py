@@ -64,6 +64,8 @@ class MemoryCounterStore(CounterStore):
         self._live = Delta()
         self._claims: dict[str, Batch] = {}
         self._sequences: dict[str, int] = {}  # producer -> last sequence applied
+        self._dedupe: dict[str, float] = {}  # dedupe key -> end of its window (clock time)
+        self._dedupe_pruned = 0.0
 
     def __repr__(self) -> str:
         return "MemoryCounterStore()"
@@ -75,7 +77,28 @@ class MemoryCounterStore(CounterStore):
             self._sequences[push.producer] = push.sequence
             _add(self._live.hourly, push.delta.hourly)
             _add(self._live.users, push.delta.users)
+            if push.deduped:
+                self._apply_deduped(push)
             return True
+
+    def _apply_deduped(self, push: Push) -> None:
+        """Add the calls whose dedupe key is not marked, and mark it (the lock is held)."""
+        now = self._clock()
+        marks = self._dedupe
+        if len(marks) > 1024 and now - self._dedupe_pruned > 60:  # forget ended windows
+            self._dedupe_pruned = now
+            for key in [k for k, until in marks.items() if until <= now]:
+                del marks[key]
+        for call in push.deduped:
+            until = marks.get(call.key)
+            if until is not None and until > now:
+                continue  # counted already within the window
+            marks[call.key] = now + push.dedupe_window
+            hour_key = (call.event, call.properties, call.hour)
+            self._live.hourly[hour_key] = self._live.hourly.get(hour_key, 0) + call.value
+            if call.user_id is not None:
+                user_key = (call.event, call.user_id, call.hour // 24)
+                self._live.users[user_key] = self._live.users.get(user_key, 0) + call.value
 
     def has_push(self, push: Push) -> bool:
         with self._lock:

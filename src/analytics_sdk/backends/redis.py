@@ -80,6 +80,7 @@ from .base import (
     Batch,
     Bucket,
     CounterStore,
+    Deduped,
     Delta,
     Pending,
     PropertyValue,
@@ -270,6 +271,60 @@ redis.call('DEL', KEYS[2])
 return {1, redis.call('ZREM', KEYS[1], ARGV[1])}
 """
 
+# Calls made with a dedupe key. KEYS: {tag}:hashes, {tag}:dseq:<producer>, then the keys'
+# marks ({tag}:dd:<key>), the live hashes and their events' indexes. ARGV: sequence, attempt,
+# sequence ttl, live ttl, now (ms, the SDK's clock), end of a new mark's window (ms), a mark's
+# ttl (ms), then per call: its mark's KEYS index, value, target count (1, or 2 with a user),
+# then per target: live hash's KEYS index, index's KEYS index, bucket, field. A call whose
+# key is not marked within its window is counted (as PUSH counts) and its key marked, in the
+# same script: a key is never marked without its count, nor counted twice. The push's
+# sequence, per producer and shard (the shard is the key's, not the producer's), written
+# last, makes a retry a no-op, as in PUSH. Returns the counts added.
+DEDUPE = """
+local seq = tonumber(ARGV[1])
+local current = redis.call('GET', KEYS[2])
+if current then
+  local colon = string.find(current, ':', 1, true)
+  local last = tonumber(colon and string.sub(current, 1, colon - 1) or current)
+  if seq <= last then return 0 end
+end
+local ttl = tonumber(ARGV[4])
+local now = tonumber(ARGV[5])
+local added, touched = 0, {}
+local i = 8
+while i <= #ARGV do
+  local marker = KEYS[tonumber(ARGV[i])]
+  local value = ARGV[i + 1]
+  local n = tonumber(ARGV[i + 2])
+  i = i + 3
+  local mark = redis.call('GET', marker)
+  local fresh = (not mark) or tonumber(mark) <= now
+  if fresh then
+    redis.call('SET', marker, ARGV[6], 'PX', ARGV[7])
+    added = added + tonumber(value)
+  end
+  for j = 1, n do
+    if fresh then
+      local h = tonumber(ARGV[i])
+      redis.call('HINCRBY', KEYS[h], ARGV[i + 3], value)
+      if not touched[h] then
+        touched[h] = true
+        redis.call('SADD', KEYS[1], KEYS[h])
+        redis.call('ZADD', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], '|' .. ARGV[i + 2])
+        if redis.call('TTL', KEYS[h]) < 0 then redis.call('EXPIRE', KEYS[h], ttl) end
+      end
+    end
+    i = i + 4
+  end
+end
+if next(touched) then redis.call('EXPIRE', KEYS[1], ttl) end
+redis.call('SET', KEYS[2], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[3])
+return added
+"""
+DEDUPE_MARK_SLACK = 60.0
+"""Seconds a dedupe mark outlives its window in Redis (the window itself is decided by the
+SDK's clock, written in the mark)."""
+
 _OPTIONS = {"prefix", "shards", "ttl", "cluster", "allow_eviction"}
 # redis-py passes URL query options to its connections: those it parses itself (numbers,
 # booleans) and those whose value is a string work; these are the string ones.
@@ -450,6 +505,7 @@ class RedisCounterStore(CounterStore):
         self._lua_claim = client.register_script(CLAIM)
         self._in_doubt: set[str] = set()
         self._lua_ack = client.register_script(ACK)
+        self._lua_dedupe = client.register_script(DEDUPE)
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float] = time.time) -> RedisCounterStore:
@@ -697,7 +753,52 @@ class RedisCounterStore(CounterStore):
         for (series, bucket), fields in groups.items():
             keys += (f"{tag}:live:{series}:{bucket}", f"{tag}:ix:{series}")
             args += [bucket, len(fields) // 2, *fields]
-        return bool(self._run("push", self._lua_push, keys, args))
+        applied = bool(self._run("push", self._lua_push, keys, args))
+        if push.deduped:
+            self._push_deduped(push)
+        return applied
+
+    def _push_deduped(self, push: Push) -> None:
+        """Count the calls of ``push`` made with a dedupe key, each on its key's shard."""
+        by_shard: dict[int, list[Deduped]] = {}
+        for call in push.deduped:
+            shard = zlib.crc32(call.key.encode()) % self.shards
+            by_shard.setdefault(shard, []).append(call)
+        now = self._clock()
+        window_ms = int(push.dedupe_window * 1000)
+        for shard, calls in by_shard.items():
+            tag = self._tags[shard]
+            keys = [f"{tag}:hashes", f"{tag}:dseq:{push.producer}"]
+            index: dict[str, int] = {}
+
+            def at(key: str, keys: list[str] = keys, index: dict[str, int] = index) -> int:
+                if key not in index:
+                    keys.append(key)
+                    index[key] = len(keys)  # Lua counts from 1
+                return index[key]
+
+            attempt = uuid.uuid4().hex[:12]
+            args: list[Any] = [
+                push.sequence,
+                attempt,
+                max(self.ttl, SEQUENCE_TTL),
+                self.ttl,
+                int(now * 1000),
+                int(now * 1000) + window_ms,
+                window_ms + int(DEDUPE_MARK_SLACK * 1000),
+            ]
+            for call in calls:
+                targets = [
+                    (f"h:{escape(call.event)}", call.hour, encode_properties(call.properties))
+                ]
+                if call.user_id is not None:
+                    day = call.hour // 24
+                    targets.append((f"u:{escape(call.event)}", day, escape(call.user_id)))
+                args += [at(f"{tag}:dd:{escape(call.key)}"), call.value, len(targets)]
+                for series, bucket, field in targets:
+                    hashed = at(f"{tag}:live:{series}:{bucket}")
+                    args += [hashed, at(f"{tag}:ix:{series}"), bucket, field]
+            self._run("push", self._lua_dedupe, keys, args)
 
     def has_push(self, push: Push) -> bool:
         self._check_layout()
