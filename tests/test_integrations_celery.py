@@ -1,5 +1,6 @@
-"""A real Celery worker (prefork, two processes) on the Redis broker runs tasks that track,
-fail and retry; after a warm shutdown (SIGTERM) the counts are exact in PostgreSQL."""
+"""A real Celery worker (prefork, two processes) on the Redis broker runs 1,000 tasks that
+track, fail and retry (some tracking with the task id as dedupe key, the sender's user carried
+in the message); after a warm shutdown (SIGTERM) the counts are exact in PostgreSQL."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.services
 
 EXAMPLES = Path(__file__).parent.parent / "docs" / "integrations" / "examples"
 SDK_ROOT = str(Path(analytics_sdk.__file__).resolve().parent.parent)
-TASKS = int(os.environ.get("ANALYTICS_TEST_CELERY_TASKS", "300"))
+TASKS = int(os.environ.get("ANALYTICS_TEST_CELERY_TASKS", "1000"))
+NAMES = ("send_invoice", "broken", "flaky", "charge")
 
 
 def test_task_counts_are_exact_after_a_warm_shutdown(
@@ -41,7 +43,7 @@ def test_task_counts_are_exact_after_a_warm_shutdown(
     monkeypatch.delitem(sys.modules, "celery_app", raising=False)
     import celery_app
 
-    plan = [("send_invoice", "broken", "flaky")[i % 3] for i in range(TASKS)]
+    plan = [NAMES[i % 4] for i in range(TASKS)]
     users = [f"u{i % 5}" for i in range(TASKS)]
     with redis_and_postgres("celery") as (store_url, sink_url):
         path = os.pathsep.join([SDK_ROOT, str(EXAMPLES), os.environ.get("PYTHONPATH", "")])
@@ -57,10 +59,13 @@ def test_task_counts_are_exact_after_a_warm_shutdown(
                 cwd=EXAMPLES, env=env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
             try:
-                results = [
-                    getattr(celery_app, name).delay(user)
-                    for name, user in zip(plan, users, strict=True)
-                ]
+                results = []
+                for i, (name, user) in enumerate(zip(plan, users, strict=True)):
+                    if name == "charge":  # the user travels in the message, not the arguments
+                        with analytics_sdk.context(user_id=user):
+                            results.append(celery_app.charge.delay(f"order-{i}"))
+                    else:
+                        results.append(getattr(celery_app, name).delay(user))
                 for name, result in zip(plan, results, strict=True):
                     result.get(timeout=120, propagate=False)
                     assert result.successful() == (name != "broken"), log.read_text()
@@ -82,26 +87,39 @@ def test_task_counts_are_exact_after_a_warm_shutdown(
             flusher.shutdown()
         client = Analytics(store="memory://", sink=sink_url, background=False)
         try:
-            n = {name: plan.count(name) for name in ("send_invoice", "broken", "flaky")}
+            n = {name: plan.count(name) for name in NAMES}
             outcomes = [
                 ("celery_app.send_invoice", "success", n["send_invoice"]),
                 ("celery_app.broken", "failure", n["broken"]),
                 ("celery_app.flaky", "retry", n["flaky"]),
                 ("celery_app.flaky", "success", n["flaky"]),
+                # two retries of one task id: its retry outcome counts once
+                ("celery_app.charge", "retry", n["charge"]),
+                ("celery_app.charge", "success", n["charge"]),
             ]
             for task, outcome, count in outcomes:
                 props = {"task": task, "outcome": outcome}
                 assert client.count("celery_task", properties=props) == count, props
-            assert client.count("celery_task") == TASKS + n["flaky"]
+            assert client.count("celery_task") == TASKS + n["flaky"] + n["charge"]
+            # three attempts per charge, the charge itself once per task id
+            assert client.count("charge_attempt") == 3 * n["charge"]
+            assert client.count("order_charged") == n["charge"]
         finally:
             client.shutdown()
         sink = PostgresSink.from_url(sink_url)
         try:
             sent: dict[str, int] = {}
             for name, user in zip(plan, users, strict=True):
-                if name != "broken":
+                if name in ("send_invoice", "flaky"):
                     sent[user] = sent.get(user, 0) + 1
             assert sink.user_counts("invoice_sent", None, None, None) == sent
+            charged: dict[str, int] = {}
+            for name, user in zip(plan, users, strict=True):
+                if name == "charge":
+                    charged[user] = charged.get(user, 0) + 1
+            assert sink.user_counts("order_charged", None, None, None) == charged
+            attempts = {user: 3 * count for user, count in charged.items()}
+            assert sink.user_counts("charge_attempt", None, None, None) == attempts
         finally:
             sink.close()
     import redis

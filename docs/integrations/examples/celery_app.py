@@ -1,4 +1,5 @@
-"""A Celery app whose tasks track events, with task outcomes counted by task name."""
+"""A Celery app whose tasks track events, with task outcomes counted by task name (once per
+task id), the sender's user carried into tasks, and a retried charge counted once."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 from celery import Celery, Task
 
 import analytics_sdk
-from analytics_sdk.integrations.celery import instrument
+from analytics_sdk.integrations.celery import instrument, task_dedupe_key
 
 REDIS = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 app = Celery("example", broker=REDIS, backend=REDIS)
@@ -16,8 +17,9 @@ app.conf.broker_transport_options = app.conf.result_backend_transport_options = 
 app.conf.task_default_queue = os.environ.get("CELERY_QUEUE", "celery")
 
 # Each worker process gets its client (store and sink from ANALYTICS_STORE and
-# ANALYTICS_SINK) and flushes it when it ends; task attempts are counted as celery_task.
-instrument(app, task_outcomes=True)
+# ANALYTICS_SINK) and flushes it when it ends; task outcomes are counted as celery_task, each
+# once per task id; the sender's context() (its user) is open while the task runs.
+instrument(app, task_outcomes=True, dedupe_outcomes=True)
 
 
 @app.task
@@ -35,3 +37,13 @@ def flaky(self: Task, user_id: str) -> None:
     if self.request.retries == 0:
         raise self.retry()  # counted as a retry, then a success
     analytics_sdk.track("invoice_sent", user_id=user_id)
+
+
+@app.task(bind=True, max_retries=2, default_retry_delay=0)
+def charge(self: Task, order_id: str) -> None:
+    # Sent inside `with analytics_sdk.context(user_id=...)`: the user comes with the task.
+    analytics_sdk.track("charge_attempt")  # every attempt
+    # The task id survives retries and redeliveries: the charge counts once.
+    analytics_sdk.track("order_charged", dedupe_key=task_dedupe_key(self.request.id, "charged"))
+    if self.request.retries < 2:
+        raise self.retry()
