@@ -240,3 +240,13 @@ def test_a_failing_store_keeps_the_keyed_calls_until_it_is_back(
     assert client.flush().complete
     assert client.count("webhook") == 4
     client.shutdown()
+
+
+def test_a_recording_counts_keyed_calls_once() -> None:
+    from analytics_sdk import track
+    from analytics_sdk.testing import recording
+
+    with recording() as rec:
+        for _ in range(3):
+            track("webhook", dedupe_key="evt_1")
+        assert rec.count("webhook") == 1

@@ -449,6 +449,10 @@ class Aggregator:
                     _add(buffer.users, shard.users)
         return LocalCounts(buffer, outbox)
 
+    def holds_deduped(self) -> bool:
+        """Whether the buffer holds calls made with a dedupe key (not yet pushed)."""
+        return any(s.deduped for s in list(self._shards))
+
     def is_empty(self) -> bool:
         """Whether neither the buffer nor the outbox holds a count."""
         with self._outbox_lock:

@@ -19,8 +19,8 @@ from .errors import ConfigurationError
 from .events import (
     MAX_VALUE,
     Validator,
-    validate_property_key,
     validate_dedupe_key,
+    validate_property_key,
     validate_timestamp,
     validate_value,
 )
@@ -52,6 +52,8 @@ NONE = Bucket.NONE.value
 P = ParamSpec("P")
 R = TypeVar("R")
 logger = logging.getLogger("analytics_sdk")
+_HOOKED: Any = object()
+"""Passed by :meth:`Analytics._track_hooked` as ``dedupe_key``: no key, but run the hook."""
 
 
 class Analytics:
@@ -106,6 +108,8 @@ class Analytics:
             self._add = self._add_write_through
         self._before_track = self.config.before_track
         self._hook_failures = 0
+        if self._before_track is not None:
+            self.track = self._track_hooked  # type: ignore[method-assign]
         if not self.config.enabled:
             self.track = self._track_disabled  # type: ignore[method-assign]
             self._add = self._add_disabled
@@ -194,10 +198,32 @@ class Analytics:
                 hour = self._enter_hour(now)
         else:
             hour = hour_of(validate_timestamp(timestamp, self._now()))
-        if dedupe_key is None is self._before_track:
+        if dedupe_key is None:
             self._add(name, props, hour, user_id, value)
-        else:
+        else:  # a key, or _HOOKED: before_track is set (see _track_hooked)
             self._track_special(name, props, hour, user_id, value, dedupe_key)
+
+    def _track_hooked(
+        self,
+        event: str,
+        *,
+        user_id: str | None = None,
+        properties: Mapping[str, str | int | bool] | None = None,
+        value: int = 1,
+        timestamp: datetime | None = None,
+        dedupe_key: str | None = None,
+    ) -> None:
+        """``track()`` of a client with ``before_track``: the plain ``track()`` pays nothing
+        for the hook, this one sends every call to :meth:`_track_special`."""
+        Analytics.track(
+            self,
+            event,
+            user_id=user_id,
+            properties=properties,
+            value=value,
+            timestamp=timestamp,
+            dedupe_key=_HOOKED if dedupe_key is None else dedupe_key,
+        )
 
     def _track_special(
         self,
@@ -209,7 +235,9 @@ class Analytics:
         dedupe_key: str | None,
     ) -> None:
         """The end of a ``track()`` that has a ``before_track`` hook or a ``dedupe_key``."""
-        if dedupe_key is not None:
+        if dedupe_key is _HOOKED:
+            dedupe_key = None
+        elif dedupe_key is not None:
             dedupe_key = validate_dedupe_key(dedupe_key)
         if self._before_track is not None:
             rewritten = self._run_before_track(event, user_id, properties)

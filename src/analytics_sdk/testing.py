@@ -89,7 +89,11 @@ class Recorder:
             client.shutdown()
 
     def count(self, event: str, **query: Any) -> int:
-        """Return :meth:`Analytics.count <analytics_sdk.Analytics.count>` on the client."""
+        """Return :meth:`Analytics.count <analytics_sdk.Analytics.count>` on the client
+        (calls made with a ``dedupe_key`` are pushed first: queries count them once the
+        store has decided whether their key was seen)."""
+        if self.client.aggregator.holds_deduped():
+            self.client.scheduler.push_through()
         return self.client.count(event, **query)
 
     def __getattr__(self, name: str) -> Any:
