@@ -12,6 +12,8 @@ Key layout, for prefix ``P`` and shard ``s`` (every key of a shard shares the ha
     {P:s}:gen                     STRING how many CLAIM steps moved counters (reads check it)
     {P:s}:seq:<producer>          STRING last push sequence applied from that producer (one
                                          key per producer: its pushes all go to one shard)
+    {P:s}:dd:<dedupe key>         STRING end of the key's dedupe window (ms), on the key's shard
+    {P:s}:dseq:<producer>         STRING last push sequence whose keyed calls this shard applied
     {P:s}:claims                  ZSET  batch id -> claim time
     {P:s}:claim:<batch>           SET   names of the batch's hashes
     {P:s}:claim:<batch>:h:<event>:<hour>  HASH  the claimed counters (live hashes renamed,
