@@ -584,3 +584,27 @@ def test_a_worker_whose_dashboard_port_is_taken_does_not_start() -> None:
                 store=store, sink=sink, metrics_addr=None, dashboard_addr=("127.0.0.1", taken.port)
             )
         assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+
+
+def test_the_overview_lists_the_most_counted_events_and_says_how_many_it_leaves_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from analytics_sdk.dashboard import api as dashboard_api
+    from analytics_sdk.testing import ManualClock
+
+    monkeypatch.setattr(dashboard_api, "OVERVIEW_EVENTS", 2)
+    with Analytics(
+        store="memory://", sink="memory://", clock=ManualClock(NOW), background=False
+    ) as client:
+        # All time decides which events are listed; the last 30 days, their order.
+        client.track("old_but_big", value=9, timestamp=NOW - timedelta(days=60))
+        client.track("recent", value=2)
+        client.track("small", value=1)
+        client.flush()
+        with serve(client, ("127.0.0.1", 0)) as s:
+            overview = api(s, "/api/overview")
+            assert list(overview["events"]) == ["recent", "old_but_big"]
+            assert overview["events_not_shown"] == 1
+            page = get(s.url)[2]
+            assert "1 more events with fewer counts are not listed" in page
+            assert 'data-event="small"' not in page

@@ -35,6 +35,8 @@ __all__ = [
 
 OVERVIEW_DAYS = 30
 """Days of the overview's totals and sparklines (today included)."""
+OVERVIEW_EVENTS = 100
+"""Events the overview shows at most: those with the most counts of all time."""
 MAX_LIMIT = 1000
 
 
@@ -226,12 +228,14 @@ class DashboardAPI:
         return self._executor.submit(self.call, name, query)
 
     def event_names(self) -> list[str]:
-        """Return the names of every event in the store or the sink (cached for
-        ``names_cache_seconds``: an event seen for the first time shows within that)."""
+        """Return the names of every event in the store or the sink, the most counted of
+        all time first (cached for ``names_cache_seconds``: an event seen for the first time
+        shows within that)."""
         with self._names_lock:
             now = self._monotonic()
             if self._names is None or now >= self._names[0]:
-                names = sorted(self.client._query.fleet_totals())
+                totals = self.client._query.fleet_totals()
+                names = sorted(totals, key=lambda name: (-totals[name], name))
                 self._names = (now + self.names_cache_seconds, names)
             return self._names[1]
 
@@ -273,19 +277,25 @@ class DashboardAPI:
 
     @_endpoint("tz")
     def overview(self, p: Params) -> dict[str, Any]:
-        """Each event's daily series over the last 30 days in tz (today last), the events with the most counts in those days first: {"today", "tz", "events": {event: [[day, n], ...]}}."""
+        """Each event's daily series over the last 30 days in tz (today last), the events with the most counts in those days first: {"today", "tz", "events": {event: [[day, n], ...]}, "events_not_shown": n} (the 100 events with the most counts of all time are shown)."""
         tz = p.tz()
         today = self.today(tz)
         first = today - timedelta(days=OVERVIEW_DAYS - 1)
+        names = self.event_names()
         futures = {
             name: self._executor.submit(
                 self.client.series, name, first, today, granularity="day", tz=tz
             )
-            for name in self.event_names()
+            for name in names[:OVERVIEW_EVENTS]
         }
         series = {name: future.result() for name, future in futures.items()}
         ranked = sorted(series, key=lambda name: (-sum(n for _, n in series[name]), name))
-        return {"today": today, "tz": tz, "events": {name: series[name] for name in ranked}}
+        return {
+            "today": today,
+            "tz": tz,
+            "events": {name: series[name] for name in ranked},
+            "events_not_shown": max(0, len(names) - OVERVIEW_EVENTS),
+        }
 
     @_endpoint("event", "day", "hour", "property", "user_id")
     def count(self, p: Params) -> int:

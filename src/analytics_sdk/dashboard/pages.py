@@ -150,6 +150,13 @@ def overview(api: DashboardAPI, params: Params) -> str:
         if rows
         else '<p class="empty" id="events">No events yet.</p>'
     )
+    hidden = data["events_not_shown"]
+    if hidden:
+        events += (
+            f'<p class="note" id="events-not-shown">{hidden:,} more events with fewer counts '
+            "are not listed; open one with /event?event=NAME, or list them all at "
+            '<a href="/api/events">/api/events</a>.</p>'
+        )
     return page(
         "Events",
         f'<h1>Events</h1><form class="controls" method="get" action="/">{_tz_select(tz)}'
