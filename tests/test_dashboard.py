@@ -359,8 +359,10 @@ def test_the_token_comes_from_the_environment(
     with serve(known.client, ("127.0.0.1", 0)) as s:
         assert get(s.url + "api/events")[0] == 401
         assert get(s.url + "api/events", {"Authorization": "Bearer from-env"})[0] == 200
-    with pytest.raises(ValueError, match="token '' is not accepted"):
-        serve(known.client, ("127.0.0.1", 0), token=" ")
+    for bad in (" ", "s3cret token", "s3cret;token", "s3crét"):
+        with pytest.raises(ValueError, match="the dashboard token is not accepted") as info:
+            serve(known.client, ("127.0.0.1", 0), token=bad)
+        assert bad.strip() == "" or bad not in str(info.value)  # a secret is never shown
 
 
 def test_it_binds_to_loopback_by_default_and_names_a_taken_port(known: Known) -> None:
@@ -608,3 +610,17 @@ def test_the_overview_lists_the_most_counted_events_and_says_how_many_it_leaves_
             page = get(s.url)[2]
             assert "1 more events with fewer counts are not listed" in page
             assert 'data-event="small"' not in page
+
+
+def test_on_loopback_only_requests_addressed_to_loopback_are_answered(
+    server: DashboardServer,
+) -> None:
+    """A page elsewhere whose DNS name was rebound to 127.0.0.1 cannot read the data."""
+    port = server.port
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
+        assert get(server.url + "api/events", {"Host": host})[0] == 200
+    for host in (f"evil.example:{port}", "127.0.0.1", f"127.0.0.1:{port + 1}"):
+        status, _, body = get(server.url + "api/events", {"Host": host})
+        assert status == 400
+        assert f"Host {host.lower()!r} is not accepted; accepted: 127.0.0.1:{port}" in body
+    assert get(server.url, {"Host": "evil.example"})[0] == 400

@@ -8,8 +8,10 @@ by opening any page once with ``?token=TOKEN`` (the page then reloads without it
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
+import re
 import socket
 import threading
 from http import HTTPStatus
@@ -129,10 +131,24 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return True
 
+    def _host_accepted(self, path: str) -> bool:
+        """On loopback, only requests addressed to loopback: a web page elsewhere cannot
+        read the dashboard through a DNS name rebound to 127.0.0.1."""
+        accepted = self.server.hosts
+        host = self.headers.get("Host", "").lower()
+        if accepted is None or host in accepted:
+            return True
+        message = f"Host {host!r} is not accepted; accepted: {', '.join(sorted(accepted))}"
+        if path.startswith("/api"):
+            self._json(HTTPStatus.BAD_REQUEST, {"error": message})
+        else:
+            self._html(HTTPStatus.BAD_REQUEST, error_page(400, message))
+        return False
+
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         path, query = parts.path, parse_qs(parts.query, keep_blank_values=True)
-        if not self._authorized(path, query):
+        if not self._host_accepted(path) or not self._authorized(path, query):
             return
         if path.startswith("/static/"):
             name = path[len("/static/") :]
@@ -211,6 +227,33 @@ class _Server(ThreadingHTTPServer):
         super().__init__(addr, _Handler)
         self.api = api
         self.token = token
+        port = self.server_address[1]
+        self.hosts: frozenset[str] | None = None
+        if _is_loopback(addr[0]):
+            names = ("127.0.0.1", "localhost", "[::1]")
+            self.hosts = frozenset(f"{name}:{port}" for name in names)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+"""A bearer token's characters (RFC 6750): safe in a header, a URL and a cookie."""
+
+
+def _check_token(token: str) -> None:
+    # The message never shows the token: it is a secret.
+    if not TOKEN.fullmatch(token):
+        raise ValueError(
+            "the dashboard token is not accepted; accepted: letters, digits and - . _ ~ + / "
+            "(then = signs), e.g. from python -c 'import secrets; print(secrets.token_urlsafe())'"
+        )
 
 
 class DashboardServer:
@@ -229,8 +272,8 @@ class DashboardServer:
         worker's health check, shown with the pipeline's."""
         if token is None:
             token = os.environ.get(TOKEN_VARIABLE) or None
-        if token is not None and not token.strip():
-            raise ValueError("token '' is not accepted; accepted: a non-blank string")
+        if token is not None:
+            _check_token(token)
         self.token = token
         self.api = DashboardAPI(client, health=health)
         host, port = addr
