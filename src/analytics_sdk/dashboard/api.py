@@ -251,7 +251,7 @@ class DashboardAPI:
         except (ValueError, TypeError) as exc:
             # What the query methods refuse (too many periods, start after end, a bad event
             # name...): their message names the value and what is accepted.
-            name = _culprit(exc)
+            name = _culprit(exc, ENDPOINTS[name][0])
             raise BadParameter(name, params.raw(name), str(exc), message=str(exc)) from exc
 
     def today(self, tz: str) -> date:
@@ -312,7 +312,16 @@ class DashboardAPI:
                     "hour", hour, "a datetime with an offset, e.g. 2026-11-26T09:00+00:00"
                 )
             when["hour"] = moment
-        return self.client.count(event, properties=p.properties(), user_id=p.raw("user_id"), **when)
+        if len(when) == 2:
+            raise BadParameter("hour", hour, "day= or hour=, not both")
+        user_id = p.raw("user_id")
+        if user_id is not None and (hour is not None or p.all("property")):
+            raise BadParameter(
+                "user_id",
+                user_id,
+                "user_id= with day= only (per-user counts are daily, not split by properties)",
+            )
+        return self.client.count(event, properties=p.properties(), user_id=user_id, **when)
 
     @_endpoint("event", "day", "property")
     def hourly(self, p: Params) -> dict[int, int]:
@@ -416,8 +425,10 @@ class DashboardAPI:
         return pipeline_health(self.client, self.worker_health)
 
 
-def _culprit(exc: Exception) -> str:
-    """Name the parameter a query method's error is about (its message starts with it)."""
+def _culprit(exc: Exception, accepted: tuple[str, ...]) -> str:
+    """Name the parameter a query method's error is about: its message starts with the
+    argument's name (``start``, ``event name``, ``limit``...), that of the parameter."""
     first = str(exc).split(" ", 1)[0]
     names = {"start": "from", "end": "to", "series": "from", "user": "user_id"}
-    return names.get(first, first)
+    name = names.get(first, first)
+    return name if name in accepted else "event"
