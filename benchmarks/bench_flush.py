@@ -24,7 +24,7 @@ import psycopg
 
 from analytics_sdk import Analytics
 from analytics_sdk.backends import Batch, Delta
-from analytics_sdk.backends.postgres import PostgresSink
+from analytics_sdk.backends.postgres import PostgresSink, create_partitions, month_of
 from analytics_sdk.keys import day_of, encode_properties
 
 
@@ -59,6 +59,8 @@ def bench_executemany(url: str, rows: int) -> tuple[float, float]:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     PostgresSink.from_url(f"{url}?schema={schema}").migrate()
     hourly = counters(rows, 500_000)
+    with psycopg.connect(url) as conn:  # the month's partition, as the sink's apply makes it
+        create_partitions(conn, schema, "hourly_counts", [month_of(500_000 // 24)])
     params = [
         (event, hour * 3600, encode_properties(props), value)
         for (event, props, hour), value in sorted(hourly.items())

@@ -36,7 +36,14 @@ from typing import Any
 import psycopg
 
 from analytics_sdk import Analytics
-from analytics_sdk.backends.postgres import PostgresSink, build_user_bitmaps
+from analytics_sdk.backends.postgres import (
+    PostgresSink,
+    build_user_bitmaps,
+    create_partitions,
+    month_of,
+    next_month,
+)
+from analytics_sdk.keys import day_of
 
 FIRST_DAY = date(2026, 1, 1)
 PLANS = ("free", "pro", "team", "enterprise")
@@ -47,6 +54,13 @@ def generate(url: str, schema: str, args: argparse.Namespace) -> float:
     """Create the schema and fill it in SQL; return the seconds it took."""
     PostgresSink.from_url(f"{url}?schema={schema}").migrate()
     s = f'"{schema}"'
+    months, month = [], month_of(day_of(FIRST_DAY))
+    while month <= FIRST_DAY + timedelta(days=args.days):
+        months.append(month)
+        month = next_month(month)
+    with psycopg.connect(url) as conn:  # the months' partitions, as applies would make them
+        create_partitions(conn, schema, "hourly_counts", months)
+        create_partitions(conn, schema, "user_daily_counts", months)
     started = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET maintenance_work_mem = '256MB'")

@@ -108,7 +108,13 @@ def test_retention_keeps_daily_totals(pg_url: str, schema: str) -> None:
     assert sink.hourly_counts("e", None, None, (("p", "1"),)) == {day_of(old.date()) * 24: 3}
     assert sink.user_counts("e", None, None, None) == {"u": 2}
     clock.advance(2 * 86400)
-    assert sink.prune() == {"flush_ledger": 1, "hourly_counts": 0, "user_daily_counts": 0}
+    assert sink.prune() == {
+        "flush_ledger": 1,
+        "hourly_counts": 0,
+        "hourly_counts partitions": 0,
+        "user_daily_counts": 0,
+        "user_daily_counts partitions": 0,
+    }
     assert sum(sink.hourly_counts("e", None, None, ()).values()) == 12
     sink.close()
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from importlib import resources
 from itertools import pairwise
 from typing import Any
@@ -30,7 +30,14 @@ from ..process import exiting
 from . import check_url_options, redact_url, url_secrets
 from .base import Batch, Bucket, PropertyValue, Sink, SinkSnapshot
 
-__all__ = ["PostgresSink", "build_user_bitmaps", "migrate"]
+__all__ = [
+    "PostgresSink",
+    "build_user_bitmaps",
+    "create_partitions",
+    "migrate",
+    "partition_counts",
+    "partitions",
+]
 
 DEFAULT_SCHEMA = "analytics"
 _OPTIONS = {
@@ -132,8 +139,95 @@ def build_user_bitmaps(conn: Any, schema: str) -> int:
     return written
 
 
+PARTITIONED = ("hourly_counts", "user_daily_counts")
+"""The tables partitioned by UTC month (migration 4)."""
+_EPOCH = date(1970, 1, 1)
+
+
+def month_of(day: int) -> date:
+    """Return the first day of the UTC month holding ``day`` (days since the epoch)."""
+    return (_EPOCH + timedelta(days=day)).replace(day=1)
+
+
+def next_month(month: date) -> date:
+    """Return the first day of the month after ``month``'s."""
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def partitions(conn: Any, schema: str, table: str) -> dict[date, str]:
+    """Return the monthly partitions of ``schema.table`` as ``{first day: name}``."""
+    from psycopg import sql
+
+    qualified = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = to_regclass(%s)",
+        [qualified.as_string(conn)],
+    ).fetchall()
+    found = {}
+    for (name,) in rows:
+        suffix = name[len(table) + 1 :]
+        if name.startswith(f"{table}_") and len(suffix) == 6 and suffix.isdigit():
+            found[date(int(suffix[:4]), int(suffix[4:]), 1)] = name
+    return found
+
+
+def create_partitions(conn: Any, schema: str, table: str, months: Iterable[date]) -> list[date]:
+    """Create the partitions of ``table`` for ``months`` (first days) that are missing;
+    return the months created. Run in a transaction: it takes the schema's migration lock,
+    so two processes never create the same partition."""
+    from psycopg import sql
+
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"analytics_sdk:{schema}"])
+    missing = sorted(set(months) - partitions(conn, schema, table).keys())
+    for month in missing:
+        low: date | datetime = month
+        high: date | datetime = next_month(month)
+        if table == "hourly_counts":  # timestamptz bounds at UTC midnight
+            low, high = (datetime(d.year, d.month, 1, tzinfo=timezone.utc) for d in (low, high))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {s}.{p} PARTITION OF {s}.{t} FOR VALUES FROM ({low}) TO ({high}) "
+                "WITH (fillfactor = 70)"
+            ).format(
+                s=sql.Identifier(schema),
+                p=sql.Identifier(f"{table}_{month:%Y%m}"),
+                t=sql.Identifier(table),
+                low=sql.Literal(low),
+                high=sql.Literal(high),
+            )
+        )
+    return missing
+
+
+def partition_counts(conn: Any, schema: str) -> None:
+    """Migration 4's copy: create the partitions of the months the old tables hold rows in
+    (and of this month and the next), copy the rows, drop the old tables."""
+    from psycopg import sql
+
+    s = sql.Identifier(schema)
+    this_month = datetime.now(timezone.utc).date().replace(day=1)
+    for table, month in (
+        ("hourly_counts", "date_trunc('month', hour AT TIME ZONE 'UTC')::date"),
+        ("user_daily_counts", "date_trunc('month', day::timestamp)::date"),
+    ):
+        old = sql.Identifier(f"{table}_unpartitioned")
+        query = sql.SQL(f"SELECT DISTINCT {month} FROM {{s}}.{{old}}").format(s=s, old=old)
+        months = [row[0] for row in conn.execute(query)]
+        create_partitions(conn, schema, table, [*months, this_month, next_month(this_month)])
+        conn.execute(
+            sql.SQL("INSERT INTO {s}.{t} SELECT * FROM {s}.{old}").format(
+                s=s, t=sql.Identifier(table), old=old
+            )
+        )
+        conn.execute(sql.SQL("DROP TABLE {s}.{old}").format(s=s, old=old))
+
+
 # Steps of a migration done in Python, right after its SQL file, in its transaction.
-_AFTER_SQL: dict[int, Callable[[Any, str], object]] = {3: build_user_bitmaps}
+_AFTER_SQL: dict[int, Callable[[Any, str], object]] = {
+    3: build_user_bitmaps,
+    4: partition_counts,
+}
 
 
 def migrate(conn: Any, schema: str, until: int | None = None) -> list[int]:
@@ -241,6 +335,7 @@ class PostgresSink(Sink):
         for secret in url_secrets(conninfo):  # a libpq message may quote it: errors hide it
             remember_secret(secret)
         self._migrated = False
+        self._months: set[tuple[str, date]] = set()  # partitions known to exist
         self._next_maintenance = 0.0
         self._lock = threading.Lock()
         self._pool: Any = None
@@ -389,6 +484,27 @@ class PostgresSink(Sink):
     # -- the protocol -----------------------------------------------------------------------
 
     def apply(self, batch: Batch) -> bool:
+        months = {("hourly_counts", month_of(hour // 24)) for _, _, hour in batch.delta.hourly}
+        months.update(("user_daily_counts", month_of(day)) for _, _, day in batch.delta.users)
+        try:
+            if not months <= self._months:
+                self._create_partitions(months)
+            return self._apply(batch)
+        except SinkError:
+            self._months.clear()  # a partition dropped meanwhile: look again next time
+            raise
+
+    def _create_partitions(self, months: set[tuple[str, date]]) -> None:
+        """Create the missing partitions of ``months`` ({(table, month)}) in a transaction
+        of their own: creating one locks its table, briefly, not for a whole apply."""
+        with self._connection("apply") as conn, conn.transaction():
+            for table in PARTITIONED:
+                wanted = [month for name, month in months if name == table]
+                if wanted:
+                    create_partitions(conn, self.schema, table, wanted)
+        self._months |= months
+
+    def _apply(self, batch: Batch) -> bool:
         with self._connection("apply") as conn, conn.transaction():
             conn.execute(self._sql["fence_shared"], [self._fence_key])  # a fenced read waits
             counters = len(batch.delta.hourly) + len(batch.delta.users)
@@ -527,35 +643,60 @@ class PostgresSink(Sink):
         if now < self._next_maintenance:
             return
         self._next_maintenance = now + _MAINTAIN_EVERY
+        this_month = month_of(int(now // 86400))
+        ahead = {(t, m) for t in PARTITIONED for m in (this_month, next_month(this_month))}
+        import logging
+
         try:
             self.prune()
         except SinkError as exc:  # upkeep must never fail a flush that committed
-            import logging
-
             logging.getLogger("analytics_sdk").warning("retention pruning failed: %s", exc)
+        try:
+            if not ahead <= self._months:
+                self._create_partitions(ahead)  # so that no flush waits to create them
+        except SinkError as exc:
+            logging.getLogger("analytics_sdk").warning("partition creation failed: %s", exc)
 
     def prune(self) -> dict[str, int]:
-        """Delete rows past their retention; return how many per table."""
+        """Drop or delete what is past its retention; return how many rows were deleted per
+        table, and how many monthly partitions were dropped (``"<table> partitions"``).
+
+        A month wholly past retention is dropped as one partition; the rows of the month
+        the cutoff falls in are deleted (at most the days since that month began).
+        """
         today = int(self._clock() // 86400)
-        deleted = {}
+        pruned = {}
         with self._connection("prune") as conn, conn.transaction():
             ledger_cutoff = datetime.fromtimestamp(self._clock(), timezone.utc) - timedelta(
                 days=self.ledger_retention_days
             )
-            deleted["flush_ledger"] = conn.execute(
+            pruned["flush_ledger"] = conn.execute(
                 self._sql["prune_ledger"], [ledger_cutoff]
             ).rowcount
-            if self.hourly_retention_days is not None:
-                cutoff = today - self.hourly_retention_days
-                deleted["hourly_counts"] = conn.execute(
-                    self._sql["prune_hourly"], [cutoff * 24]
+            for table, days in (
+                ("hourly_counts", self.hourly_retention_days),
+                ("user_daily_counts", self.user_retention_days),
+            ):
+                if days is None:
+                    continue
+                cutoff = _EPOCH + timedelta(days=today - days)
+                dropped = 0
+                for month, name in sorted(partitions(conn, self.schema, table).items()):
+                    if next_month(month) <= cutoff:
+                        conn.execute(
+                            _drop_table(self.schema, name)  # the whole month is past
+                        )
+                        self._months.discard((table, month))
+                        dropped += 1
+                bound: date | datetime = cutoff
+                if table == "hourly_counts":
+                    bound = datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=timezone.utc)
+                # A custom plan (not prepared): the cutoff prunes the other partitions.
+                pruned[table] = conn.execute(
+                    self._sql[f"prune_{table}"], [bound], prepare=False
                 ).rowcount
-            if self.user_retention_days is not None:
-                cutoff = today - self.user_retention_days
-                deleted["user_daily_counts"] = conn.execute(
-                    self._sql["prune_users"], [cutoff]
-                ).rowcount
-        return deleted
+                pruned[f"{table} partitions"] = dropped
+        return pruned
 
     def after_fork_in_child(self) -> None:
         # The parent's connections must not be closed from here: keep the pool alive, unused.
@@ -712,6 +853,13 @@ class _PostgresSnapshot(SinkSnapshot):
         if self.entered is None:  # behind the fence nothing commits
             return set()
         return {row[0] for row in self._rows("ledger_since", {"entered": self.entered})}
+
+
+def _drop_table(schema: str, name: str) -> Any:
+    """Return ``DROP TABLE schema.name`` with both names quoted."""
+    from psycopg import sql
+
+    return sql.SQL("DROP TABLE {}.{}").format(sql.Identifier(schema), sql.Identifier(name))
 
 
 _BEFORE_ALL, _AFTER_ALL = -2_000_000, 3_000_000
@@ -972,6 +1120,6 @@ _STATEMENTS = {
     # Daily totals hold every count (hourly rows may be pruned), in fewer rows.
     "event_totals": "SELECT event, sum(count) FROM {s}.daily_counts GROUP BY event",
     "prune_ledger": "DELETE FROM {s}.flush_ledger WHERE applied_at < %s",
-    "prune_hourly": "DELETE FROM {s}.hourly_counts WHERE hour < to_timestamp(%s::bigint * 3600)",
-    "prune_users": "DELETE FROM {s}.user_daily_counts WHERE day < date '1970-01-01' + %s::integer",
+    "prune_hourly_counts": "DELETE FROM {s}.hourly_counts WHERE hour < %s::timestamptz",
+    "prune_user_daily_counts": "DELETE FROM {s}.user_daily_counts WHERE day < %s::date",
 }
