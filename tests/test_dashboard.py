@@ -529,7 +529,9 @@ def test_a_backend_that_does_not_answer_is_a_503_and_shows_in_the_health(known: 
         assert "sink down (injected)" in page
         health = json.loads(get(s.url + "api/health")[2])
         assert health["healthy"] is False
-        assert health["errors"]["backend_errors"] == ["store down (injected)"]
+        # (The sink's ledger read is not faulted: on a loaded machine its pool may still be
+        # opening, which would be a second error, not a different one.)
+        assert "store down (injected)" in health["errors"]["backend_errors"]
 
 
 def test_the_overview_reuses_the_event_names_for_a_while_never_the_counts() -> None:
