@@ -19,7 +19,7 @@ import pytest
 
 from analytics_sdk import Analytics, ConfigurationError, SinkError
 from analytics_sdk.backends import Batch, Delta, sink_from_url
-from analytics_sdk.backends.postgres import PostgresSink, migrations
+from analytics_sdk.backends.postgres import PostgresSink, _PostgresSnapshot, migrations
 from analytics_sdk.cli import main
 from analytics_sdk.keys import day_of, hour_of
 from analytics_sdk.testing import ManualClock
@@ -312,5 +312,17 @@ def test_a_failing_read_names_what_failed(schema: str) -> None:
             sink.user_counts("e", None, None, "u1")
         with pytest.raises(SinkError, match=r"query failed"):
             sink.hourly_counts("e", None, None, ())
+    finally:
+        sink.close()
+
+
+def test_the_sinks_connections_run_without_jit(pg_url: str, schema: str) -> None:
+    """JIT compiled the range joins of a series (their row estimates are far too high) for
+    longer than they ran: the sink's connections turn it off."""
+    sink = PostgresSink(pg_url, schema=schema)
+    try:
+        with sink.snapshot() as snapshot:
+            assert isinstance(snapshot, _PostgresSnapshot)
+            assert snapshot._conn.execute("SHOW jit").fetchone() == ("off",)
     finally:
         sink.close()
