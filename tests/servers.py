@@ -361,6 +361,7 @@ class Proxy:
       instead of returning the reply (the server did the work; the client never hears);
     - ``stall = True``: keep connections open but forward nothing either way (a hung
       server: requests are never answered, and never run);
+    - ``delay = seconds``: hold each reply that long before forwarding it (a slow server);
     - ``requests``: every chunk clients sent (``sent(b"EVALSHA")`` counts commands);
     - ``reply_bytes``: how many bytes the server sent back.
     """
@@ -372,6 +373,7 @@ class Proxy:
         self.refuse = False
         self.lose_next_reply = False
         self.stall = False
+        self.delay = 0.0
         self.requests: list[bytes] = []
         self.reply_bytes = 0
         self._lock = threading.Lock()
@@ -410,6 +412,8 @@ class Proxy:
                     self.reply_bytes += len(data)
                 if self.stall:
                     continue  # a hung server: nothing runs, nothing answers
+                if not request and self.delay:
+                    time.sleep(self.delay)  # a slow server
                 if not request and self.lose_next_reply:
                     self.lose_next_reply = False
                     break  # the request reached the server; its reply never reaches the client

@@ -39,7 +39,7 @@ def pyproject_value(key: str) -> str:
 
 def test_the_distribution_name_is_ours_and_its_extras_refer_to_it() -> None:
     assert pyproject_value("name") == f'"{DISTRIBUTION}"'
-    assert pyproject_value("all") == f'["{DISTRIBUTION}[redis,postgres]"]'
+    assert pyproject_value("all") == f'["{DISTRIBUTION}[redis,postgres,asyncio]"]'
     assert f'  "{DISTRIBUTION}[all]",' in (ROOT / "pyproject.toml").read_text().splitlines()
 
 

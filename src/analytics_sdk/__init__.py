@@ -6,7 +6,7 @@ store into a sink exactly once; queries merge all three tiers.
 
 from __future__ import annotations
 
-from .api import configure, flush, get_client, shutdown, track, track_feature
+from .api import aflush, ashutdown, configure, flush, get_client, shutdown, track, track_feature
 from .client import Analytics
 from .config import Config
 from .errors import AnalyticsError, BackendError, ConfigurationError, SinkError, StoreError
@@ -23,6 +23,8 @@ __all__ = [
     "SinkError",
     "StoreError",
     "__version__",
+    "aflush",
+    "ashutdown",
     "configure",
     "context",
     "flush",

@@ -17,7 +17,16 @@ from .client import Analytics
 from .feature import FeatureTracker, feature_name
 from .scheduler import FlushResult
 
-__all__ = ["configure", "flush", "get_client", "shutdown", "track", "track_feature"]
+__all__ = [
+    "aflush",
+    "ashutdown",
+    "configure",
+    "flush",
+    "get_client",
+    "shutdown",
+    "track",
+    "track_feature",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -137,3 +146,18 @@ def shutdown(timeout: float | None = None) -> FlushResult:
     if client is None:
         return FlushResult(complete=True)
     return client.shutdown(timeout)
+
+
+async def aflush(timeout: float = 10.0) -> FlushResult:
+    """Awaitable :func:`flush` (see :meth:`Analytics.aflush
+    <analytics_sdk.Analytics.aflush>`)."""
+    return await get_client().aflush(timeout)
+
+
+async def ashutdown(timeout: float | None = None) -> FlushResult:
+    """Awaitable :func:`shutdown` (see :meth:`Analytics.ashutdown
+    <analytics_sdk.Analytics.ashutdown>`)."""
+    client = _client
+    if client is None:
+        return FlushResult(complete=True)
+    return await client.ashutdown(timeout)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, tzinfo
 from types import TracebackType
@@ -10,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import attrs
 
-from . import process
+from . import _bridge, process
 from .aggregator import Aggregator
 from .backends import sink_from_url, store_from_url
 from .backends.base import Bucket, CounterStore, Delta, PropertyValue, Sink
@@ -54,6 +58,10 @@ R = TypeVar("R")
 logger = logging.getLogger("analytics_sdk")
 _HOOKED: Any = object()
 """Passed by :meth:`Analytics._track_hooked` as ``dedupe_key``: no key, but run the hook."""
+_ASYNC_QUERY: contextvars.ContextVar[QueryEngine | None] = contextvars.ContextVar(
+    "analytics_sdk_async_query", default=None
+)
+"""The query engine on the event loop's backends, inside an async query's bridge."""
 
 
 class Analytics:
@@ -102,7 +110,12 @@ class Analytics:
             dedupe_window=self.config.dedupe_window,
         )
         self.scheduler = Scheduler(self.aggregator, self.store, self.sink, self.config)
-        self._query = QueryEngine(self.aggregator, self.store, self.sink)
+        self._sync_query = QueryEngine(self.aggregator, self.store, self.sink)
+        # The async API's backends, per event loop (their connections belong to one).
+        self._twins: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[CounterStore, Sink]
+        ] = weakref.WeakKeyDictionary()
+        self._twins_lock = threading.Lock()
         self._add = self.aggregator.add
         if self.config.push_interval == 0:
             self._add = self._add_write_through
@@ -379,9 +392,13 @@ class Analytics:
     def shutdown(self, timeout: float | None = None) -> FlushResult:
         """Flush a last time within ``timeout`` seconds, stop the thread, close backends."""
         timeout = self.config.shutdown_timeout if timeout is None else timeout
+        deadline = self.config.clock.monotonic() + timeout
+        return self._finish_shutdown(self.scheduler.flush(timeout), deadline)
+
+    def _finish_shutdown(self, result: FlushResult, deadline: float) -> FlushResult:
+        """After the final flush (``result``): stop the thread, close the backends, spool
+        what the store did not take."""
         clock = self.config.clock
-        deadline = clock.monotonic() + timeout
-        result = self.scheduler.flush(timeout)
         if not self.closed:
             self.closed = True
             # From here on, track() pushes in the caller: the thread is about to stop.
@@ -416,6 +433,65 @@ class Analytics:
                 log("shutdown flush incomplete: %s", result)
             self._warned_incomplete = why
         return result
+
+    async def aflush(self, timeout: float = 10.0) -> FlushResult:
+        """Awaitable :meth:`flush`: the client's flush thread pushes and flushes while the
+        event loop runs on; returns within ``timeout`` seconds whatever happens.
+
+        Without the thread (``background=False``) the flush runs here, which only memory
+        backends do without blocking the loop: with a Redis store or a PostgreSQL sink it
+        raises :class:`~analytics_sdk.errors.ConfigurationError` (call :meth:`flush`).
+        """
+        deadline = self.config.clock.monotonic() + timeout
+        return await self._aflush(deadline, stop=False)
+
+    async def _aflush(self, deadline: float, *, stop: bool) -> FlushResult:
+        future = self.scheduler.request_flush(deadline, stop=stop)
+        if future is None:
+            store, sink = self._asyncio_backends()
+            if store is not self.store or sink is not self.sink:
+                raise ConfigurationError(
+                    f"aflush() and ashutdown() of a client without its flush thread "
+                    f"(background=False) would flush {self.store!r} and {self.sink!r} on the "
+                    "event loop, blocking it: call flush() / shutdown(), or keep background=True"
+                )
+            return self.scheduler.flush_now(deadline)
+        timeout = max(0.0, deadline - self.config.clock.monotonic())
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            return FlushResult(
+                timed_out=True,
+                error=f"flush did not finish within {timeout} s; it goes on in the background",
+            )
+
+    async def ashutdown(self, timeout: float | None = None) -> FlushResult:
+        """Awaitable :meth:`shutdown`: the final flush runs on the client's flush thread,
+        which then stops, while the event loop runs on; then the backends close, the
+        asyncio connections of the running loop included.
+
+        A count tracked while the final flush ran is flushed after it in the caller, as
+        :meth:`shutdown` does; the sync backends' pools close in the caller (their threads
+        end at once).
+        """
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        deadline = self.config.clock.monotonic() + timeout
+        try:
+            result = await self._aflush(deadline, stop=not self.closed)
+            return self._finish_shutdown(result, deadline)
+        finally:
+            await self.aclose_connections()
+
+    async def aclose_connections(self) -> None:
+        """Close the asyncio connections the async API opened on the running event loop
+        (:meth:`ashutdown` does); the next async call opens new ones."""
+        with self._twins_lock:
+            twins = self._twins.pop(asyncio.get_running_loop(), None)
+        if twins is None:
+            return
+        for backend in twins:
+            if backend is not self.store and backend is not self.sink:
+                await _bridge.run(backend.close)
 
     def _spool_rest(self, result: FlushResult) -> FlushResult:
         """Write what the store did not take to the local spool, and say so once."""
@@ -457,6 +533,127 @@ class Analytics:
         }
 
     # -- queries ----------------------------------------------------------------------------
+
+    @property
+    def _query(self) -> QueryEngine:
+        """The engine reading the backends: inside an async query (``acount()``...), the
+        one on the running event loop's asyncio backends."""
+        engine = _ASYNC_QUERY.get()
+        return self._sync_query if engine is None else engine
+
+    def _asyncio_backends(self) -> tuple[CounterStore, Sink]:
+        """Return the store and sink the async API reads on the running event loop (made on
+        the loop's first async call; see :meth:`CounterStore.for_asyncio
+        <analytics_sdk.backends.base.CounterStore.for_asyncio>`)."""
+        loop = asyncio.get_running_loop()
+        with self._twins_lock:  # no I/O: making a twin connects nothing yet
+            twins = self._twins.get(loop)
+            if twins is None:
+                twins = self._twins[loop] = (self.store.for_asyncio(), self.sink.for_asyncio())
+        return twins
+
+    async def _aquery(self, method: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Run the synchronous query ``method`` with its reads on the running event loop's
+        asyncio backends (see :mod:`analytics_sdk._bridge`)."""
+        store, sink = self._asyncio_backends()
+        engine = QueryEngine(self.aggregator, store, sink)
+        engine.attempts = self._sync_query.attempts
+        context = contextvars.copy_context()
+        context.run(_ASYNC_QUERY.set, engine)
+        try:
+            return await _bridge.run(method, *args, context=context, **kwargs)
+        finally:
+            self._sync_query.retries += engine.retries
+            self._sync_query.fenced += engine.fenced
+
+    async def acount(
+        self,
+        event: str,
+        *,
+        day: date | None = None,
+        hour: datetime | None = None,
+        properties: Mapping[str, str | int | bool] | None = None,
+        user_id: str | None = None,
+    ) -> int:
+        """Awaitable :meth:`count`: the same answer and errors, read on asyncio drivers."""
+        return await self._aquery(
+            self.count, event, day=day, hour=hour, properties=properties, user_id=user_id
+        )
+
+    async def ahourly(
+        self,
+        event: str,
+        *,
+        day: date,
+        properties: Mapping[str, str | int | bool] | None = None,
+    ) -> dict[int, int]:
+        """Awaitable :meth:`hourly`: the same answer and errors, read on asyncio drivers."""
+        return await self._aquery(self.hourly, event, day=day, properties=properties)
+
+    async def aseries(
+        self,
+        event: str,
+        start: date | datetime,
+        end: date | datetime,
+        *,
+        granularity: str = "day",
+        tz: str | tzinfo = "UTC",
+        properties: Mapping[str, str | int | bool] | None = None,
+    ) -> list[tuple[datetime, int]]:
+        """Awaitable :meth:`series`: the same answer and errors, read on asyncio drivers."""
+        return await self._aquery(
+            self.series, event, start, end, granularity=granularity, tz=tz, properties=properties
+        )
+
+    async def aunique_users(self, event: str, start: date, end: date) -> int:
+        """Awaitable :meth:`unique_users`: the same answer and errors, read on asyncio
+        drivers."""
+        return await self._aquery(self.unique_users, event, start, end)
+
+    async def atop_users(self, event: str, *, day: date, limit: int = 10) -> list[tuple[str, int]]:
+        """Awaitable :meth:`top_users`: the same answer and errors, read on asyncio drivers."""
+        return await self._aquery(self.top_users, event, day=day, limit=limit)
+
+    async def abreakdown(
+        self,
+        event: str,
+        by: str,
+        start: date | datetime,
+        end: date | datetime,
+        *,
+        granularity: str = "day",
+        tz: str | tzinfo = "UTC",
+        properties: Mapping[str, str | int | bool] | None = None,
+        limit: int = 10,
+    ) -> dict[str, list[tuple[datetime, int]]]:
+        """Awaitable :meth:`breakdown`: the same answer and errors, read on asyncio drivers."""
+        return await self._aquery(
+            self.breakdown,
+            event,
+            by,
+            start,
+            end,
+            granularity=granularity,
+            tz=tz,
+            properties=properties,
+            limit=limit,
+        )
+
+    async def atop_values(
+        self,
+        event: str,
+        by: str,
+        *,
+        day: date | None = None,
+        start: date | datetime | None = None,
+        end: date | datetime | None = None,
+        limit: int = 10,
+    ) -> list[tuple[str, int]]:
+        """Awaitable :meth:`top_values`: the same answer and errors, read on asyncio
+        drivers."""
+        return await self._aquery(
+            self.top_values, event, by, day=day, start=start, end=end, limit=limit
+        )
 
     def _event(self, event: object) -> str:
         return self._validator.event_name(event)

@@ -813,17 +813,29 @@ class Scheduler:
         for future, _ in requests:
             future.set_result(result)
 
-    def flush(self, timeout: float) -> FlushResult:
-        """Push and flush now; return within ``timeout`` seconds whatever happens."""
-        deadline = self.clock.monotonic() + timeout
+    def request_flush(self, deadline: float, *, stop: bool = False) -> Future[FlushResult] | None:
+        """Ask the thread to push and flush now, before ``deadline`` (monotonic); return the
+        future of its result, or None if the thread takes no requests (not started, stopped,
+        or the caller is the thread): then the caller flushes. With ``stop``, the thread
+        stops once it has served the request."""
         future: Future[FlushResult] = Future()
         with self._requests_lock:
             queued = self._accepting and threading.current_thread() is not self._thread
             if queued:
                 self._requests.append((future, deadline))
+                if stop:
+                    self._stopping = True
         if not queued:
-            return self.flush_now(deadline)
+            return None
         self._wake_thread()
+        return future
+
+    def flush(self, timeout: float) -> FlushResult:
+        """Push and flush now; return within ``timeout`` seconds whatever happens."""
+        deadline = self.clock.monotonic() + timeout
+        future = self.request_flush(deadline)
+        if future is None:
+            return self.flush_now(deadline)
         try:
             return future.result(timeout=min(timeout, threading.TIMEOUT_MAX))
         except FutureTimeout:

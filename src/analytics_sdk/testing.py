@@ -1,6 +1,6 @@
 """Helpers for testing code that tracks events, without patching.
 
-``recording()`` installs a synchronous client on memory backends as the global client and
+``recording()`` (``arecording()`` in async code) installs a synchronous client on memory backends as the global client and
 restores the previous one afterwards; :class:`ManualClock` lets a test move time by hand so
 the scheduler's timers fire without sleeping.
 """
@@ -8,8 +8,8 @@ the scheduler's timers fire without sleeping.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,7 +20,7 @@ from .client import Analytics
 from .clock import Clock
 from .keys import Properties, hour_start
 
-__all__ = ["ManualClock", "Recorded", "Recorder", "recording"]
+__all__ = ["ManualClock", "Recorded", "Recorder", "arecording", "recording"]
 
 
 @attrs.frozen(kw_only=True)
@@ -96,6 +96,10 @@ class Recorder:
             self.client.scheduler.push_through()
         return self.client.count(event, **query)
 
+    async def acount(self, event: str, **query: Any) -> int:
+        """Return :meth:`Analytics.acount <analytics_sdk.Analytics.acount>` on the client."""
+        return await self.client.acount(event, **query)
+
     def __getattr__(self, name: str) -> Any:
         # hourly, series, breakdown, top_values, unique_users, top_users, flush, ... of the
         # recording client.
@@ -138,6 +142,23 @@ def recording(**settings: Any) -> Iterator[Recorder]:
         api._configure_hook = hook
         api.set_client(previous)
         recorder._close()
+
+
+@asynccontextmanager
+async def arecording(**settings: Any) -> AsyncIterator[Recorder]:
+    """:func:`recording` for async code: ``async with arecording() as recorder:``.
+
+    The same recording client and recorder; code under test may ``await`` its queries
+    (``await recorder.acount(...)``, ``await analytics_sdk.aflush()``). On exit the asyncio
+    connections the block opened on the running loop are closed (with settings naming a
+    Redis store or a PostgreSQL sink), then the clients shut down.
+    """
+    with recording(**settings) as recorder:
+        try:
+            yield recorder
+        finally:
+            for client in recorder._clients:
+                await client.aclose_connections()
 
 
 class ManualClock(Clock):

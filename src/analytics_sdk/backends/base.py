@@ -324,6 +324,12 @@ class CounterStore(ABC):
     def pending_event_totals(self) -> Pending[str]:
         """Return every pending count summed per event (for fleet totals)."""
 
+    def for_asyncio(self) -> CounterStore:
+        """Return the store the async API reads on the running event loop: a twin on an
+        asyncio driver, with this store's settings, for a store that does network I/O; the
+        store itself for one that answers from memory (the default)."""
+        return self
+
     def check(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
         """Raise :class:`~analytics_sdk.errors.StoreError`, with its cause, unless the store
         answers (a flush worker calls this before it reports itself started)."""
@@ -483,6 +489,12 @@ class Sink(ABC):
     @abstractmethod
     def event_totals(self) -> dict[str, int]:
         """Return the all-time count of every event (for fleet totals)."""
+
+    def for_asyncio(self) -> Sink:
+        """Return the sink the async API reads on the running event loop: a twin on an
+        asyncio driver, with this sink's settings, for a sink that does network I/O; the
+        sink itself for one that answers from memory (the default)."""
+        return self
 
     def check(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
         """Raise :class:`~analytics_sdk.errors.SinkError`, with its cause, unless the sink

@@ -450,6 +450,13 @@ class PostgresSink(Sink):
 
         return connect()
 
+    def for_asyncio(self) -> Sink:
+        """Return a twin of this sink on psycopg's ``AsyncConnectionPool`` (same settings,
+        same SQL), for the event loop that calls it."""
+        from .aio import AsyncPostgresSink
+
+        return AsyncPostgresSink(self)
+
     def migrate(self) -> list[int]:
         """Apply missing migrations now; return the versions applied."""
         with self._connection("migrate", migrate_first=False) as conn:

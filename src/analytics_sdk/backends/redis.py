@@ -93,6 +93,10 @@ from .base import (
 
 __all__ = ["RedisCounterStore"]
 
+ASYNC_MAX_CONNECTIONS = 16
+"""Connections the asyncio twin of a store keeps at most per event loop, unless the URL sets
+``max_connections``; more concurrent reads wait for one."""
+
 logger = logging.getLogger("analytics_sdk")
 
 T = TypeVar("T")
@@ -508,6 +512,8 @@ class RedisCounterStore(CounterStore):
         self._in_doubt: set[str] = set()
         self._lua_ack = client.register_script(ACK)
         self._lua_dedupe = client.register_script(DEDUPE)
+        self._url: str | None = None  # set by from_url: the async API's twin connects alike
+        self._asyncio = False  # a twin on redis.asyncio (see for_asyncio)
 
     @classmethod
     def from_url(cls, url: str, clock: Callable[[], float] = time.time) -> RedisCounterStore:
@@ -520,10 +526,13 @@ class RedisCounterStore(CounterStore):
         ``socket_timeout``). redis-py's retries are off whatever the URL says: the SDK
         retries pushes itself, so a hung server costs one ``socket_timeout``.
         """
-        import redis
+        return cls._from_url(url, clock, asyncio=False)
+
+    @classmethod
+    def _from_url(cls, url: str, clock: Callable[[], float], *, asyncio: bool) -> RedisCounterStore:
+        """:meth:`from_url`, on redis-py's asyncio client with ``asyncio`` (its calls are then
+        awaited through the async API's bridge, see :mod:`analytics_sdk.backends.aio`)."""
         from redis.backoff import NoBackoff
-        from redis.cluster import RedisCluster
-        from redis.retry import Retry
 
         from ..config import parse_bool
 
@@ -536,6 +545,8 @@ class RedisCounterStore(CounterStore):
         driver_url = urlunsplit(parts._replace(scheme=base_scheme, query=urlencode(query)))
         # No driver retries: a re-sent script may run twice (each is safe twice), and a
         # RedisCluster retrying 10 times would block a write-through track() 11 timeouts.
+        from redis.retry import Retry
+
         kwargs: dict[str, Any] = {"decode_responses": True, "retry": Retry(NoBackoff(), 0)}
         if "socket_timeout" not in query:
             kwargs["socket_timeout"] = 5.0
@@ -548,9 +559,35 @@ class RedisCounterStore(CounterStore):
             raise ConfigurationError(
                 f"Redis URL {redact_url(url)!r}: {exc}; accepted: integers"
             ) from None
-        if cluster:
-            client: Any = RedisCluster.from_url(driver_url, **kwargs)
+        client: Any
+        if asyncio:
+            import redis.asyncio
+            from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+            from redis.asyncio.retry import Retry as AsyncRetry
+
+            from .aio import AwaitingDriver
+
+            kwargs["retry"] = AsyncRetry(NoBackoff(), 0)
+            if cluster:
+                client = AsyncRedisCluster.from_url(driver_url, **kwargs)
+            else:
+                # Coroutines, unlike threads, come by the hundred: past max_connections they
+                # wait for a connection (up to socket_timeout) instead of failing.
+                if "max_connections" not in query:
+                    kwargs["max_connections"] = ASYNC_MAX_CONNECTIONS
+                wait = query.get("socket_timeout", kwargs.get("socket_timeout"))
+                pool = redis.asyncio.BlockingConnectionPool.from_url(
+                    driver_url, timeout=None if wait is None else float(wait), **kwargs
+                )
+                client = redis.asyncio.Redis.from_pool(pool)  # closed with the client
+            client = AwaitingDriver(client)
+        elif cluster:
+            from redis.cluster import RedisCluster
+
+            client = RedisCluster.from_url(driver_url, **kwargs)
         else:
+            import redis
+
             client = redis.Redis.from_url(driver_url, **kwargs)
         store = cls(
             client,
@@ -563,7 +600,21 @@ class RedisCounterStore(CounterStore):
         )
         if cluster:  # the address configured, not whichever node the driver found first
             store._location = f"cluster:{parts.hostname}:{parts.port or 6379}"
+        store._url, store._asyncio = url, asyncio
         return store
+
+    def for_asyncio(self) -> CounterStore:
+        """Return a twin of this store on ``redis.asyncio`` (same URL, keys and scripts), for
+        the event loop that calls it; a store made from a client rather than a URL has none
+        (:class:`~analytics_sdk.errors.ConfigurationError`)."""
+        if self._url is None:
+            raise ConfigurationError(
+                f"{self!r} was made from a redis-py client: the async API needs a store made "
+                "from a URL (RedisCounterStore.from_url), to open asyncio connections alike"
+            )
+        if self._asyncio:
+            return self
+        return RedisCounterStore._from_url(self._url, self._clock, asyncio=True)
 
     def __repr__(self) -> str:
         return f"RedisCounterStore({self._description!r}, prefix={self.prefix!r}, shards={self.shards})"
