@@ -195,7 +195,13 @@ def test_bad_input_raises_the_same_errors() -> None:
 
 def test_a_server_down_raises_the_same_backend_errors(proxy: Proxy) -> None:
     with backends("redis", "memory", redis_port=proxy.port) as (store_url, sink_url):
-        client = Analytics(store=store_url, sink=sink_url, background=False)
+        told: list[tuple[BaseException, str]] = []
+        client = Analytics(
+            store=store_url,
+            sink=sink_url,
+            background=False,
+            on_error=lambda exc, operation: told.append((exc, operation)),
+        )
         proxy.refuse = True
         proxy.drop()
 
@@ -206,6 +212,7 @@ def test_a_server_down_raises_the_same_backend_errors(proxy: Proxy) -> None:
             return info.value
 
         error = asyncio.run(fail())
+        assert told == [(error, "query")]  # on_error hears of it, as of a sync query
         with pytest.raises(StoreError) as sync:
             client.count("view")
         assert str(error).split(" failed")[0] == str(sync.value).split(" failed")[0]

@@ -128,7 +128,7 @@ class Analytics:
             self._add = self._add_disabled
             self._record_feature = self._record_feature_disabled  # type: ignore[method-assign]
         self.scheduler.on_error = self.config.on_error
-        self._query.on_error = self.scheduler.report_error
+        self._sync_query.on_error = self.scheduler.report_error
         self._hour_cache: tuple[float, float, int] = (0.0, 0.0, 0)
         self._enter_hour(self._now())
         self.closed = False
@@ -558,6 +558,7 @@ class Analytics:
         store, sink = self._asyncio_backends()
         engine = QueryEngine(self.aggregator, store, sink)
         engine.attempts = self._sync_query.attempts
+        engine.on_error = self._sync_query.on_error
         context = contextvars.copy_context()
         context.run(_ASYNC_QUERY.set, engine)
         try:

@@ -29,7 +29,8 @@ class AwaitingDriver:
 
     Calls are passed on; an awaitable result is awaited through
     :func:`~analytics_sdk._bridge.await_io`; a driver object returned (a pipeline, a
-    script, a cursor) gets a face of its own. ``close()`` is the driver's ``aclose()``.
+    script, a cursor) gets a face of its own, used with ``with`` and ``for`` as the sync one
+    is. ``close()`` is the driver's ``aclose()``.
     """
 
     __slots__ = ("_target",)
@@ -51,6 +52,20 @@ class AwaitingDriver:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._wrap(self._target(*args, **kwargs))
+
+    def __enter__(self) -> Any:
+        return self._wrap(self._target.__aenter__())
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._wrap(self._target.__aexit__(*exc))
+
+    def __iter__(self) -> Iterator[Any]:
+        rows = self._target.__aiter__()
+        while True:
+            try:
+                yield await_io(rows.__anext__())
+            except StopAsyncIteration:
+                return
 
     def _wrap(self, result: Any) -> Any:
         if inspect.iscoroutine(result) or isinstance(result, asyncio.Future):
