@@ -250,3 +250,17 @@ def test_a_recording_counts_keyed_calls_once() -> None:
         for _ in range(3):
             track("webhook", dedupe_key="evt_1")
         assert rec.count("webhook") == 1
+
+
+def test_keyed_calls_take_room_in_the_buffer_and_a_full_one_is_pushed_first(
+    clock: ManualClock,
+) -> None:
+    client = Analytics(background=False, clock=clock, spool_dir=None, max_buffered_keys=10)
+    for i in range(25):
+        client.track("webhook", dedupe_key=f"evt_{i}")
+    # The calls that found the buffer full pushed it: what they pushed is counted already.
+    assert client.stats()["pushes_ok"] >= 2
+    assert client.count("webhook") >= 20
+    assert client.flush().complete
+    assert client.count("webhook") == 25
+    client.shutdown()

@@ -175,11 +175,15 @@ class Aggregator:
     ) -> None:
         """Hold a call made with ``dedupe_key`` for the next push (the first call with a key
         is kept; the store decides whether the key was counted already). The limits on
-        event names and property sets apply as in :meth:`add`."""
+        event names and property sets apply as in :meth:`add`; each key takes a place in
+        ``max_buffered_keys``, and the thread that finds the buffer full pushes it first
+        (while the store fails, the call is kept all the same: the spool bounds memory)."""
         try:
             shard = self._local.shard
         except AttributeError:
             shard = self._shard()
+        if not self._has_room():
+            self._on_full()  # push first, from this thread, as add() does; never drop the call
         with shard.lock:
             if dedupe_key in shard.deduped:
                 return
