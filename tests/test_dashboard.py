@@ -634,3 +634,14 @@ def test_on_loopback_only_requests_addressed_to_loopback_are_answered(
         assert status == 400
         assert f"Host {host.lower()!r} is not accepted; accepted: 127.0.0.1:{port}" in body
     assert get(server.url, {"Host": "evil.example"})[0] == 400
+
+
+def test_a_view_that_refuses_its_parameters_leaves_the_others_on_the_page(
+    server: DashboardServer,
+) -> None:
+    status, _, page = get(server.url + "event?event=page_view&by=" + "k" * 300)
+    assert status == 200
+    assert 'data-view="breakdown"' in page
+    assert "by (a property key)" in page
+    assert 'id="series"' in page
+    assert 'id="top-users"' in page

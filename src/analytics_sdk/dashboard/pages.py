@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from .. import __version__
 from ..query import GRANULARITIES
 from . import svg
-from .api import OVERVIEW_DAYS, DashboardAPI, NotAvailable, Params
+from .api import OVERVIEW_DAYS, BadParameter, DashboardAPI, NotAvailable, Params
 
 __all__ = ["PAGES", "error_page", "page"]
 
@@ -77,6 +77,10 @@ def _unavailable(what: str, exc: NotAvailable) -> str:
     return (
         f'<p class="unavailable" data-view="{e(what)}">Not available in this version: {e(exc)}.</p>'
     )
+
+
+def _refused(what: str, exc: BadParameter) -> str:
+    return f'<p class="error" data-view="{e(what)}">{e(exc)}</p>'
 
 
 def _label(moment: datetime, granularity: str) -> str:
@@ -309,6 +313,8 @@ def _breakdown(future: Future[Any], name: str, by: str, granularity: str) -> str
         answer: dict[str, list[tuple[datetime, int]]] = future.result()
     except NotAvailable as exc:
         return head + _unavailable("breakdown", exc) + "</section>"
+    except BadParameter as exc:  # e.g. a property key track() would refuse: this view only
+        return head + _refused("breakdown", exc) + "</section>"
     if not answer:
         return head + '<p class="empty">No counts in this range.</p></section>'
     first = next(iter(answer.values()))
@@ -348,6 +354,8 @@ def _active_users(future: Future[Any], name: str, granularity: str) -> str:
         answer: list[tuple[datetime, int]] = future.result()
     except NotAvailable as exc:
         return head + _unavailable("active_users", exc) + "</section>"
+    except BadParameter as exc:  # what this view refuses leaves the others on the page
+        return head + _refused("active_users", exc) + "</section>"
     labels = [_label(label, granularity) for label, _ in answer]
     counts = [n for _, n in answer]
     rows = [
