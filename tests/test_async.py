@@ -381,18 +381,57 @@ def test_aflush_and_ashutdown_run_on_the_flush_thread() -> None:
         assert not client.scheduler.running
 
 
-def test_aflush_without_the_thread_on_servers_refuses_to_block_the_loop() -> None:
-    with backends("redis", "memory") as (store_url, sink_url):
+def test_aflush_and_ashutdown_without_the_thread_run_on_asyncio_drivers() -> None:
+    with backends("redis", "postgres") as (store_url, sink_url):
+        client = Analytics(store=store_url, sink=sink_url, background=False)
+        sync_sink: Any = client.sink
+        sync_pool = client.store._redis.connection_pool  # type: ignore[attr-defined]
+
+        async def app() -> tuple[Any, Any, Any, int]:
+            client.track("view", timestamp=at(1), value=3)
+            client.track("view", user_id="a", timestamp=at(2))
+            flushed, again = await asyncio.gather(client.aflush(), client.aflush())
+            client.track("view", timestamp=at(1), value=4)
+            result = await client.ashutdown(timeout=10)
+            counted = await client.acount("view")  # after shutdown, as the sync queries
+            await client.aclose_connections()
+            return flushed, again, result, counted
+
+        flushed, again, result, counted = asyncio.run(app())
+        assert flushed.complete
+        assert again.complete
+        assert flushed.pushed + again.pushed == 4
+        assert result.complete
+        assert result.flushed == 4
+        assert counted == 8
+        # Every push, claim and apply went through the asyncio twins.
+        assert sync_sink._pool is None
+        assert not sync_pool._available_connections
+        assert not sync_pool._in_use_connections
+        assert client.sink.event_totals() == {"view": 8}
+
+
+def test_aflush_without_the_thread_does_not_block_the_loop(pg_proxy: Proxy) -> None:
+    with backends("memory", "postgres", pg_port=pg_proxy.port) as (store_url, sink_url):
         client = Analytics(store=store_url, sink=sink_url, background=False)
 
-        async def flush() -> None:
+        async def measured() -> tuple[Any, float, int, float]:
+            client.track("view", timestamp=at(1))
+            await client.aflush()  # migrated, connections open before the delay
+            client.track("view", timestamp=at(1), value=5)
+            pg_proxy.delay = 0.3
             try:
-                await client.aflush()
+                return await lag_while(client.aflush())
             finally:
+                pg_proxy.delay = 0.0
                 await client.aclose_connections()
 
-        with pytest.raises(analytics_sdk.ConfigurationError, match="background=False"):
-            asyncio.run(flush())
+        result, lag, ticks, elapsed = asyncio.run(measured())
+        assert result.complete
+        assert result.flushed == 5
+        assert elapsed >= 0.6
+        assert lag < 0.25, f"the loop stalled {lag * 1000:.0f} ms while the flush waited"
+        assert ticks >= elapsed / 0.05
         client.shutdown()
 
 

@@ -39,7 +39,7 @@ from .query import (
     periods,
     resolve_tz,
 )
-from .scheduler import FlushResult, Scheduler
+from .scheduler import ASYNC_BACKENDS, FlushResult, Scheduler
 from .scope import current_scope, merge_properties
 from .stats import EventTotals, FeatureStats
 
@@ -116,6 +116,9 @@ class Analytics:
             asyncio.AbstractEventLoop, tuple[CounterStore, Sink]
         ] = weakref.WeakKeyDictionary()
         self._twins_lock = threading.Lock()
+        self._flush_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
         self._add = self.aggregator.add
         if self.config.push_interval == 0:
             self._add = self._add_write_through
@@ -438,9 +441,9 @@ class Analytics:
         """Awaitable :meth:`flush`: the client's flush thread pushes and flushes while the
         event loop runs on; returns within ``timeout`` seconds whatever happens.
 
-        Without the thread (``background=False``) the flush runs here, which only memory
-        backends do without blocking the loop: with a Redis store or a PostgreSQL sink it
-        raises :class:`~analytics_sdk.errors.ConfigurationError` (call :meth:`flush`).
+        Without the thread (``background=False``) the flush's own code runs here, its push,
+        claims, applies and acks awaited on the running loop's asyncio backends (one such
+        flush at a time per loop).
         """
         deadline = self.config.clock.monotonic() + timeout
         return await self._aflush(deadline, stop=False)
@@ -448,14 +451,10 @@ class Analytics:
     async def _aflush(self, deadline: float, *, stop: bool) -> FlushResult:
         future = self.scheduler.request_flush(deadline, stop=stop)
         if future is None:
-            store, sink = self._asyncio_backends()
-            if store is not self.store or sink is not self.sink:
-                raise ConfigurationError(
-                    f"aflush() and ashutdown() of a client without its flush thread "
-                    f"(background=False) would flush {self.store!r} and {self.sink!r} on the "
-                    "event loop, blocking it: call flush() / shutdown(), or keep background=True"
-                )
-            return self.scheduler.flush_now(deadline)
+            # No thread: the flush's own code, its I/O on the loop's asyncio backends, one
+            # flush at a time on a loop (a second would wait for the first's locks).
+            async with self._asyncio_flush_lock():
+                return await self._in_bridge(self.scheduler.flush_now, deadline)
         timeout = max(0.0, deadline - self.config.clock.monotonic())
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
@@ -465,20 +464,36 @@ class Analytics:
                 error=f"flush did not finish within {timeout} s; it goes on in the background",
             )
 
+    def _asyncio_flush_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        with self._twins_lock:
+            lock = self._flush_locks.get(loop)
+            if lock is None:
+                lock = self._flush_locks[loop] = asyncio.Lock()
+        return lock
+
+    async def _in_bridge(self, function: Callable[..., R], *args: Any) -> R:
+        """Run ``function`` with the scheduler's pushes and flushes on the running loop's
+        asyncio backends (see :mod:`analytics_sdk._bridge`)."""
+        context = contextvars.copy_context()
+        context.run(ASYNC_BACKENDS.set, self._asyncio_backends())
+        return await _bridge.run(function, *args, context=context)
+
     async def ashutdown(self, timeout: float | None = None) -> FlushResult:
         """Awaitable :meth:`shutdown`: the final flush runs on the client's flush thread,
         which then stops, while the event loop runs on; then the backends close, the
         asyncio connections of the running loop included.
 
-        A count tracked while the final flush ran is flushed after it in the caller, as
-        :meth:`shutdown` does; the sync backends' pools close in the caller (their threads
-        end at once).
+        A count tracked while the final flush ran is flushed after it on the loop's asyncio
+        backends, as :meth:`shutdown` does in the caller; the sync backends' pools close in
+        the caller (their threads end at once).
         """
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         deadline = self.config.clock.monotonic() + timeout
         try:
             result = await self._aflush(deadline, stop=not self.closed)
-            return self._finish_shutdown(result, deadline)
+            # A flush of what was tracked meanwhile runs on the loop's asyncio backends.
+            return await self._in_bridge(self._finish_shutdown, result, deadline)
         finally:
             await self.aclose_connections()
 

@@ -9,6 +9,7 @@ can stop waiting at its deadline even while a backend hangs.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import random
@@ -130,6 +131,13 @@ def _check(deadline: float, now: float) -> None:
         raise _Deadline
 
 
+ASYNC_BACKENDS: contextvars.ContextVar[tuple[CounterStore, Sink] | None] = contextvars.ContextVar(
+    "analytics_sdk_async_backends", default=None
+)
+"""Set inside the async API's bridge: the event loop's asyncio store and sink, which the
+scheduler's work then uses instead of its own (see :mod:`analytics_sdk._bridge`)."""
+
+
 class Scheduler:
     """Pushes and flushes on a timer, with backoff; serves ``flush()`` requests."""
 
@@ -142,8 +150,8 @@ class Scheduler:
         rng: random.Random | None = None,
     ) -> None:
         self.aggregator = aggregator
-        self.store = store
-        self.sink = sink
+        self._store = store
+        self._sink = sink
         self.config = config
         self.clock = config.clock
         self.stats = PipelineStats()
@@ -196,6 +204,27 @@ class Scheduler:
         self._outage_spills = 0
         self.counts_spooled = 0
         self.counts_replayed = 0
+
+    @property
+    def store(self) -> CounterStore:
+        """The store pushes and flushes use: inside the async API's ``aflush()`` (a client
+        without the flush thread), the running event loop's asyncio twin."""
+        backends = ASYNC_BACKENDS.get()
+        return self._store if backends is None else backends[0]
+
+    @store.setter
+    def store(self, store: CounterStore) -> None:
+        self._store = store
+
+    @property
+    def sink(self) -> Sink:
+        """The sink flushes use (see :attr:`store`)."""
+        backends = ASYNC_BACKENDS.get()
+        return self._sink if backends is None else backends[1]
+
+    @sink.setter
+    def sink(self, sink: Sink) -> None:
+        self._sink = sink
 
     # -- the work -------------------------------------------------------------------------
 

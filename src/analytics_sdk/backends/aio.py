@@ -72,8 +72,10 @@ class AwaitingDriver:
             return self._wrap(await_io(result))
         if result is self._target:
             return self
-        if type(result).__module__.split(".", 1)[0] in ("redis", "psycopg"):
-            return AwaitingDriver(result)
+        if type(result).__module__.split(".", 1)[0] in ("redis", "psycopg") or (
+            hasattr(result, "__aenter__") and not hasattr(result, "__enter__")
+        ):
+            return AwaitingDriver(result)  # a driver object, or an async context (COPY)
         return result
 
     def __repr__(self) -> str:
