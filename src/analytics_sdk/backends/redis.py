@@ -1372,4 +1372,6 @@ def _location(client: Any) -> str:
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         return f"{where}/{kwargs.get('db', 0)}"
     node = client.get_default_node()  # a cluster client built by the caller
+    if node is None:  # redis.asyncio's, before it first connects: from_url names it
+        return "cluster"
     return f"cluster:{node.host}:{node.port}"
