@@ -156,13 +156,10 @@ def next_month(month: date) -> date:
 
 def partitions(conn: Any, schema: str, table: str) -> dict[date, str]:
     """Return the monthly partitions of ``schema.table`` as ``{first day: name}``."""
-    from psycopg import sql
-
-    qualified = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
     rows = conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = to_regclass(%s)",
-        [qualified.as_string(conn)],
+        "WHERE i.inhparent = to_regclass(quote_ident(%s) || '.' || quote_ident(%s))",
+        [schema, table],
     ).fetchall()
     found = {}
     for (name,) in rows:
