@@ -377,13 +377,13 @@ class PostgresSink(Sink):
     # -- connections ------------------------------------------------------------------------
 
     def _configure(self, conn: Any) -> None:
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, false)", [str(self._statement_timeout_ms)]
-        )
         # No JIT compilation: the range joins' row estimates are far too high (4.3M for the
         # 431,000 rows of a 90-day series in another time zone), so PostgreSQL compiled
         # them, which took longer than running them (500 ms instead of 180).
-        conn.execute("SELECT set_config('jit', 'off', false)")
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false), set_config('jit', 'off', false)",
+            [str(self._statement_timeout_ms)],
+        )
         conn.commit()
 
     def _connect_kwargs(self) -> dict[str, Any]:
