@@ -263,3 +263,31 @@ def test_pruning_per_user_rows_keeps_the_bitmaps(pg: tuple[str, str]) -> None:
         assert sink.user_counts("v", old, today, None) == {"a": 1, "e": 1}
     finally:
         sink.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+def test_a_user_of_a_batch_applied_but_not_acknowledged_counts_once(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The user is both in the sink (its bitmap) and in a claim the store still holds: the
+    claim's users are taken out of the sink's answer and added once."""
+    from analytics_sdk import Analytics
+
+    clock = ManualClock(start=NOW)
+    day = date(2026, 11, 20)
+    with (
+        make_sink(kind, request, clock.time) as sink,
+        Analytics(sink=sink, clock=clock, background=False, claim_lease=3600) as client,
+    ):
+        when = datetime(2026, 11, 20, 9, tzinfo=timezone.utc)
+        client.track("v", timestamp=when, user_id="a")
+        client.track("v", timestamp=when, user_id="b")
+        client.flush()
+        client.track("v", timestamp=when, user_id="a")
+        client.track("v", timestamp=when, user_id="c")
+        client.scheduler.push()
+        (batch,) = client.store.claim()
+        assert sink.apply(batch)  # applied, not acknowledged: still a claim in the store
+        client.track("v", timestamp=when, user_id="d")  # buffered
+        assert client.unique_users("v", day, day) == 4
+        assert client.top_users("v", day=day, limit=4) == [("a", 2), ("b", 1), ("c", 1), ("d", 1)]
