@@ -328,13 +328,23 @@ def redis_through_hanging_proxy() -> Iterator[tuple[HangingProxy, str]]:
 
 def _driver_locks(store: Any) -> list[Any]:
     """The locks redis-py takes while a thread checks a connection out or in (a single
-    server's pool; a cluster's node manager and every node's pool)."""
+    server's pool and the event dispatcher it notifies while holding its lock; a cluster's
+    node manager and every node's pool and dispatcher)."""
     client = store._redis
     manager = getattr(client, "nodes_manager", None)
     if manager is None:
-        return [client.connection_pool._lock]
-    nodes = [n.redis_connection for n in manager.nodes_cache.values() if n.redis_connection]
-    return [manager._lock, *(n.connection_pool._lock for n in nodes)]
+        pools = [client.connection_pool]
+        locks = []
+    else:
+        nodes = [n.redis_connection for n in manager.nodes_cache.values() if n.redis_connection]
+        pools = [n.connection_pool for n in nodes]
+        locks = [manager._lock]
+    for pool in pools:
+        locks.append(pool._lock)
+        dispatcher = getattr(pool, "_event_dispatcher", None)  # redis-py 6 and later
+        if dispatcher is not None:
+            locks.append(dispatcher._lock)
+    return locks
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -291,6 +292,119 @@ def test_a_query_does_not_wait_for_a_push_under_way(client: Analytics) -> None:
         hung.release.set()
         flushing.join(BLOCK_LIMIT)
     assert client.count("e") == 8
+
+
+def _until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + BLOCK_LIMIT
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
+def test_overlapping_queries_cannot_put_a_push_off_for_good(client: Analytics) -> None:
+    # Query A reads; a push waits to drain the buffer; query B arrives. B waits for the
+    # drain (which waits only for A): a stream of overlapping queries never starves pushes.
+    client.track("e", value=3)
+    answers: list[int] = []
+    a = threading.Thread(target=lambda: answers.append(client.count("e")))
+    pushing = threading.Thread(target=client.scheduler.push)
+    b = threading.Thread(target=lambda: answers.append(client.count("e")))
+    faults = Faults(client.store)
+    read_a = faults.block("pending_hourly", when=lambda *_: threading.current_thread() is a)
+    read_b = faults.block("pending_hourly", when=lambda *_: threading.current_thread() is b)
+    try:
+        a.start()
+        assert read_a.entered.wait(BLOCK_LIMIT)
+        pushing.start()
+        _until(lambda: client.aggregator._drains_waiting == 1, "the push never waited")
+        b.start()
+        assert not read_b.entered.wait(1.0)  # B waits before reading anything
+        read_a.release.set()
+        pushing.join(BLOCK_LIMIT)
+        assert not pushing.is_alive()  # drained and pushed while B was waiting
+        assert client.aggregator.local_counts().buffer.total == 0
+    finally:
+        faults.release_all()
+        for t in (a, pushing, b):
+            t.join(BLOCK_LIMIT)
+    assert answers == [3, 3]
+
+
+def test_a_coroutine_s_query_never_blocks_its_event_loop_behind_a_waiting_push() -> None:
+    # The queries a waiting drain holds back may be other coroutines of the same loop: an
+    # async query never waits for it (it would block the loop they need to finish).
+    import asyncio
+
+    with Analytics(background=False) as client:
+        client.track("e", value=4)
+        answers: list[int] = []
+        a = threading.Thread(target=lambda: answers.append(client.count("e")))
+        read_a = Faults(client.store).block(
+            "pending_hourly", when=lambda *_: threading.current_thread() is a
+        )
+        pushing = threading.Thread(target=client.scheduler.push)
+        on_loop = threading.Thread(target=lambda: answers.append(asyncio.run(client.acount("e"))))
+        try:
+            a.start()
+            assert read_a.entered.wait(BLOCK_LIMIT)
+            pushing.start()
+            _until(lambda: client.aggregator._drains_waiting == 1, "the push never waited")
+            on_loop.start()
+            on_loop.join(BLOCK_LIMIT)
+            assert answers == [4]  # answered while the drain still waits for query A
+        finally:
+            read_a.release.set()
+            for t in (a, pushing, on_loop):
+                t.join(BLOCK_LIMIT)
+        assert answers == [4, 4]
+        assert client.count("e") == 4
+
+
+def test_a_write_through_push_never_waits_for_a_query(client: Analytics) -> None:
+    client.track("e", value=2)
+    read = Faults(client.store).block("pending_hourly")
+    answers: list[int] = []
+    query = threading.Thread(target=lambda: answers.append(client.count("e")))
+    try:
+        query.start()
+        assert read.entered.wait(BLOCK_LIMIT)
+        client.scheduler.push_through()  # track()'s push: leaves the buffer to the timer
+        assert client.aggregator.local_counts().buffer.total == 2
+        assert client.scheduler._push_requested
+    finally:
+        read.release.set()
+        query.join(BLOCK_LIMIT)
+    assert answers == [2]
+    assert client.scheduler.push() == 2
+    assert client.count("e") == 2
+
+
+def test_a_spill_waits_while_the_buffer_and_store_are_read(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    # Spooled counts may be replayed into the store by another process at once: spooling
+    # the buffer a query has read, before it reads the store, would count them twice.
+    client = Analytics(
+        store=f"{redis_url}?prefix={prefix}", spool_dir=str(tmp_path), background=False
+    )
+    spool = client.scheduler.spool
+    assert spool is not None
+    client.track("e", value=5)
+    spilling = threading.Thread(target=client.scheduler.spill)
+
+    def spill_and_replay_elsewhere() -> None:
+        spilling.start()
+        spilling.join(0.5)  # it waits for the query
+        spool.replay(client.store)  # as another process sharing the spool would
+
+    after_store_read(client, spill_and_replay_elsewhere)
+    assert client.count("e") == 5
+    spilling.join(BLOCK_LIMIT)
+    assert not spilling.is_alive()
+    assert client.scheduler.counts_spooled == 5
+    assert spool.replay(client.store).counts == 5
+    assert client.count("e") == 5
+    client.shutdown()
 
 
 def test_an_outbox_whose_reply_was_lost_counts_once(client: Analytics) -> None:

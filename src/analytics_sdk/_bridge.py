@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 R = TypeVar("R")
 
-__all__ = ["await_io", "in_bridge", "run"]
+__all__ = ["await_io", "current_id", "in_bridge", "run"]
 
 
 def _greenlet() -> Any:
@@ -59,6 +59,11 @@ def in_bridge() -> bool:
     if _Bridge is None:
         return False
     return isinstance(_greenlet().getcurrent(), _Bridge)
+
+
+def current_id() -> int:
+    """An id of the running greenlet, unique among those alive (callers in :func:`run`)."""
+    return id(_greenlet().getcurrent())
 
 
 def await_io(awaitable: Awaitable[R]) -> R:

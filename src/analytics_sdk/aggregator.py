@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from . import _bridge
 from .backends.base import DEFAULT_DEDUPE_WINDOW, Deduped, Delta, Push
 from .keys import HourKey, Properties, UserKey
 
@@ -116,8 +117,10 @@ class Aggregator:
         self._shards_lock = threading.Lock()
         self._outbox_lock = threading.Lock()
         self._outbox: Push | None = None
-        self._readers: dict[int, int] = {}  # thread id -> queries reading buffer and store
+        self._readers: dict[int, int] = {}  # reader (thread or greenlet) -> queries reading
+        self._reader_threads: dict[int, int] = {}  # thread id -> queries reading on it
         self._no_readers = threading.Condition(self._outbox_lock)
+        self._drains_waiting = 0  # drains (and spills) waiting for the readers to finish
         self._producer = uuid.uuid4().hex  # a forked child is a new producer
         self._sequence = 0
         self._new_keys = itertools.count(1)  # keys added since the last drain (approximate)
@@ -339,20 +342,19 @@ class Aggregator:
         """How many distinct keys the buffer holds now."""
         return sum(len(s.hourly) + len(s.users) for s in list(self._shards))
 
-    def next_push(self) -> Push | None:
+    def next_push(self, *, wait: bool = True) -> Push | None:
         """Return the push to send: the unacknowledged outbox, else the drained buffer.
 
         The buffer is not drained while a query reads it and the store (see
-        :meth:`reading`): the wait is for the query, never for a push over the network. A
-        thread that pushes from inside its own query (a logging handler tracking an event)
-        leaves the buffer for the next push.
+        :meth:`reading`): with ``wait`` the drain waits for the queries reading now (not for
+        later ones, which wait for it), never for a push over the network; without it (a
+        write-through push from track()), or in a thread pushing from inside its own query
+        (a logging handler tracking an event), the buffer is left for the next push.
         """
         with self._outbox_lock:
             if self._outbox is None:
-                while self._readers:
-                    if threading.get_ident() in self._readers:
-                        return None
-                    self._no_readers.wait()
+                if not self._buffered() or not self._readers_gone(wait):
+                    return None  # nothing to drain (no need to wait), or left for later
                 deduped: dict[str, Deduped] = {}
                 delta = self._take(deduped)
                 if delta or deduped:
@@ -376,11 +378,16 @@ class Aggregator:
     def spill(self, write: Callable[[list[Push]], object]) -> list[Push]:
         """Hand the outbox and the buffer to ``write`` (the spool) as pushes; return them.
 
+        Like a drain for a push, it waits for the queries reading the buffer and the store
+        (a spooled count may be replayed into the store by another process at once).
+
         If ``write`` returns, this process goes on as a new producer: the store drops a push
         whose sequence is not above its producer's last, so a later push of the old producer
         landing first would make the spooled ones no-ops. If it raises, the counts stay here.
         """
         with self._outbox_lock:
+            if not self._readers_gone(wait=True):
+                return []  # spilled from inside a query of this thread: kept for later
             pushes = [] if self._outbox is None else [self._outbox]
             deduped: dict[str, Deduped] = {}
             delta = self._take(deduped)
@@ -421,23 +428,53 @@ class Aggregator:
             for key, call in deduped.items():
                 shard.deduped.setdefault(key, call)
 
+    @property
+    def being_read(self) -> bool:
+        """Whether a query is reading the buffer now (a drain without waiting would skip)."""
+        return bool(self._readers)
+
+    def _readers_gone(self, wait: bool) -> bool:
+        """Whether the buffer may be drained now (called holding ``_outbox_lock``): no query
+        is reading it, or, with ``wait``, none is once those reading now are done. A drain
+        waiting holds new queries back, so a stream of overlapping queries cannot put it
+        off for good; a thread inside its own query never waits for itself."""
+        if not self._readers:
+            return True
+        if not wait or threading.get_ident() in self._reader_threads:
+            return False  # this thread's own query (or a coroutine's, on its event loop)
+        self._drains_waiting += 1
+        try:
+            while self._readers:
+                self._no_readers.wait()
+        finally:
+            self._drains_waiting -= 1
+            # The queries held back go on once the lock is released, after the drain.
+            self._no_readers.notify_all()
+        return True
+
     @contextmanager
     def reading(self) -> Iterator[None]:
-        """Keep the buffer from being drained into a new push while the caller reads it
-        and then the store, so each buffered count is read once. A push already under way
-        is not waited for: its outbox is in :meth:`local_counts`, and the caller asks the
-        store whether it landed. track() never waits."""
-        me = threading.get_ident()
+        """Keep the buffer from being drained into a new push (or spooled) while the caller
+        reads it and then the store, so each buffered count is read once. A push already
+        under way is not waited for: its outbox is in :meth:`local_counts`, and the caller
+        asks the store whether it landed. A drain already waiting goes first (it waits only
+        for the queries before it). track() never waits."""
+        me, thread, in_coroutine = _reader()
         with self._outbox_lock:
+            # A coroutine's query (a greenlet on the event loop's thread) never blocks that
+            # thread: the queries it would wait behind may be other coroutines of the loop.
+            if me not in self._readers and not in_coroutine:
+                while self._drains_waiting:
+                    self._no_readers.wait()
             self._readers[me] = self._readers.get(me, 0) + 1
+            self._reader_threads[thread] = self._reader_threads.get(thread, 0) + 1
         try:
             yield
         finally:
             with self._outbox_lock:
-                left = self._readers.pop(me) - 1
-                if left:
-                    self._readers[me] = left
-                elif not self._readers:
+                _release(self._readers, me)
+                _release(self._reader_threads, thread)
+                if not self._readers:
                     self._no_readers.notify_all()
 
     def local_counts(self) -> LocalCounts:
@@ -460,9 +497,11 @@ class Aggregator:
     def is_empty(self) -> bool:
         """Whether neither the buffer nor the outbox holds a count."""
         with self._outbox_lock:
-            return self._outbox is None and not any(
-                s.hourly or s.users or s.deduped for s in list(self._shards)
-            )
+            return self._outbox is None and not self._buffered()
+
+    def _buffered(self) -> bool:
+        """Whether the buffer holds a count (a count added meanwhile goes to the next push)."""
+        return any(s.hourly or s.users or s.deduped for s in list(self._shards))
 
     def before_fork(self) -> None:
         """Hold every lock across ``fork()`` so the child copies a consistent state."""
@@ -481,3 +520,18 @@ class Aggregator:
     def after_fork_in_child(self) -> None:
         """Start empty: the parent still owns (and will push) what was buffered."""
         self._reset()
+
+
+def _reader() -> tuple[int, int, bool]:
+    """Who reads: (reader id, thread id, whether it is a coroutine's query, run by the async
+    API in a greenlet on the event loop's thread)."""
+    thread = threading.get_ident()
+    if _bridge.in_bridge():
+        return _bridge.current_id(), thread, True
+    return thread, thread, False
+
+
+def _release(holders: dict[int, int], key: int) -> None:
+    left = holders.pop(key) - 1
+    if left:
+        holders[key] = left

@@ -228,13 +228,16 @@ class Scheduler:
 
     # -- the work -------------------------------------------------------------------------
 
-    def push(self, deadline: float = math.inf) -> int:
-        """Push the outbox, then the buffer, to the store; return the counts pushed."""
+    def push(self, deadline: float = math.inf, *, wait: bool = True) -> int:
+        """Push the outbox, then the buffer, to the store; return the counts pushed.
+
+        Without ``wait`` (write-through, in track()) a buffer that queries are reading is
+        left for the timer's push instead of waiting for them."""
         pushed = 0
         # The outbox a failed push left behind goes first; then the buffer behind it.
         for _ in range(2):
             _check(deadline, self.clock.monotonic())
-            push = self.aggregator.next_push()
+            push = self.aggregator.next_push(wait=wait)
             if push is None:
                 break
             try:
@@ -630,8 +633,10 @@ class Scheduler:
                     return False  # backing off: the buffer (or the outbox) keeps the counts
             try:
                 if kind == "push":
-                    if self._measured("push", self.push)[0]:
+                    if self._measured("push", lambda: self.push(wait=blocking))[0]:
                         self._outage = False
+                    if not blocking and self.aggregator.being_read:
+                        self.request_push()  # queries held the buffer: the timer pushes it
                 else:
                     moved = self._measured("flush", self.flush_store)
             except BackendError as exc:

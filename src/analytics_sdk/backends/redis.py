@@ -1336,32 +1336,50 @@ _NEW_LOCK: dict[type, Any] = {
 
 
 def _fresh_driver_locks(client: Any) -> None:
-    """Give the driver's client, pools and cluster node manager new locks, in a forked child.
+    """Give every lock of the driver's objects reachable from ``client`` (its pools and
+    connections, a cluster's node manager and nodes, their event dispatchers and
+    registries) a new one, in a forked child.
 
     A lock of the parent's held by another of its threads at the fork (one checking a
-    connection out, say) stays held forever in the child, where that thread does not exist:
-    redis-py's first use in the child would wait on it for good (its fork check resets the
-    pool under that lock). Only the forking thread runs in the child at this point, and the
-    state those locks guard is discarded by that reset. A lock shared by two objects stays
-    shared.
+    connection out or in, say) stays held forever in the child, where that thread does not
+    exist: redis-py's first use in the child would wait on it for good (its fork check
+    resets the pool under such a lock). Only the forking thread runs in the child at this
+    point; the state those locks guard is whole (the holder was stopped between two Python
+    operations) and the pools' is discarded by that reset. A lock shared by two objects
+    stays shared.
     """
-    objects = [client]
-    manager = getattr(client, "nodes_manager", None)
-    if manager is not None:
-        objects += [manager, getattr(manager, "read_load_balancer", None)]
-        for node in list(getattr(manager, "nodes_cache", {}).values()):
-            objects.append(getattr(node, "redis_connection", None))
-    objects += [getattr(o, "connection_pool", None) for o in objects if o is not None]
     fresh: dict[int, Any] = {}
-    for obj in objects:
-        if obj is None or not hasattr(obj, "__dict__"):
+    seen: set[int] = set()
+    todo: list[Any] = [client]
+
+    def renewed(value: Any) -> Any:
+        new_lock = _NEW_LOCK.get(type(value))
+        if new_lock is None:
+            if type(value).__module__.startswith("redis") and id(value) not in seen:
+                todo.append(value)
+            elif isinstance(value, (dict, list, tuple, set)) and id(value) not in seen:
+                seen.add(id(value))
+                todo.extend(value.values() if isinstance(value, dict) else value)
+            return value
+        if id(value) not in fresh:
+            fresh[id(value)] = new_lock()
+        return fresh[id(value)]
+
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if _NEW_LOCK.get(type(obj)) is not None or not hasattr(obj, "__dict__"):
             continue
         for name, value in list(vars(obj).items()):
-            new_lock = _NEW_LOCK.get(type(value))
-            if new_lock is not None:
-                if id(value) not in fresh:
-                    fresh[id(value)] = new_lock()
-                setattr(obj, name, fresh[id(value)])
+            new_value = renewed(value)
+            if new_value is not value:
+                setattr(obj, name, new_value)
+            elif isinstance(value, dict):
+                for key, item in list(value.items()):
+                    if _NEW_LOCK.get(type(item)) is not None:
+                        value[key] = renewed(item)
 
 
 def _location(client: Any) -> str:
