@@ -7,7 +7,7 @@ import contextvars
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, tzinfo
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -31,11 +31,14 @@ from .events import (
 from .feature import FEATURE_EVENT, FeatureTracker, feature_name
 from .keys import Properties, day_of, hour_of
 from .query import (
+    MAX_RETENTION_PERIODS,
     MAX_VALUES,
+    Cohort,
     QueryEngine,
     check_day,
     check_moment,
     day_hours,
+    day_periods,
     periods,
     resolve_tz,
 )
@@ -852,6 +855,77 @@ class Analytics:
         counts = self._query.property_counts(name, key, bounds, (), limit)
         ranked = [(v, n) for (v, _), n in counts.items() if isinstance(v, str)]
         return sorted(ranked, key=lambda item: (-item[1], item[0]))
+
+    def _events(self, events: object) -> tuple[str, ...] | None:
+        """Validate ``events``: None (any event), one event name, or several."""
+        if events is None:
+            return None
+        if isinstance(events, str) or not isinstance(events, Iterable):
+            return (self._event(events),)
+        names = tuple(dict.fromkeys(self._event(event) for event in events))
+        if not names:
+            raise ValueError(
+                "events is empty; accepted: None (any event), an event name, or event names"
+            )
+        return names
+
+    def active_users(
+        self,
+        start: date | datetime,
+        end: date | datetime,
+        *,
+        granularity: str = "day",
+        tz: str | tzinfo = "UTC",
+        events: str | Iterable[str] | None = None,
+    ) -> list[tuple[datetime, int]]:
+        """Return ``[(period start, active users)]`` for every period from the one
+        containing ``start`` to the one containing ``end``: daily, weekly or monthly active
+        users (``granularity`` ``"day"``, ``"week"`` or ``"month"``), exact.
+
+        A user is active in a period if they did any of ``events`` (any event if None) on a
+        day in it. Users' activity is kept by UTC day: with another ``tz``, a period holds
+        the UTC days with its dates in ``tz`` and starts at midnight there.
+        """
+        names = self._events(events)
+        labels, ranges = day_periods(start, end, granularity, resolve_tz(tz))
+        counts = self._query.active_users(names, ranges)
+        return list(zip(labels, counts, strict=True))
+
+    def retention(
+        self,
+        start: date | datetime,
+        end: date | datetime,
+        *,
+        cohort_event: str | None = None,
+        return_event: str | None = None,
+        period: str = "week",
+        periods: int = 8,
+        tz: str | tzinfo = "UTC",
+    ) -> list[Cohort]:
+        """Return first-time retention: a :class:`~analytics_sdk.query.Cohort` ``(start,
+        size, retained)`` for every period from the one containing ``start`` to the one
+        containing ``end``.
+
+        A user's cohort is the period of their first day with ``cohort_event`` (any event if
+        None) ever, not only within the range; ``retained[k]``, for ``k`` from 0 to
+        ``periods - 1``, counts the cohort's users who did ``return_event`` (any event if
+        None) in the ``k``-th period after the cohort's (0: the cohort's own). ``period``
+        is ``"day"``, ``"week"`` or ``"month"``, kept by UTC day as in :meth:`active_users`;
+        ``periods`` is 1 to ``MAX_RETENTION_PERIODS`` (366).
+        """
+        first = None if cohort_event is None else self._event(cohort_event)
+        back = None if return_event is None else self._event(return_event)
+        if type(periods) is not int or not 1 <= periods <= MAX_RETENTION_PERIODS:
+            raise ValueError(
+                f"periods {periods!r} is not accepted; accepted: an int from 1 to "
+                f"{MAX_RETENTION_PERIODS}"
+            )
+        labels, ranges = day_periods(
+            start, end, period, resolve_tz(tz), name="period", after=periods - 1
+        )
+        cohorts = len(labels) - periods + 1
+        sizes, retained = self._query.retention(first, back, ranges, cohorts)
+        return [Cohort(labels[c], sizes[c], retained[c]) for c in range(cohorts)]
 
     # -- process life ------------------------------------------------------------------------
 

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import nullcontext
 from datetime import date, datetime, time, timedelta, tzinfo
-from typing import Generic, Literal, TypeVar
+from itertools import pairwise
+from typing import Generic, Literal, NamedTuple, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
@@ -43,12 +44,17 @@ from .backends.base import (
     Delta,
     Pending,
     PropertyValue,
+    Retention,
     Sink,
     SinkSnapshot,
+    UserDay,
     hourly_of,
     periods_of,
     property_hours_of,
+    range_index,
     rank_values,
+    tally_retention,
+    user_days_of,
     users_of,
 )
 from .errors import BackendError
@@ -56,14 +62,18 @@ from .events import MIN_TIMESTAMP
 from .keys import Properties, day_of, hour_of
 
 __all__ = [
+    "DAY_GRANULARITIES",
     "FIRST_DAY",
     "GRANULARITIES",
     "LAST_DAY",
     "MAX_PERIODS",
+    "MAX_RETENTION_PERIODS",
     "MAX_VALUES",
     "READ_ATTEMPTS",
+    "Cohort",
     "Granularity",
     "QueryEngine",
+    "day_periods",
     "periods",
     "resolve_tz",
 ]
@@ -78,9 +88,25 @@ FIRST_DAY = MIN_TIMESTAMP.date()
 """The earliest day a query accepts: the earliest event time ``track()`` accepts."""
 LAST_DAY = date(9998, 12, 31)
 """The latest day a query accepts (the period after it must still be a valid date)."""
+MAX_RETENTION_PERIODS = 366
+"""The most periods after its start that retention follows a cohort (``periods``)."""
+DAY_GRANULARITIES: tuple[str, ...] = ("day", "week", "month")
+"""Granularities of the queries of users' activity, which is kept by UTC day."""
 READ_ATTEMPTS = 4
 """Reads a query makes before it reads behind the sink's fence (which always succeeds)."""
 K = TypeVar("K")
+
+
+class Cohort(NamedTuple):
+    """One row of :meth:`~analytics_sdk.Analytics.retention`."""
+
+    start: datetime
+    """The start of the cohort's period (midnight in the query's time zone)."""
+    size: int
+    """The users whose first day with the cohort event is in this period."""
+    retained: list[int]
+    """``retained[k]``: how many of them did the return event in the ``k``-th period from
+    this one (``k = 0``: this period itself)."""
 
 
 def _add(target: dict[K, int], counts: dict[K, int]) -> None:
@@ -352,6 +378,103 @@ class QueryEngine:
         self._users_read(event, start, end, durable)
         return found[0]
 
+    def _user_days_read(
+        self,
+        events: Collection[str] | None,
+        start: int | None,
+        end: int,
+        durable: Callable[[SinkSnapshot, set[str]], None],
+    ) -> dict[UserDay, int]:
+        """Return the pending and buffered per-user daily counts of ``events`` (every event
+        if None) over days ``[start, end)`` that the sink does not hold, by ``(event, user,
+        day)``; ``durable(snapshot, users)`` reads the sink in the same snapshot, ``users``
+        holding at least every user with such counts (as in :meth:`_users_read`)."""
+        seen: set[str] = set()
+
+        def pending() -> Pending[UserDay]:
+            read = self.store.pending_user_days(events, start, end)
+            seen.update(user for _, user, _ in read.live)
+            for counts in read.claimed.values():
+                seen.update(user for _, user, _ in counts)
+            return read
+
+        def local(delta: Delta) -> dict[UserDay, int]:
+            counts = user_days_of(delta.users, events, start, end)
+            seen.update(user for _, user, _ in counts)
+            return counts
+
+        def durable_read(snapshot: SinkSnapshot) -> dict[UserDay, int]:
+            durable(snapshot, set(seen))
+            return {}
+
+        return self._read(_Read(pending=pending, durable=durable_read, local=local))
+
+    def active_users(
+        self, events: Collection[str] | None, ranges: Sequence[tuple[int, int]]
+    ) -> list[int]:
+        """Return, for each of contiguous, ascending ranges of days ``[low, high)``, the
+        exact number of users who did any of ``events`` (any event if None) in it.
+
+        The sink counts its users (its per-day bitmaps) but for those with pending or
+        buffered counts, and tells in which ranges it has those; their pending and buffered
+        days are added here, each user once per range.
+        """
+        found: list[tuple[list[int], dict[str, set[int]]]] = []
+
+        def durable(snapshot: SinkSnapshot, users: set[str]) -> None:
+            found[:] = [snapshot.active_users(events, ranges, users)]
+
+        pending = self._user_days_read(events, ranges[0][0], ranges[-1][1], durable)
+        counts, members = found[0]
+        for _, user, day in pending:
+            members.setdefault(user, set()).add(range_index(ranges, day))
+        out = list(counts)
+        for indexes in members.values():
+            for i in indexes:
+                out[i] += 1
+        return out
+
+    def retention(
+        self,
+        cohort_event: str | None,
+        return_event: str | None,
+        ranges: Sequence[tuple[int, int]],
+        cohorts: int,
+    ) -> tuple[list[int], list[list[int]]]:
+        """Return first-time retention over contiguous, ascending ranges of days: the sizes
+        of cohorts ``0 <= c < cohorts`` (the users whose first day with ``cohort_event``,
+        any event if None, is in range ``c``) and ``retained[c][k]``, those of cohort ``c``
+        with ``return_event`` (any if None) in range ``c + k``.
+
+        A user's first day is the earliest of the sink's (kept per user at flush time) and
+        of their pending and buffered days, which are read back to the first day there is:
+        the sink counts every other user, as :meth:`active_users` does.
+        """
+        found: list[Retention] = []
+
+        def durable(snapshot: SinkSnapshot, users: set[str]) -> None:
+            found[:] = [snapshot.retention(cohort_event, return_event, ranges, cohorts, users)]
+
+        events = (
+            None if cohort_event is None or return_event is None else {cohort_event, return_event}
+        )
+        pending = self._user_days_read(events, None, ranges[-1][1], durable)
+        sink = found[0]
+        first = dict(sink.first)
+        returns = {user: set(r) for user, r in sink.returns.items()}
+        for event, user, day in pending:
+            i = range_index(ranges, day)
+            if cohort_event is None or event == cohort_event:
+                first[user] = min(first.get(user, i), i)
+            if (return_event is None or event == return_event) and 0 <= i < len(ranges):
+                returns.setdefault(user, set()).add(i)
+        sizes, retained = tally_retention(first, returns, cohorts, len(ranges) - cohorts + 1)
+        for c in range(cohorts):
+            sizes[c] += sink.sizes[c]
+            for k, n in enumerate(sink.retained[c]):
+                retained[c][k] += n
+        return sizes, retained
+
     def fleet_totals(self) -> dict[str, int]:
         """Return the all-time count of every event that reached the store or the sink.
 
@@ -496,3 +619,40 @@ def periods(
         following = _next_period(current, granularity)
         yield current, hour_of(current), hour_of(following)
         current = following
+
+
+def day_periods(
+    start: date | datetime,
+    end: date | datetime,
+    granularity: str,
+    tz: tzinfo,
+    *,
+    name: str = "granularity",
+    after: int = 0,
+) -> tuple[list[datetime], list[tuple[int, int]]]:
+    """Return the starts of the periods from the one containing ``start`` to the one
+    containing ``end`` (then ``after`` more), and each one's UTC days ``[first, end)``.
+
+    Users' activity is kept by UTC day, so a period holds the UTC days whose dates are its
+    dates in ``tz`` (``granularity``: day, week or month)."""
+    if granularity not in DAY_GRANULARITIES:
+        raise ValueError(
+            f"{name} {granularity!r} is not accepted; accepted: "
+            f"{', '.join(DAY_GRANULARITIES)} (users' activity is kept by UTC day)"
+        )
+    spans = list(periods(start, end, granularity, tz))
+    labels = [label for label, _, _ in spans]
+    following = _next_period(labels[-1], granularity)
+    try:
+        for _ in range(after):
+            labels.append(following)
+            following = _next_period(following, granularity)
+        if following.date() > LAST_DAY:
+            raise ValueError
+    except (OverflowError, ValueError):
+        raise ValueError(
+            f"{after} periods after {labels[len(spans) - 1].date()} by {granularity} end "
+            f"out of range; accepted: periods ending by {LAST_DAY}"
+        ) from None
+    days = [day_of(label.date()) for label in labels] + [day_of(following.date())]
+    return labels, list(pairwise(days))

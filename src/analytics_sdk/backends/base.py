@@ -45,12 +45,16 @@ __all__ = [
     "Delta",
     "Pending",
     "Push",
+    "Retention",
     "Sink",
     "SinkSnapshot",
     "matches",
     "periods_of",
     "property_hours_of",
+    "range_index",
     "rank_values",
+    "tally_retention",
+    "user_days_of",
 ]
 
 T = TypeVar("T")
@@ -251,6 +255,67 @@ def users_of(
     return out
 
 
+UserDay = tuple[str, str, int]
+"""``(event, user_id, day)``: a user active on a day (days since the epoch, UTC)."""
+
+
+def user_days_of(
+    counts: dict[UserKey, int], events: Collection[str] | None, start: int | None, end: int | None
+) -> dict[UserDay, int]:
+    """Return the per-user daily counts of ``events`` (every event if None) over days
+    ``[start, end)``, by ``(event, user_id, day)``."""
+    return {
+        key: value
+        for key, value in counts.items()
+        if (events is None or key[0] in events) and in_range(key[2], start, end)
+    }
+
+
+def range_index(ranges: Sequence[tuple[int, int]], day: int) -> int:
+    """Return the index of the range of contiguous, ascending ``ranges`` (``[low, high)``)
+    that holds ``day``: ``-1`` before the first, ``len(ranges)`` after the last."""
+    if day < ranges[0][0]:
+        return -1
+    if day >= ranges[-1][1]:
+        return len(ranges)
+    return bisect_right([low for low, _ in ranges], day) - 1
+
+
+def tally_retention(
+    first: dict[str, int], returns: dict[str, set[int]], cohorts: int, periods: int
+) -> tuple[list[int], list[list[int]]]:
+    """Return cohort sizes and ``retained[c][k]`` of users by the range of their first day
+    (``first``: users outside ``0 <= c < cohorts`` are in no cohort) and the ranges they
+    returned in."""
+    sizes = [0] * cohorts
+    retained = [[0] * periods for _ in range(cohorts)]
+    for user, c in first.items():
+        if 0 <= c < cohorts:
+            sizes[c] += 1
+            row = retained[c]
+            for j in returns.get(user, ()):
+                if 0 <= j - c < periods:
+                    row[j - c] += 1
+    return sizes, retained
+
+
+@attrs.frozen(kw_only=True)
+class Retention:
+    """What a sink holds of first-time retention (see :meth:`SinkSnapshot.retention`)."""
+
+    sizes: list[int]
+    """Users whose first ``cohort_event`` day is in cohort range ``c``, for each ``c``."""
+    retained: list[list[int]]
+    """``retained[c][k]``: of those, the users with ``return_event`` in range ``c + k``."""
+    first: dict[str, int]
+    """For each of the ``users`` asked about that the sink has done ``cohort_event``: the
+    range of their first day, ``-1`` if before the first range; not listed if their first
+    day is after the cohort ranges."""
+    returns: dict[str, set[int]]
+    """For each of those ``users``: the ranges in which the sink has them doing
+    ``return_event`` (not listed if none)."""
+
+
 class CounterStore(ABC):
     """The shared tier: receives pushes, hands out claims, answers pending counts."""
 
@@ -319,6 +384,13 @@ class CounterStore(ABC):
     ) -> Pending[str]:
         """Return pending counts of ``event`` by user over days ``[start, end)`` (one user if
         ``user_id`` is given)."""
+
+    @abstractmethod
+    def pending_user_days(
+        self, events: Collection[str] | None, start: int | None, end: int | None
+    ) -> Pending[UserDay]:
+        """Return the pending per-user daily counts of ``events`` (every event if None)
+        over days ``[start, end)``, by ``(event, user_id, day)``."""
 
     @abstractmethod
     def pending_event_totals(self) -> Pending[str]:
@@ -398,6 +470,33 @@ class SinkSnapshot(ABC):
         """Return how many users, as :meth:`Sink.distinct_users` does."""
         wanted = set(exclude)
         return sum(1 for user in self.user_counts(event, start, end, None) if user not in wanted)
+
+    @abstractmethod
+    def active_users(
+        self,
+        events: Collection[str] | None,
+        ranges: Sequence[tuple[int, int]],
+        users: Collection[str],
+    ) -> tuple[list[int], dict[str, set[int]]]:
+        """Return, for each range of days ``[low, high)``, how many users did any of
+        ``events`` (any event if None) on a day in it, not counting those in ``users``; and,
+        for each of ``users`` the sink has active in some range, the indexes of those ranges."""
+
+    @abstractmethod
+    def retention(
+        self,
+        cohort_event: str | None,
+        return_event: str | None,
+        ranges: Sequence[tuple[int, int]],
+        cohorts: int,
+        users: Collection[str],
+    ) -> Retention:
+        """Return first-time retention over contiguous, ascending ranges of days: cohort
+        ``c < cohorts`` holds the users whose first day with ``cohort_event`` (any event if
+        None), over all time, is in range ``c``; ``retained[c][k]`` counts those with
+        ``return_event`` (any event if None) in range ``c + k``. Users in ``users`` are not
+        counted; what the sink knows of them is in :attr:`Retention.first` and
+        :attr:`Retention.returns`."""
 
     @abstractmethod
     def event_totals(self) -> dict[str, int]:

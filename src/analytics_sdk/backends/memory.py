@@ -26,13 +26,18 @@ from .base import (
     Pending,
     PropertyValue,
     Push,
+    Retention,
     Sink,
     SinkSnapshot,
+    UserDay,
     hourly_of,
     in_range,
     matches,
     property_hours_of,
+    range_index,
     rank_values,
+    tally_retention,
+    user_days_of,
     users_of,
 )
 
@@ -167,6 +172,18 @@ class MemoryCounterStore(CounterStore):
                 live=users_of(self._live.users, event, start, end, user_id),
                 claimed={
                     batch_id: users_of(batch.delta.users, event, start, end, user_id)
+                    for batch_id, batch in self._claims.items()
+                },
+            )
+
+    def pending_user_days(
+        self, events: Collection[str] | None, start: int | None, end: int | None
+    ) -> Pending[UserDay]:
+        with self._lock:
+            return Pending(
+                live=user_days_of(self._live.users, events, start, end),
+                claimed={
+                    batch_id: user_days_of(batch.delta.users, events, start, end)
                     for batch_id, batch in self._claims.items()
                 },
             )
@@ -315,6 +332,63 @@ class _MemorySnapshot(SinkSnapshot):
             if in_range(day, start, end) and (user_id is None or user == user_id):
                 out[user] = out.get(user, 0) + value
         return out
+
+    def _user_days(self, event: str | None) -> Iterator[tuple[str, int]]:
+        """Yield ``(user, day)`` of every per-user count of ``event`` (any if None)."""
+        for name, rows in self._sink._users.items():
+            if event is None or name == event:
+                yield from rows
+
+    def active_users(
+        self,
+        events: Collection[str] | None,
+        ranges: Sequence[tuple[int, int]],
+        users: Collection[str],
+    ) -> tuple[list[int], dict[str, set[int]]]:
+        self.hold()
+        excluded = set(users)
+        active: list[set[str]] = [set() for _ in ranges]
+        members: dict[str, set[int]] = {}
+        for name, rows in self._sink._users.items():
+            if events is not None and name not in events:
+                continue
+            for user, day in rows:
+                i = range_index(ranges, day)
+                if 0 <= i < len(ranges):
+                    if user in excluded:
+                        members.setdefault(user, set()).add(i)
+                    else:
+                        active[i].add(user)
+        return [len(found) for found in active], members
+
+    def retention(
+        self,
+        cohort_event: str | None,
+        return_event: str | None,
+        ranges: Sequence[tuple[int, int]],
+        cohorts: int,
+        users: Collection[str],
+    ) -> Retention:
+        self.hold()
+        first_days: dict[str, int] = {}
+        for user, day in self._user_days(cohort_event):
+            if day < first_days.get(user, day + 1):
+                first_days[user] = day
+        returns: dict[str, set[int]] = {}
+        for user, day in self._user_days(return_event):
+            i = range_index(ranges, day)
+            if 0 <= i < len(ranges):
+                returns.setdefault(user, set()).add(i)
+        first = {user: range_index(ranges, day) for user, day in first_days.items()}
+        excluded = set(users)
+        kept = {u: c for u, c in first.items() if u not in excluded}
+        sizes, retained = tally_retention(kept, returns, cohorts, len(ranges) - cohorts + 1)
+        return Retention(
+            sizes=sizes,
+            retained=retained,
+            first={u: c for u, c in first.items() if u in excluded and c < cohorts},
+            returns={u: r for u, r in returns.items() if u in excluded},
+        )
 
     def event_totals(self) -> dict[str, int]:
         self.hold()

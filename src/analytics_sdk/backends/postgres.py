@@ -28,10 +28,11 @@ from ..errors import ConfigurationError, SinkError, remember_secret
 from ..keys import Properties, encode_properties
 from ..process import exiting
 from . import check_url_options, redact_url, url_secrets
-from .base import Batch, Bucket, PropertyValue, Sink, SinkSnapshot
+from .base import Batch, Bucket, PropertyValue, Retention, Sink, SinkSnapshot, range_index
 
 __all__ = [
     "PostgresSink",
+    "build_first_days",
     "build_user_bitmaps",
     "create_partitions",
     "migrate",
@@ -139,6 +140,53 @@ def build_user_bitmaps(conn: Any, schema: str) -> int:
     return written
 
 
+def build_first_days(conn: Any, schema: str) -> int:
+    """Write the first-day bitmaps of every event and of any event (``''``) from the day
+    bitmaps stored, replacing what is there; return how many (event, day) rows.
+
+    Migration 5 runs this; a bulk load run through :func:`build_user_bitmaps` needs it
+    next. Run it in a transaction.
+    """
+    from psycopg import sql
+    from pyroaring import BitMap
+
+    s = sql.Identifier(schema)
+    conn.execute(sql.SQL("DELETE FROM {s}.first_day_users").format(s=s))
+    conn.execute(sql.SQL("DELETE FROM {s}.ever_users").format(s=s))
+    insert_first = sql.SQL(
+        "INSERT INTO {s}.first_day_users (event, day, users) VALUES (%s, %s, %s)"
+    ).format(s=s)
+    insert_ever = sql.SQL("INSERT INTO {s}.ever_users (event, users) VALUES (%s, %s)").format(s=s)
+    written = 0
+    ever: dict[str, BitMap] = {}
+    with conn.cursor(name="analytics_first_days") as rows:  # streamed, in day order
+        rows.execute(
+            sql.SQL(
+                "SELECT event, day, users FROM {s}.event_day_users WHERE users <> '' "
+                "UNION ALL SELECT '', day, users FROM {s}.day_users WHERE users <> '' "
+                "ORDER BY 1, 2"
+            ).format(s=s)
+        )
+        chunk: list[tuple[str, Any, bytes]] = []
+        for event, day, stored in rows:
+            seen = ever.setdefault(event, BitMap())
+            new = BitMap.deserialize(stored) - seen
+            if new:
+                seen |= new
+                new.run_optimize()
+                chunk.append((event, day, new.serialize()))
+            if len(chunk) >= 500:
+                conn.cursor().executemany(insert_first, chunk)
+                written, chunk = written + len(chunk), []
+        if chunk:
+            conn.cursor().executemany(insert_first, chunk)
+            written += len(chunk)
+    for users in ever.values():
+        users.run_optimize()
+    conn.cursor().executemany(insert_ever, [(e, u.serialize()) for e, u in ever.items()])
+    return written
+
+
 PARTITIONED = ("hourly_counts", "user_daily_counts")
 """The tables partitioned by UTC month (migration 4)."""
 _EPOCH = date(1970, 1, 1)
@@ -224,6 +272,7 @@ def partition_counts(conn: Any, schema: str) -> None:
 _AFTER_SQL: dict[int, Callable[[Any, str], object]] = {
     3: build_user_bitmaps,
     4: partition_counts,
+    5: build_first_days,
 }
 
 
@@ -560,6 +609,70 @@ class PostgresSink(Sink):
         self._merge_bitmaps(conn, "event_day_users", [events, event_days], by_event)
         days = sorted(by_day)
         self._merge_bitmaps(conn, "day_users", [days], {(d,): by_day[d] for d in days})
+        added: dict[str, dict[int, BitMap]] = {"": by_day}
+        for (event, day), users in by_event.items():
+            added.setdefault(event, {})[day] = users
+        self._add_first_days(conn, added)
+
+    def _add_first_days(self, conn: Any, added: dict[str, dict[int, Any]]) -> None:
+        """Keep the first days of ``added``'s users ({event or '': {day: BitMap}}): users
+        never seen start a cohort on their day; a user seen first on a later day (late
+        data) moves to the earlier one. The event's ever row is locked first, so flushers
+        adding to one event take turns; then its cohort rows from the batch's first day."""
+        from pyroaring import BitMap
+
+        events = sorted(added)
+        conn.execute(self._sql["ever_users_create"], [events])
+        ever = {
+            event: BitMap.deserialize(stored) if stored else BitMap()
+            for event, stored in conn.execute(self._sql["ever_users_lock"], [events])
+        }
+        first_days = [min(added[event]) for event in events]
+        cohorts: dict[tuple[str, int], BitMap] = {
+            (event, day): BitMap.deserialize(stored)
+            for event, day, stored in conn.execute(
+                self._sql["first_day_users_lock"], [events, first_days]
+            )
+        }
+        changed: set[tuple[str, int]] = set()
+        grown: list[str] = []
+        for event in events:
+            seen = ever[event]
+            later = sorted(day for e, day in cohorts if e == event)
+            for day in sorted(added[event]):
+                users = added[event][day]
+                returning = users & seen
+                for other in (d for d in later if d > day) if returning else ():
+                    moved = cohorts[event, other] & returning
+                    if moved:  # seen first on a later day: that was not their first
+                        cohorts[event, other] -= moved
+                        cohorts.setdefault((event, day), BitMap()).update(moved)
+                        changed.update(((event, other), (event, day)))
+                new = users - seen
+                if new:
+                    seen |= new
+                    cohorts.setdefault((event, day), BitMap()).update(new)
+                    changed.add((event, day))
+                    if not grown or grown[-1] != event:
+                        grown.append(event)
+        if grown:
+            for event in grown:
+                ever[event].run_optimize()
+            conn.execute(
+                self._sql["ever_users_update"], [grown, [ever[e].serialize() for e in grown]]
+            )
+        if changed:
+            keys = sorted(changed)
+            for key in keys:
+                cohorts[key].run_optimize()
+            conn.execute(
+                self._sql["first_day_users_upsert"],
+                [
+                    [e for e, _ in keys],
+                    [d for _, d in keys],
+                    [cohorts[k].serialize() for k in keys],
+                ],
+            )
 
     def _merge_bitmaps(
         self, conn: Any, table: str, keys: list[list[Any]], added: dict[Any, Any]
@@ -848,6 +961,95 @@ class _PostgresSnapshot(SinkSnapshot):
             return len(users) - users.intersection_cardinality(BitMap(n for (n,) in numbers))
         return len(users)
 
+    def _range_users(
+        self, events: Collection[str] | None, ranges: Sequence[tuple[int, int]]
+    ) -> list[Any]:
+        """Return, for each range of days, the bitmap of the users with any of ``events``
+        (any event if None) on a day in it."""
+        from pyroaring import BitMap
+
+        params: dict[str, Any] = {"start": ranges[0][0], "end": ranges[-1][1]}
+        if events is None:
+            rows = self._rows("any_days_users", params)
+        else:
+            rows = self._rows("event_days_users", {**params, "events": sorted(events)})
+        days: list[list[Any]] = [[] for _ in ranges]
+        for day, stored in rows:
+            days[range_index(ranges, day)].append(BitMap.deserialize(stored))
+        return [BitMap.union(*found) if found else BitMap() for found in days]
+
+    def _numbers(self, users: Collection[str]) -> tuple[Any, dict[int, str]]:
+        """Return the bitmap of ``users``' numbers and the user of each number."""
+        from pyroaring import BitMap
+
+        if not users:
+            return BitMap(), {}
+        found = dict(self._rows("user_numbers_of", {"users": list(users)}))
+        return BitMap(found.values()), {number: user for user, number in found.items()}
+
+    def active_users(
+        self,
+        events: Collection[str] | None,
+        ranges: Sequence[tuple[int, int]],
+        users: Collection[str],
+    ) -> tuple[list[int], dict[str, set[int]]]:
+        numbers, user_of = self._numbers(users)
+        counts: list[int] = []
+        members: dict[str, set[int]] = {}
+        for i, active in enumerate(self._range_users(events, ranges)):
+            counts.append(len(active) - active.intersection_cardinality(numbers))
+            for number in active & numbers if numbers else ():
+                members.setdefault(user_of[number], set()).add(i)
+        return counts, members
+
+    def retention(
+        self,
+        cohort_event: str | None,
+        return_event: str | None,
+        ranges: Sequence[tuple[int, int]],
+        cohorts: int,
+        users: Collection[str],
+    ) -> Retention:
+        from pyroaring import BitMap
+
+        key = cohort_event or ""  # '' holds the first days of any event
+        numbers, user_of = self._numbers(users)
+        cohort_end = ranges[cohorts - 1][1]
+        params = {"event": key, "start": ranges[0][0], "end": cohort_end}
+        days: list[list[Any]] = [[] for _ in range(cohorts)]
+        for day, stored in self._rows("first_days_users", params):
+            days[range_index(ranges, day)].append(BitMap.deserialize(stored))
+        groups = [BitMap.union(*found) if found else BitMap() for found in days]
+        back = None if return_event is None else [return_event]
+        returned = self._range_users(back, ranges)
+        periods = len(ranges) - cohorts + 1
+        in_cohorts = BitMap.union(*groups) & numbers if numbers else BitMap()
+        sizes: list[int] = []
+        retained: list[list[int]] = []
+        first: dict[str, int] = {}
+        for c, group in enumerate(groups):
+            if numbers:
+                first.update((user_of[n], c) for n in group & numbers)
+                group -= numbers
+            sizes.append(len(group))
+            retained.append(
+                [group.intersection_cardinality(returned[c + k]) for k in range(periods)]
+            )
+        if numbers:
+            # Users asked about seen before the first cohort: ever, but neither in a cohort
+            # nor first seen after the cohorts.
+            rows = self._rows("ever_users_of", {"event": key})
+            ever = BitMap.deserialize(rows[0][0]) if rows and rows[0][0] else BitMap()
+            later = {"event": key, "start": cohort_end, "end": None}
+            after = [BitMap.deserialize(u) for _, u in self._rows("first_days_users", later)]
+            before = (ever & numbers) - in_cohorts - BitMap.union(BitMap(), *after)
+            first.update((user_of[n], -1) for n in before)
+        returns: dict[str, set[int]] = {}
+        for j, active in enumerate(returned):
+            for number in active & numbers if numbers else ():
+                returns.setdefault(user_of[number], set()).add(j)
+        return Retention(sizes=sizes, retained=retained, first=first, returns=returns)
+
     def event_totals(self) -> dict[str, int]:
         return {event: int(n) for event, n in self._rows("event_totals", None)}
 
@@ -1125,6 +1327,49 @@ _STATEMENTS = {
         "AND day < date '1970-01-01' + %(end)s::integer AND users <> ''"
     ),
     "numbers_of": "SELECT number FROM {s}.user_numbers WHERE user_id = ANY(%(users)s::text[])",
+    "user_numbers_of": (
+        "SELECT user_id, number FROM {s}.user_numbers WHERE user_id = ANY(%(users)s::text[])"
+    ),
+    "ever_users_create": (
+        "INSERT INTO {s}.ever_users (event, users) SELECT e, '' FROM unnest(%s::text[]) AS k (e) "
+        "ORDER BY 1 ON CONFLICT (event) DO NOTHING"
+    ),
+    "ever_users_lock": (
+        "SELECT event, users FROM {s}.ever_users WHERE event = ANY(%s::text[]) "
+        "ORDER BY 1 FOR UPDATE"
+    ),
+    "ever_users_update": (
+        "UPDATE {s}.ever_users AS t SET users = k.u "
+        "FROM unnest(%s::text[], %s::bytea[]) AS k (e, u) WHERE t.event = k.e"
+    ),
+    "first_day_users_lock": (
+        "SELECT f.event, f.day - date '1970-01-01', f.users FROM {s}.first_day_users f "
+        "JOIN unnest(%s::text[], %s::integer[]) AS k (e, d) "
+        "ON f.event = k.e AND f.day >= date '1970-01-01' + k.d ORDER BY 1, 2 FOR UPDATE OF f"
+    ),
+    "first_day_users_upsert": (
+        "INSERT INTO {s}.first_day_users AS t (event, day, users) "
+        "SELECT e, date '1970-01-01' + d, u FROM unnest(%s::text[], %s::integer[], %s::bytea[]) "
+        "AS k (e, d, u) ORDER BY 1, 2 ON CONFLICT (event, day) DO UPDATE SET users = EXCLUDED.users"
+    ),
+    # Users' days as (day, bitmap) rows: of some events, of any event, first days.
+    "event_days_users": (
+        "SELECT day - date '1970-01-01', users FROM {s}.event_day_users "
+        "WHERE event = ANY(%(events)s::text[]) AND day >= date '1970-01-01' + %(start)s::integer "
+        "AND day < date '1970-01-01' + %(end)s::integer AND users <> ''"
+    ),
+    "any_days_users": (
+        "SELECT day - date '1970-01-01', users FROM {s}.day_users "
+        "WHERE day >= date '1970-01-01' + %(start)s::integer "
+        "AND day < date '1970-01-01' + %(end)s::integer AND users <> ''"
+    ),
+    "first_days_users": (
+        "SELECT day - date '1970-01-01', users FROM {s}.first_day_users "
+        "WHERE event = %(event)s AND day >= date '1970-01-01' + %(start)s::integer "
+        "AND (%(end)s::integer IS NULL OR day < date '1970-01-01' + %(end)s::integer) "
+        "AND users <> ''"
+    ),
+    "ever_users_of": "SELECT users FROM {s}.ever_users WHERE event = %(event)s",
     # Daily totals hold every count (hourly rows may be pruned), in fewer rows.
     "event_totals": "SELECT event, sum(count) FROM {s}.daily_counts GROUP BY event",
     "prune_ledger": "DELETE FROM {s}.flush_ledger WHERE applied_at < %s",

@@ -60,7 +60,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -87,6 +87,7 @@ from .base import (
     Pending,
     PropertyValue,
     Push,
+    UserDay,
     in_range,
     matches,
 )
@@ -1255,10 +1256,15 @@ class RedisCounterStore(CounterStore):
 
         return self._read_pending("u", event, start, end, user_id, decode)
 
-    def pending_event_totals(self) -> Pending[str]:
-        """Every pending hourly counter summed per event: the shard's index of live hashes
-        and each batch's set of hashes, read with ``SSCAN``, then their hourly hashes with
-        ``HSCAN``."""
+    def _read_listed(
+        self, kind: str, wanted: Callable[[str, int | None], bool]
+    ) -> tuple[dict[str, list[tuple[str, _Target]]], set[str]]:
+        """Read whole every pending hash of ``kind`` (``h`` or ``u``) whose event and bucket
+        (None: a hash of the earlier layout) ``wanted`` accepts, found in the shard's sets of
+        live hashes and in each batch's set of hashes (``SSCAN``), read with ``HSCAN``.
+
+        Returns the targets read with their event, by batch (``""``: live), and the batches
+        still being built."""
         self._check_layout()
 
         def plan(tag: str) -> list[tuple[Any, ...]]:
@@ -1272,42 +1278,87 @@ class RedisCounterStore(CounterStore):
                 sets = [(f"{tag}:hashes", ""), (f"{tag}:idx", "")]
                 sets += [(f"{tag}:claim:{b}", b) for b in batches]
                 for name, batch in sets:
-                    head = f"{tag}:live:" if not batch else f"{tag}:claim:{batch}:"
-                    members: set[str] = set()
-                    cursor = 0
-                    while True:
-                        try:
-                            cursor, page = self._redis.sscan(name, cursor, count=READ_PAGE)
-                        except self._errors as exc:
-                            raise StoreError(
-                                f"Redis {self._description} read failed: {exc}"
-                            ) from exc
-                        members.update(page)
-                        if not cursor:
-                            break
-                    for key in sorted(members):
-                        if key.startswith(f"{head}h:"):
-                            targets.append(_Target(key, batch, None))
+                    head = f"{tag}:live:{kind}:" if not batch else f"{tag}:claim:{batch}:{kind}:"
+                    for key in sorted(self._set_members(name)):
+                        if key.startswith(head):
+                            event, _, bucket = key[len(head) :].partition(":")
+                            number = int(bucket) if bucket else None
+                            if wanted(unescape(event), number):
+                                targets.append(_Target(key, batch, number))
                 found[shard] = (list(batches), targets)
             self._scan("read", [t for _, ts in found.values() for t in ts])
             return found
 
-        pending: Pending[str] = Pending()
+        out: dict[str, list[tuple[str, _Target]]] = {"": []}
+        open_: set[str] = set()
         for shard, ((batches, targets), building) in self._read_shards("read", plan, read).items():
-            pending.building.update(building)
+            open_.update(building)
             tag = self._tags[shard]
             for batch in batches:
-                pending.claimed.setdefault(batch, {})
+                out.setdefault(batch, [])
             for target in targets:
-                counts = (
-                    pending.claimed.setdefault(target.batch, {}) if target.batch else pending.live
-                )
                 head = f"{tag}:live:" if not target.batch else f"{tag}:claim:{target.batch}:"
-                encoded_event = target.key[len(head) + 2 :].partition(":")[0]
-                event = unescape(encoded_event)
+                event = unescape(target.key[len(head) + 2 :].partition(":")[0])
+                out[target.batch].append((event, target))
+        return out, open_
+
+    def _set_members(self, name: str) -> set[str]:
+        """Return the members of set ``name``, read with ``SSCAN`` pages."""
+        members: set[str] = set()
+        cursor = 0
+        while True:
+            try:
+                cursor, page = self._redis.sscan(name, cursor, count=READ_PAGE)
+            except self._errors as exc:
+                raise StoreError(f"Redis {self._description} read failed: {exc}") from exc
+            members.update(page)
+            if not cursor:
+                return members
+
+    def pending_event_totals(self) -> Pending[str]:
+        """Every pending hourly counter summed per event (every hourly hash, found in the
+        shard's sets of hashes)."""
+        read, building = self._read_listed("h", lambda event, bucket: True)
+
+        def totals(targets: list[tuple[str, _Target]]) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for event, target in targets:
                 total = sum(int(value) for page in target.pages for value in page.values())
-                counts[event] = counts.get(event, 0) + total
-        return pending
+                out[event] = out.get(event, 0) + total
+            return out
+
+        return Pending(
+            live=totals(read.pop("")),
+            claimed={batch: totals(targets) for batch, targets in read.items()},
+            building=building,
+        )
+
+    def pending_user_days(
+        self, events: Collection[str] | None, start: int | None, end: int | None
+    ) -> Pending[UserDay]:
+        """Every pending per-user daily counter of ``events`` (all if None) over days
+        ``[start, end)``: the per-user hashes of those events and days, found in the shard's
+        sets of hashes (a query of every event has no index to read)."""
+
+        def wanted(event: str, day: int | None) -> bool:
+            in_days = day is None or in_range(day, start, end)
+            return in_days and (events is None or event in events)
+
+        read, building = self._read_listed("u", wanted)
+
+        def users(targets: list[tuple[str, _Target]]) -> dict[UserDay, int]:
+            out: dict[UserDay, int] = {}
+            for event, target in targets:
+                for head, day, value in _fields(target, start, end):
+                    key = (event, unescape(head), day)
+                    out[key] = out.get(key, 0) + int(value)
+            return out
+
+        return Pending(
+            live=users(read.pop("")),
+            claimed={batch: users(targets) for batch, targets in read.items()},
+            building=building,
+        )
 
     def check(self) -> None:
         self._check_layout()
