@@ -4,9 +4,11 @@ at flush time in PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,6 +23,7 @@ from analytics_sdk.backends.postgres import (
     create_partitions,
     migrate,
 )
+from analytics_sdk.cli import main
 from analytics_sdk.keys import day_of
 from analytics_sdk.query import Cohort, periods, resolve_tz
 from analytics_sdk.testing import ManualClock
@@ -365,3 +368,151 @@ def test_first_days_are_built_for_data_stored_before_the_migration() -> None:
             ]
     finally:
         drop_schema(url, schema)
+
+
+# -- the docs and the command line -----------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+VISITS = [  # the worked example of docs/active-users.md
+    (2, "ana", "open"),
+    (2, "bo", "open"),
+    (3, "ana", "export"),
+    (4, "cy", "open"),
+    (10, "ana", "open"),
+    (11, "dee", "open"),
+    (12, "dee", "export"),
+    (19, "bo", "open"),
+    (20, "eve", "open"),
+]
+FIRSTS = [  # the worked example of docs/retention.md
+    (1, "old", "signup"),
+    (2, "ana", "signup"),
+    (2, "bo", "signup"),
+    (2, "cy", "signup"),
+    (10, "dee", "signup"),
+    (10, "eve", "signup"),
+    (3, "old", "open"),
+    (9, "ana", "open"),
+    (11, "bo", "open"),
+    (16, "ana", "open"),
+    (17, "dee", "open"),
+    (24, "ana", "open"),
+]
+
+
+def _block(page: str, heading: str, language: str) -> str:
+    """Return the first ``language`` code block after ``heading`` in a docs page."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    section = text[text.index(f"\n{heading}\n") :]
+    start = section.index(f"```{language}\n") + len(language) + 4
+    return section[start : section.index("```", start)]
+
+
+@pytest.mark.parametrize("page", ["active-users.md", "retention.md"])
+def test_the_worked_example_prints_what_the_page_shows(
+    page: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = _block(page, "## A worked example", "python")
+    exec(compile(code, str(DOCS / page), "exec"), {"__name__": "example"})
+    assert capsys.readouterr().out == _block(page, "## A worked example", "text")
+
+
+@pytest.mark.parametrize(
+    ("page", "tracked", "args"),
+    [
+        (
+            "active-users.md",
+            VISITS,
+            ["active", "--from", "2026-11-02", "--to", "2026-11-20", "--granularity", "week"],
+        ),
+        (
+            "retention.md",
+            FIRSTS,
+            [
+                "retention",
+                "--from",
+                "2026-11-02",
+                "--to",
+                "2026-11-16",
+                "--periods",
+                "4",
+                "--cohort-event",
+                "signup",
+                "--return-event",
+                "open",
+            ],
+        ),
+    ],
+)
+def test_the_command_prints_the_table_the_page_shows(
+    page: str,
+    tracked: list[tuple[int, str, str]],
+    args: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with redis_and_postgres("cli") as (store, sink):
+        with Analytics(sink=sink, background=False) as client:
+            for day, user, event in tracked[:-1]:
+                _on(client, event, user, date(2026, 11, day))
+        # The last one pushed to the store, never flushed: read with --store only.
+        with Analytics(store=store, sink=sink, background=False, flusher=False) as client:
+            day, user, event = tracked[-1]
+            _on(client, event, user, date(2026, 11, day))
+        capsys.readouterr()
+        assert main([*args, "--sink", sink, "--store", store]) == 0
+        assert capsys.readouterr().out == _block(page, "## From the command line", "text")
+        assert main([*args, "--sink", sink, "--format", "csv"]) == 0
+        rows = capsys.readouterr().out.splitlines()
+        if page == "active-users.md":
+            assert rows == [
+                "period,active_users",
+                "2026-11-02T00:00:00+00:00,3",
+                "2026-11-09T00:00:00+00:00,2",
+                "2026-11-16T00:00:00+00:00,1",  # eve is only in the store
+            ]
+        else:
+            assert rows[:5] == [
+                "cohort,size,period,retained",
+                "2026-11-02T00:00:00+00:00,3,0,0",
+                "2026-11-02T00:00:00+00:00,3,1,2",
+                "2026-11-02T00:00:00+00:00,3,2,1",
+                "2026-11-02T00:00:00+00:00,3,3,0",  # ana's last visit is only in the store
+            ]
+        assert main([*args, "--sink", sink, "--store", store, "--format", "json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        if page == "active-users.md":
+            assert [row["active_users"] for row in shown] == [3, 2, 2]
+        else:
+            assert [(row["size"], row["retained"]) for row in shown] == [
+                (3, [0, 2, 1, 1]),
+                (2, [0, 1, 0, 0]),
+                (0, [0, 0, 0, 0]),
+            ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["active", "--from", "2026-11-02", "--to", "2026-11-01"], "is after end"),
+        (["active", "--from", "2026-11-02", "--to", "2026-11-03"], "no URL given"),
+        (
+            ["retention", "--from", "2026-11-02", "--to", "2026-11-03", "--periods", "0"],
+            "0 is out of range",
+        ),
+        (
+            ["retention", "--from", "2026-11-02", "--to", "2026-11-03", "--period", "hour"],
+            "invalid choice",
+        ),
+    ],
+)
+def test_the_commands_refuse_bad_input(
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("ANALYTICS_SINK", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err

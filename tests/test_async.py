@@ -110,6 +110,10 @@ QUERIES: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("breakdown", ("view", "plan", DAY, DAY), {"granularity": "hour"}),
     ("top_values", ("view", "path"), {"day": DAY}),
     ("top_values", ("view", "plan"), {}),
+    ("active_users", (DAY, DAY + timedelta(days=8)), {}),
+    ("active_users", (DAY, DAY + timedelta(days=40)), {"granularity": "week", "events": "view"}),
+    ("retention", (DAY, DAY + timedelta(days=14)), {"periods": 3}),
+    ("retention", (DAY, DAY), {"period": "day", "cohort_event": "view", "return_event": "click"}),
 ]
 
 
@@ -173,6 +177,8 @@ def test_bad_input_raises_the_same_errors() -> None:
         ("breakdown", ("v", "", DAY, DAY), {}),
         ("top_values", ("v", "k"), {"day": DAY, "start": DAY}),
         ("unique_users", ("v", DAY, DAY - timedelta(days=1)), {}),
+        ("active_users", (DAY, DAY), {"granularity": "hour"}),
+        ("retention", (DAY, DAY), {"periods": 0}),
     ]
 
     async def errors() -> list[BaseException]:

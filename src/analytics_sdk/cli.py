@@ -8,15 +8,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
 from .backends.base import Sink
 from .charts import bar, sparkline
 from .errors import AnalyticsError, BackendError, ConfigurationError
-from .query import MAX_VALUES
+from .query import MAX_RETENTION_PERIODS, MAX_VALUES
+
+if TYPE_CHECKING:
+    from .client import Analytics
 
 __all__ = ["main"]
 
@@ -106,10 +110,21 @@ def _readable_sink(url: str) -> Sink:
     return sink
 
 
+@contextmanager
+def _reader(args: argparse.Namespace) -> Iterator[Analytics]:
+    """Yield a client that reads the sink of ``--sink`` (checked to be readable first) and
+    the store of ``--store``, and neither pushes nor flushes."""
+    from .client import Analytics
+
+    sink = _readable_sink(_url(args.sink, "ANALYTICS_SINK", "--sink"))
+    store = args.store or os.environ.get("ANALYTICS_STORE") or "memory://"
+    with Analytics(store=store, sink=sink, background=False, flusher=False) as client:
+        yield client
+
+
 def query(args: argparse.Namespace, out: TextIO) -> int:
     """Print the series of an event, or its breakdown by a property, from the configured
     sink (and store); return 0."""
-    from .client import Analytics
     from .events import validate_property_key
     from .query import GRANULARITIES, periods, resolve_tz
 
@@ -128,10 +143,8 @@ def query(args: argparse.Namespace, out: TextIO) -> int:
         end = datetime(end.year, end.month, end.day, 23, tzinfo=tz)
     spans = periods(args.start, end, granularity, tz)
     next(spans)  # a bad range fails before any connection
-    sink = _readable_sink(_url(args.sink, "ANALYTICS_SINK", "--sink"))
-    store = args.store or os.environ.get("ANALYTICS_STORE") or "memory://"
     properties = dict(args.property) or None
-    with Analytics(store=store, sink=sink, background=False, flusher=False) as client:
+    with _reader(args) as client:
         if by is None:
             series = client.series(
                 args.event,
@@ -169,6 +182,76 @@ def query(args: argparse.Namespace, out: TextIO) -> int:
         for label, n in series:
             out.write(f"  {label.strftime(fmt):<16}{n:>12,}  {bar(n, peak, 30)}\n")
         out.write(f"  {'total':<16}{sum(counts):>12,}\n")
+    return 0
+
+
+def active(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the active users of each period (of some events, or of any); return 0."""
+    from .query import day_periods, resolve_tz
+
+    day_periods(args.start, args.end, args.granularity, resolve_tz(args.tz))  # fail early
+    events = args.event or None
+    with _reader(args) as client:
+        series = client.active_users(
+            args.start, args.end, granularity=args.granularity, tz=args.tz, events=events
+        )
+    if args.format == "json":
+        rows = [{"period": label.isoformat(), "active_users": n} for label, n in series]
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    if args.format == "csv":
+        out.write("period,active_users\n")
+        for label, n in series:
+            out.write(f"{label.isoformat()},{n}\n")
+        return 0
+    counts = [n for _, n in series]
+    peak = max(counts, default=0)
+    which = ", ".join(args.event) if args.event else "any event"
+    out.write(f"active users by {args.granularity} ({args.tz}, {which})  {sparkline(counts)}\n")
+    for label, n in series:
+        out.write(f"  {label.strftime('%Y-%m-%d'):<16}{n:>12,}  {bar(n, peak, 30)}\n")
+    return 0
+
+
+def retention(args: argparse.Namespace, out: TextIO) -> int:
+    """Print first-time retention: each cohort's size and the share of it that came back in
+    each following period; return 0."""
+    from .query import day_periods, resolve_tz
+
+    day_periods(args.start, args.end, args.period, resolve_tz(args.tz), name="--period")
+    with _reader(args) as client:
+        cohorts = client.retention(
+            args.start,
+            args.end,
+            cohort_event=args.cohort_event,
+            return_event=args.return_event,
+            period=args.period,
+            periods=args.periods,
+            tz=args.tz,
+        )
+    if args.format == "json":
+        rows = [
+            {"cohort": c.start.isoformat(), "size": c.size, "retained": c.retained} for c in cohorts
+        ]
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    if args.format == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["cohort", "size", "period", "retained"])
+        for c in cohorts:
+            writer.writerows((c.start.isoformat(), c.size, k, n) for k, n in enumerate(c.retained))
+        return 0
+    first = args.cohort_event or "any event"
+    back = args.return_event or "any event"
+    out.write(
+        f"retention by {args.period} ({args.tz}): first {first}, then {back}; "
+        f"share of each cohort in period k after its own\n"
+    )
+    heads = "".join(f"{k:>8}" for k in range(args.periods))
+    out.write(f"  {'cohort':<12}{'users':>10}{heads}\n")
+    for c in cohorts:
+        shares = "".join(f"{n / c.size:>8.0%}" if c.size else f"{'-':>8}" for n in c.retained)
+        out.write(f"  {c.start.strftime('%Y-%m-%d'):<12}{c.size:>10,}{shares}\n")
     return 0
 
 
@@ -334,7 +417,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count_arg(1, MAX_VALUES),
         help="values listed on their own with --by (default 10)",
     )
-    q.add_argument("--tz", default="UTC", help="time zone of the periods (default UTC)")
     q.add_argument(
         "--property",
         type=_property,
@@ -343,13 +425,45 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K=V",
         help="filter; repeatable",
     )
-    q.add_argument(
-        "--format", choices=["table", "csv", "json"], default="table", help="(default table)"
+    _reading_options(q)
+
+    a = commands.add_parser("active", help="print daily, weekly or monthly active users")
+    a.add_argument(
+        "--from", dest="start", type=_when, required=True, help="first date (or datetime)"
     )
-    q.add_argument("--sink", help="sink URL (default: ANALYTICS_SINK)")
-    q.add_argument(
-        "--store", help="store URL, to include pending counts (default: ANALYTICS_STORE)"
+    a.add_argument(
+        "--to", dest="end", type=_when, required=True, help="last date (or datetime), included"
     )
+    a.add_argument(
+        "--granularity", choices=["day", "week", "month"], default="day", help="(default day)"
+    )
+    a.add_argument(
+        "--event",
+        action="append",
+        default=[],
+        help="count users of this event only; repeatable (default: any event)",
+    )
+    _reading_options(a)
+
+    r = commands.add_parser("retention", help="print first-time retention by cohort")
+    r.add_argument("--from", dest="start", type=_when, required=True, help="first cohort's date")
+    r.add_argument(
+        "--to", dest="end", type=_when, required=True, help="last cohort's date, included"
+    )
+    r.add_argument(
+        "--period", choices=["day", "week", "month"], default="week", help="(default week)"
+    )
+    r.add_argument(
+        "--periods",
+        type=_count_arg(1, MAX_RETENTION_PERIODS),
+        default=8,
+        help="periods followed from each cohort's own (default 8)",
+    )
+    r.add_argument(
+        "--cohort-event", help="the event whose first time makes the cohort (default: any)"
+    )
+    r.add_argument("--return-event", help="the event that counts as a return (default: any)")
+    _reading_options(r)
 
     w = commands.add_parser(
         "worker", help="flush the store into the sink, with /metrics and /healthz"
@@ -405,6 +519,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reading_options(command: argparse.ArgumentParser) -> None:
+    """Add the options every command reading the sink takes after its own."""
+    command.add_argument("--tz", default="UTC", help="time zone of the periods (default UTC)")
+    command.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table", help="(default table)"
+    )
+    command.add_argument("--sink", help="sink URL (default: ANALYTICS_SINK)")
+    command.add_argument(
+        "--store", help="store URL, to include pending counts (default: ANALYTICS_STORE)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
@@ -425,6 +551,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return migrate(args.sink, sys.stdout)
         if args.command == "query":
             return query(args, sys.stdout)
+        if args.command == "active":
+            return active(args, sys.stdout)
+        if args.command == "retention":
+            return retention(args, sys.stdout)
         if args.command == "worker":
             return worker(args)
         if args.command == "dashboard":

@@ -674,6 +674,44 @@ class Analytics:
             self.top_values, event, by, day=day, start=start, end=end, limit=limit
         )
 
+    async def aactive_users(
+        self,
+        start: date | datetime,
+        end: date | datetime,
+        *,
+        granularity: str = "day",
+        tz: str | tzinfo = "UTC",
+        events: str | Iterable[str] | None = None,
+    ) -> list[tuple[datetime, int]]:
+        """Awaitable :meth:`active_users`: the same answer and errors, read on asyncio
+        drivers."""
+        return await self._aquery(
+            self.active_users, start, end, granularity=granularity, tz=tz, events=events
+        )
+
+    async def aretention(
+        self,
+        start: date | datetime,
+        end: date | datetime,
+        *,
+        cohort_event: str | None = None,
+        return_event: str | None = None,
+        period: str = "week",
+        periods: int = 8,
+        tz: str | tzinfo = "UTC",
+    ) -> list[Cohort]:
+        """Awaitable :meth:`retention`: the same answer and errors, read on asyncio drivers."""
+        return await self._aquery(
+            self.retention,
+            start,
+            end,
+            cohort_event=cohort_event,
+            return_event=return_event,
+            period=period,
+            periods=periods,
+            tz=tz,
+        )
+
     def _event(self, event: object) -> str:
         return self._validator.event_name(event)
 

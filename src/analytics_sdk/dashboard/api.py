@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 
 from ..errors import BackendError
 from ..feature import FEATURE_EVENT
-from ..query import GRANULARITIES, resolve_tz
+from ..query import DAY_GRANULARITIES, GRANULARITIES, resolve_tz
 from .health import pipeline_health
 
 if TYPE_CHECKING:
@@ -381,9 +381,9 @@ class DashboardAPI:
 
     @_endpoint("event", "from", "to", "granularity", "tz")
     def active_users(self, p: Params) -> list[tuple[datetime, int]]:
-        """Analytics.active_users(from, to, granularity=, tz=, events=): [[period start, distinct users], ...]; event is repeatable (none: every event)."""
+        """Analytics.active_users(from, to, granularity=, tz=, events=): [[period start, distinct users], ...] by day, week or month (users' activity is kept by UTC day); event is repeatable (none: every event)."""
         events = p.all("event") or None
-        granularity = p.choice("granularity", GRANULARITIES, "day")
+        granularity = p.choice("granularity", DAY_GRANULARITIES, "day")
         tz = p.tz()
         start, end = self._range(p, granularity, tz)
         method = getattr(self.client, "active_users", None)

@@ -256,7 +256,9 @@ def event(api: DashboardAPI, params: Params) -> str:
     series_f = api.submit("series", {"event": [name], **window})
     breakdown_f = api.submit("breakdown", {"event": [name], "by": [by], **window}) if by else None
     top_f = api.submit("top_users", {"event": [name], "day": [day.isoformat()], "limit": ["10"]})
-    active_f = api.submit("active_users", {"event": [name], **window})
+    # Users' activity is kept by UTC day: an hourly page shows daily active users.
+    active_by = "day" if granularity == "hour" else granularity
+    active_f = api.submit("active_users", {"event": [name], **window, "granularity": [active_by]})
     series: list[tuple[datetime, int]] = series_f.result()
     labels = [_label(label, granularity) for label, _ in series]
     counts = [n for _, n in series]
@@ -272,7 +274,7 @@ def event(api: DashboardAPI, params: Params) -> str:
     if breakdown_f is not None and by:
         body.append(_breakdown(breakdown_f, name, by, granularity))
     body.append(_top_users(top_f, day))
-    body.append(_active_users(active_f, name, granularity))
+    body.append(_active_users(active_f, name, active_by))
     return page(name, "".join(body))
 
 
