@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,22 @@ def report(label: str, loads: list[float], queries: float) -> None:
     median = statistics.median(loads)
     verdict = "ok" if median < TARGET_MS else "MISSED"
     print(f"{label:<66} {median:>6.0f}ms {max(loads):>6.0f}ms {queries:>6.0f}ms {verdict:>8}")
+
+
+def event_page(
+    api: Any, event: str, window: str, first: date, last: date, day: date
+) -> Callable[[], Any]:
+    """The queries an event page makes, called directly: its series, its top users of a
+    day, its distinct users over the range's days and its active users (by day on an
+    hourly page)."""
+    daily = window.replace("granularity=hour", "granularity=day")
+    calls = [
+        ("series", f"event={event}{window}"),
+        ("top_users", f"event={event}&day={day}"),
+        ("unique_users", f"event={event}&from={first}&to={last}"),
+        ("active_users", f"event={event}{daily}"),
+    ]
+    return lambda: [api.call(name, query) for name, query in calls]
 
 
 def main() -> None:
@@ -111,39 +127,34 @@ def main() -> None:
                     lambda: (api.call("overview", ""), api.call("health", "")),
                 ),
                 (
-                    "event_1 by day, 30 days (with top users)",
+                    "event_1 by day, 30 days (with top and distinct users)",
                     "event?event=event_1",
-                    lambda: [
-                        api.call(n, q)
-                        for n, q in (
-                            ("series", "event=event_1"),
-                            ("top_users", f"event=event_1&day={last}"),
-                        )
-                    ],
+                    event_page(api, "event_1", "", last - timedelta(days=29), last, last),
                 ),
                 (
                     "event_1 by hour, 7 days, America/New_York",
                     f"event?event=event_1&granularity=hour&from={last - timedelta(days=6)}"
                     "&tz=America/New_York",
-                    lambda: api.call(
-                        "series",
-                        f"event=event_1&granularity=hour&from={last - timedelta(days=6)}"
-                        "&tz=America/New_York",
+                    event_page(
+                        api,
+                        "event_1",
+                        f"&granularity=hour&from={last - timedelta(days=6)}&tz=America/New_York",
+                        last - timedelta(days=6),
+                        last,
+                        last,
                     ),
                 ),
                 (
                     f"event_0, top users of a day of {args.users:,} users",
                     f"event?event=event_0&from={user_last - timedelta(days=29)}&to={user_last}",
-                    lambda: [
-                        api.call(n, q)
-                        for n, q in (
-                            (
-                                "series",
-                                f"event=event_0&from={user_last - timedelta(days=29)}&to={user_last}",
-                            ),
-                            ("top_users", f"event=event_0&day={user_last}"),
-                        )
-                    ],
+                    event_page(
+                        api,
+                        "event_0",
+                        f"&from={user_last - timedelta(days=29)}&to={user_last}",
+                        user_last - timedelta(days=29),
+                        user_last,
+                        user_last,
+                    ),
                 ),
             ]
             print(

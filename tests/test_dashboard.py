@@ -207,6 +207,15 @@ def test_breakdown_and_features_are_the_breakdown_method(
     }
 
 
+def test_the_event_page_shows_its_distinct_users(server: DashboardServer, known: Known) -> None:
+    status, _, page = get(server.url + "event?event=page_view&from=2026-11-11&to=2026-11-20")
+    assert status == 200
+    n = known.client.unique_users("page_view", TODAY - timedelta(days=9), TODAY)
+    assert n == 4  # u0, u1, u2 and u9
+    assert f'<p class="total" id="distinct-users">{n:,}</p>' in page
+    assert "Distinct users, 2026-11-11 to 2026-11-20 (UTC days)" in page
+
+
 def test_active_users_is_the_active_users_method(server: DashboardServer, known: Known) -> None:
     path = "/api/active_users?event=page_view&from=2026-11-11&to=2026-11-20&granularity=week"
     if not hasattr(Analytics, "active_users"):

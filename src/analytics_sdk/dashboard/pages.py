@@ -256,6 +256,11 @@ def event(api: DashboardAPI, params: Params) -> str:
     series_f = api.submit("series", {"event": [name], **window})
     breakdown_f = api.submit("breakdown", {"event": [name], "by": [by], **window}) if by else None
     top_f = api.submit("top_users", {"event": [name], "day": [day.isoformat()], "limit": ["10"]})
+    first_day, last_day = _day(start), _day(end)
+    distinct_f = api.submit(
+        "unique_users",
+        {"event": [name], "from": [first_day.isoformat()], "to": [last_day.isoformat()]},
+    )
     # Users' activity is kept by UTC day: an hourly page shows daily active users.
     active_by = "day" if granularity == "hour" else granularity
     active_f = api.submit("active_users", {"event": [name], **window, "granularity": [active_by]})
@@ -273,6 +278,7 @@ def event(api: DashboardAPI, params: Params) -> str:
     ]
     if breakdown_f is not None and by:
         body.append(_breakdown(breakdown_f, name, by, granularity))
+    body.append(_distinct_users(distinct_f, first_day, last_day))
     body.append(_top_users(top_f, day))
     body.append(_active_users(active_f, name, active_by))
     return page(name, "".join(body))
@@ -336,6 +342,18 @@ def _breakdown(future: Future[Any], name: str, by: str, granularity: str) -> str
         + _table("breakdown", (by, "Total", "Series"), rows)
         + "</section>"
     )
+
+
+def _distinct_users(future: Future[Any], first: date, last: date) -> str:
+    head = (
+        f'<section id="distinct-users-view"><h2>Distinct users, {e(first.isoformat())} to '
+        f"{e(last.isoformat())} (UTC days)</h2>"
+    )
+    try:
+        n: int = future.result()
+    except BadParameter as exc:
+        return head + _refused("unique_users", exc) + "</section>"
+    return head + f'<p class="total" id="distinct-users">{n:,}</p></section>'
 
 
 def _top_users(future: Future[Any], day: date) -> str:
