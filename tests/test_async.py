@@ -276,7 +276,7 @@ def test_a_slow_postgres_does_not_block_the_event_loop(pg_proxy: Proxy) -> None:
 
         answer, lag, ticks, elapsed = asyncio.run(measured())
         assert answer == 5
-        assert elapsed >= 1.0  # round trips of 500 ms each
+        assert elapsed >= 0.5  # a round trip of 500 ms (one: nothing pending, the sink alone)
         assert lag < 0.25, f"the loop stalled {lag * 1000:.0f} ms while the query waited"
         assert ticks >= elapsed / 0.05
         client.shutdown()
@@ -288,6 +288,7 @@ def test_a_cancelled_postgres_query_returns_its_connection(pg_proxy: Proxy) -> N
         client.track("view", timestamp=at(1), value=5)
         client.flush()
         client._sync_query.attempts = 0  # every read behind the fence (an advisory lock)
+        client._sync_query.quiet_first = False
 
         async def cancelled() -> int:
             assert await client.acount("view") == 5

@@ -354,6 +354,7 @@ def after_store_read(client: Analytics, step: Any) -> list[int]:
     """Run ``step`` once, right after a breakdown's first read of the store."""
     read = client.store.pending_property_hourly
     calls: list[int] = []
+    client._query.quiet_first = False  # the protocol's reads only, not a sink-alone try first
 
     def hooked(*args: Any) -> Any:
         pending = read(*args)

@@ -22,7 +22,8 @@ import pytest
 
 from analytics_sdk import Analytics, StoreError
 from analytics_sdk.backends import CounterStore, Push, Sink
-from analytics_sdk.query import READ_ATTEMPTS
+from analytics_sdk.backends.postgres import PostgresSink
+from analytics_sdk.query import QUIET_SKIPS, READ_ATTEMPTS
 from analytics_sdk.testing import ManualClock
 
 from .faults import BLOCK_LIMIT, Faults
@@ -165,6 +166,7 @@ def test_reads_behind_the_fence_never_go_backwards_with_redis_and_postgres() -> 
         Analytics(store=store_url, sink=sink_url, background=False) as client,
     ):
         client._query.attempts = 0  # every query reads behind the fence
+        client._query.quiet_first = False
         _run(client, tracked, [], [], same_process=1, queries=1_000)
         assert client._query.fenced >= 1_000
 
@@ -193,6 +195,7 @@ def after_store_read(client: Analytics, step: Any) -> list[int]:
     counts the store reads."""
     read = client.store.pending_hourly
     calls: list[int] = []
+    client._query.quiet_first = False  # the protocol's reads only, not a sink-alone try first
 
     def hooked(*args: Any) -> Any:
         pending = read(*args)
@@ -253,6 +256,7 @@ def test_a_push_from_another_thread_waits_while_the_buffer_and_store_are_read(
     client: Analytics,
 ) -> None:
     client.track("e", value=4)
+    client._query.quiet_first = False  # one read of the buffer: the protocol's
     local_counts = client.aggregator.local_counts
     pushing = threading.Thread(target=client.scheduler.push)
 
@@ -440,3 +444,80 @@ def test_an_outbox_landing_during_the_read_counts_once(client: Analytics) -> Non
     client.store.push = push  # type: ignore[method-assign]
     assert client.flush().complete
     assert client.count("e") == 6
+
+
+# -- the sink alone, when nothing is pending or buffered ------------------------------------
+
+
+def test_with_nothing_pending_or_buffered_the_sink_alone_answers(client: Analytics) -> None:
+    client.track("e", value=3)
+    client.track("other", value=1)
+    assert client.flush().complete
+    client.track("other", value=2)  # buffered, of another event: no reason to read the usual way
+    assert client.count("e") == 3
+    assert client._query.quiet == 1
+    assert client.count("other") == 3  # its buffered count: read the usual way
+    assert client._query.quiet == 1
+
+
+def test_counts_pending_or_buffered_are_read_the_usual_way_for_a_while(
+    client: Analytics,
+) -> None:
+    client.track("e", value=3)
+    assert client.flush().complete
+    client.track("e", value=4)  # buffered
+    assert client.count("e") == 7
+    assert client._query.quiet == 0
+    client.scheduler.push()  # now in the store
+    for _ in range(QUIET_SKIPS):
+        assert client.count("e") == 7  # the usual way, without a try of the sink alone first
+    assert client._query.quiet == 0
+    assert client.flush().complete
+    assert client.count("e") == 7  # tried again, and answered from the sink alone
+    assert client._query.quiet == 1
+
+
+def test_counts_that_reach_the_sink_during_a_sink_alone_read_count_once(
+    client: Analytics,
+) -> None:
+    client.track("e", value=3)
+    assert client.flush().complete
+    other = Analytics(store=client.store, sink=client.sink, background=False, flusher=False)
+
+    def another_process_flushes() -> None:
+        other.track("e", value=5)  # after this read of the store: may or may not be counted
+        other.scheduler.push()
+        flush_elsewhere(client)
+
+    reads = after_store_read(client, another_process_flushes)
+    client._query.quiet_first = True
+    assert client.count("e") in (3, 8)
+    assert len(reads) == 1
+    assert client._query.quiet == 1
+    assert client.count("e") == 8
+    other.shutdown()
+
+
+def test_a_read_of_more_than_one_statement_is_read_the_usual_way(
+    client: Analytics,
+) -> None:
+    # A week in New York holds whole UTC days (from the daily rollup) and hours at its edges:
+    # in PostgreSQL two statements, which need the usual snapshot.
+    today = datetime.fromtimestamp(client._now(), timezone.utc).date()
+    first = today - timedelta(days=10)
+    when = datetime(first.year, first.month, first.day, 3, tzinfo=timezone.utc)
+    client.track("e", value=2, timestamp=when)
+    client.track("e", value=5, timestamp=when + timedelta(days=1))
+    assert client.flush().complete
+    weeks = client.series(
+        "e",
+        first - timedelta(days=7),
+        first + timedelta(days=7),
+        granularity="week",
+        tz="America/New_York",
+    )
+    assert sum(n for _, n in weeks) == 7
+    one_statement = not isinstance(client.sink, PostgresSink)
+    assert client._query.quiet == (1 if one_statement else 0)
+    cohorts = client.retention(first, first, period="day", periods=2)
+    assert [(c.size, c.retained) for c in cohorts] == [(0, [0, 0])]

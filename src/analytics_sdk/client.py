@@ -575,15 +575,20 @@ class Analytics:
         asyncio backends (see :mod:`analytics_sdk._bridge`)."""
         store, sink = self._asyncio_backends()
         engine = QueryEngine(self.aggregator, store, sink)
-        engine.attempts = self._sync_query.attempts
-        engine.on_error = self._sync_query.on_error
+        sync = self._sync_query
+        engine.attempts = sync.attempts
+        engine.on_error = sync.on_error
+        engine.quiet_first = sync.quiet_first
+        engine._skip_quiet = sync._skip_quiet  # whether the last reads found counts pending
         context = contextvars.copy_context()
         context.run(_ASYNC_QUERY.set, engine)
         try:
             return await _bridge.run(method, *args, context=context, **kwargs)
         finally:
-            self._sync_query.retries += engine.retries
-            self._sync_query.fenced += engine.fenced
+            sync.retries += engine.retries
+            sync.fenced += engine.fenced
+            sync.quiet += engine.quiet
+            sync._skip_quiet = engine._skip_quiet
 
     async def acount(
         self,

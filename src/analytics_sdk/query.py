@@ -17,6 +17,10 @@ goes backwards. How (``docs/concepts.md`` tells the same with the reasons):
    counts the store read saw live (or a push made after step 2): read again. After
    ``attempts`` reads, read once behind the sink's fence, under which nothing commits.
 
+A query first tries the sink alone (:meth:`QueryEngine._read_quiet`): if neither this
+process nor the store holds a count of what it asks, the sink is read once, without the mark,
+the snapshot or the check, which then have nothing to guard.
+
 Reading the store before the sink is what makes a count that moves during the read seen
 rather than missed; the ledger tells the one case where it could be seen twice.
 
@@ -42,6 +46,7 @@ from .aggregator import Aggregator
 from .backends.base import (
     CounterStore,
     Delta,
+    NotOneStatement,
     Pending,
     PropertyValue,
     Retention,
@@ -93,6 +98,9 @@ MAX_RETENTION_PERIODS = 366
 DAY_GRANULARITIES: tuple[str, ...] = ("day", "week", "month")
 """Granularities of the queries of users' activity, which is kept by UTC day."""
 READ_ATTEMPTS = 4
+QUIET_SKIPS = 8
+"""Queries that read the usual way, after one found counts pending or buffered, before the
+next tries the sink alone again (a miss costs a read of the buffer and store)."""
 """Reads a query makes before it reads behind the sink's fence (which always succeeds)."""
 K = TypeVar("K")
 
@@ -153,6 +161,11 @@ class QueryEngine:
         """Reads started again because a batch committed under them."""
         self.fenced = 0
         """Queries that read behind the sink's fence after ``attempts`` reads."""
+        self.quiet_first = True
+        """Whether a query first tries to answer from the sink alone (:meth:`_read_quiet`)."""
+        self.quiet = 0
+        """Queries answered from the sink alone (nothing pending or buffered)."""
+        self._skip_quiet = 0
         self.on_error: Callable[[BaseException, str], None] | None = None
         """Told of each read that failed (``on_error(exc, "query")``), before it raises."""
 
@@ -165,6 +178,15 @@ class QueryEngine:
             raise
 
     def _read_tiers(self, read: _Read[K]) -> dict[K, int]:
+        if not self.quiet_first:
+            pass
+        elif self._skip_quiet:
+            self._skip_quiet -= 1
+        else:
+            out = self._read_quiet(read)
+            if out is not None:
+                return out
+            self._skip_quiet = QUIET_SKIPS
         for _ in range(self.attempts):
             out = self._attempt(read, fence=False)
             if out is not None:
@@ -173,6 +195,33 @@ class QueryEngine:
         self.fenced += 1
         out = self._attempt(read, fence=True)
         assert out is not None  # nothing commits behind the fence
+        return out
+
+    def _read_quiet(self, read: _Read[K]) -> dict[K, int] | None:
+        """Answer from the sink alone if neither this process nor the store holds counts of
+        the read (its buffer and outbox, then the store, read with this process's pushes
+        held); else return None.
+
+        A count that existed when the read started and is in neither is in the sink (counts
+        only move on), and none can be read twice, so the sink is read once, with no mark and
+        no ledger (:meth:`~analytics_sdk.backends.base.Sink.read_once`: one round trip to
+        PostgreSQL instead of four)."""
+        with self.aggregator.reading() if read.local is not None else nullcontext():
+            if read.local is not None:
+                held = self.aggregator.local_counts()
+                if read.local(held.buffer):
+                    return None
+                if held.outbox is not None and read.local(held.outbox.delta):
+                    return None
+            pending = read.pending()
+            if pending.live or any(pending.claimed.values()):
+                return None
+        try:
+            with self.sink.read_once() as snapshot:
+                out = dict(read.durable(snapshot))
+        except NotOneStatement:
+            return None
+        self.quiet += 1
         return out
 
     def _attempt(self, read: _Read[K], *, fence: bool) -> dict[K, int] | None:

@@ -148,6 +148,13 @@ class AsyncPostgresSink(PostgresSink):
         async def configure(conn: Any) -> None:
             await run(self._configure, _Connection(conn))
 
+        async def check(conn: Any) -> None:
+            if self._idle_long(conn):
+                await AsyncConnectionPool.check_connection(conn)
+
+        async def reset(conn: Any) -> None:
+            self._note_returned(conn)
+
         self._opening = opening = asyncio.Event()
         try:
             # A wrong host, database or password fails here at once with libpq's reason.
@@ -159,7 +166,8 @@ class AsyncPostgresSink(PostgresSink):
                 self._conninfo,
                 kwargs=self._connect_kwargs(),
                 configure=configure,
-                check=AsyncConnectionPool.check_connection,
+                check=check,
+                reset=reset,
                 open=False,
                 name=f"analytics_sdk:{self.schema}:asyncio",
                 min_size=self._pool_min,

@@ -43,6 +43,7 @@ __all__ = [
     "CounterStore",
     "Deduped",
     "Delta",
+    "NotOneStatement",
     "Pending",
     "Push",
     "Retention",
@@ -511,6 +512,11 @@ class SinkSnapshot(ABC):
         """Return the batches committed between entering the snapshot and its first read."""
 
 
+class NotOneStatement(Exception):
+    """Raised by a snapshot of :meth:`Sink.read_once` whose read needs more than one
+    statement: the caller reads again with :meth:`Sink.snapshot`."""
+
+
 class Sink(ABC):
     """The durable tier: applies claimed batches exactly once and answers queries."""
 
@@ -611,6 +617,13 @@ class Sink(ABC):
         :meth:`SinkSnapshot.committed_since_entered`. With ``fence``, no batch commits from
         entering until leaving (applies in progress finish first, new ones wait).
         """
+
+    def read_once(self) -> AbstractContextManager[SinkSnapshot]:
+        """Return a context for a read that needs no ledger: one committed state, without
+        the commit-order mark of :meth:`snapshot` (``committed_since_entered`` is not
+        asked). A sink may answer a read of one statement without a transaction, and raise
+        :class:`NotOneStatement` at the second; this one is :meth:`snapshot`."""
+        return self.snapshot()
 
     def after_fork_in_child(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Drop what a forked child must not share with its parent (connections, locks)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import date, datetime, timedelta, timezone
@@ -28,7 +29,16 @@ from ..errors import ConfigurationError, SinkError, remember_secret
 from ..keys import Properties, encode_properties
 from ..process import exiting
 from . import check_url_options, redact_url, url_secrets
-from .base import Batch, Bucket, PropertyValue, Retention, Sink, SinkSnapshot, range_index
+from .base import (
+    Batch,
+    Bucket,
+    NotOneStatement,
+    PropertyValue,
+    Retention,
+    Sink,
+    SinkSnapshot,
+    range_index,
+)
 
 __all__ = [
     "PostgresSink",
@@ -186,6 +196,11 @@ def build_first_days(conn: Any, schema: str) -> int:
     conn.cursor().executemany(insert_ever, [(e, u.serialize()) for e, u in ever.items()])
     return written
 
+
+CHECK_AFTER_IDLE = 1.0
+"""Seconds a connection may sit in the pool and be handed out again unchecked: one that came
+back healthy this recently is used as it is; one idle longer is checked first (a server
+restart or an idle timeout may have closed it)."""
 
 PARTITIONED = ("hourly_counts", "user_daily_counts")
 """The tables partitioned by UTC month (migration 4)."""
@@ -385,6 +400,7 @@ class PostgresSink(Sink):
         self._next_maintenance = 0.0
         self._lock = threading.Lock()
         self._pool: Any = None
+        self._returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         s = sql.Identifier(schema)
         self._sql = {name: sql.SQL(text).format(s=s) for name, text in _STATEMENTS.items()}
 
@@ -455,7 +471,8 @@ class PostgresSink(Sink):
                     self._conninfo,
                     kwargs=self._connect_kwargs(),
                     configure=self._configure,
-                    check=ConnectionPool.check_connection,  # a terminated backend is replaced
+                    check=self._check_if_idle,  # a terminated backend is replaced
+                    reset=self._note_returned,
                     open=False,
                     name=f"analytics_sdk:{self.schema}",
                     min_size=self._pool_min,
@@ -464,6 +481,22 @@ class PostgresSink(Sink):
                 )
                 self._pool.open(wait=False)
             return self._pool
+
+    def _note_returned(self, conn: Any) -> None:
+        """Remember when ``conn`` came back to the pool (healthy: a broken one is dropped)."""
+        self._returned[conn] = time.monotonic()
+
+    def _idle_long(self, conn: Any) -> bool:
+        """Whether ``conn`` has been idle in the pool long enough to be checked again."""
+        return time.monotonic() - self._returned.get(conn, -CHECK_AFTER_IDLE) >= CHECK_AFTER_IDLE
+
+    def _check_if_idle(self, conn: Any) -> None:
+        """The pool's check of a connection it hands out, skipped for one that came back
+        healthy within ``CHECK_AFTER_IDLE`` seconds (a round trip saved on every busy read)."""
+        from psycopg_pool import ConnectionPool
+
+        if self._idle_long(conn):
+            ConnectionPool.check_connection(conn)
 
     @contextmanager
     def _direct(self) -> Iterator[Any]:
@@ -730,6 +763,17 @@ class PostgresSink(Sink):
         return self._snapshot(fence=fence, mark=True)
 
     @contextmanager
+    def read_once(self) -> Iterator[SinkSnapshot]:
+        # One statement in autocommit sees one committed state: no mark, no transaction,
+        # one round trip.
+        with self._connection("query") as conn:
+            conn.autocommit = True
+            try:
+                yield _PostgresSnapshot(self, conn, once=True)
+            finally:
+                conn.autocommit = False
+
+    @contextmanager
     def _snapshot(self, *, fence: bool, mark: bool) -> Iterator[_PostgresSnapshot]:
         # One connection, in autocommit so each step costs one round trip: the mark (a
         # pg_current_snapshot()) when entering, then a REPEATABLE READ transaction opened by
@@ -836,11 +880,14 @@ class PostgresSink(Sink):
 class _PostgresSnapshot(SinkSnapshot):
     """Reads on the connection of :meth:`PostgresSink.snapshot`, in one transaction."""
 
-    def __init__(self, sink: PostgresSink, conn: Any) -> None:
+    def __init__(self, sink: PostgresSink, conn: Any, *, once: bool = False) -> None:
         self._sink = sink
         self._conn = conn
         self._sql = sink._sql
         self._open = False
+        self._once = once
+        """Reads of :meth:`PostgresSink.read_once`: one statement, outside a transaction."""
+        self._statements = 0
         self.entered: str | None = None
         """The snapshot taken when entering, or None (a fence, or no mark asked for)."""
 
@@ -856,7 +903,11 @@ class _PostgresSnapshot(SinkSnapshot):
             self._conn.execute(statement)
 
     def _rows(self, name: str, params: Any, *, prepare: bool | None = None) -> Any:
-        if not self._open:
+        if self._once:
+            self._statements += 1
+            if self._statements > 1:
+                raise NotOneStatement(name)
+        elif not self._open:
             self.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         # errors: see snapshot()
         return self._conn.execute(self._sql[name], params, prepare=prepare).fetchall()
