@@ -264,3 +264,23 @@ def test_keyed_calls_take_room_in_the_buffer_and_a_full_one_is_pushed_first(
     assert client.flush().complete
     assert client.count("webhook") == 25
     client.shutdown()
+
+
+def test_keyed_calls_past_the_name_and_property_limits_fold_into_overflow_once(
+    store: CounterStore, clock: ManualClock
+) -> None:
+    with client_on(store, clock, max_event_names=1, max_property_sets=1) as client:
+        client.track("a")
+        for _ in range(2):  # a second event name has no room; the key still counts once
+            client.track("b", value=2, dedupe_key="k1")
+        client.track("a", properties={"p": "1"}, dedupe_key="k2")
+        for _ in range(2):  # a second property set of "a" has no room
+            client.track("a", properties={"p": "2"}, value=3, dedupe_key="k3")
+        assert client.flush().complete
+        assert client.count("(overflow)") == 2
+        assert client.count("b") == 0
+        assert client.count("a", properties={"overflow": "true"}) == 3
+        assert client.count("a", properties={"p": "1"}) == 1
+        assert client.count("a") == 1 + 1 + 3
+        stats = client.stats()
+        assert (stats["event_names_overflowed"], stats["overflowed"]) == (2, 3)

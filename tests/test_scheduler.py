@@ -578,6 +578,21 @@ def test_a_foreign_error_in_a_flush_step_is_reported_with_the_backend_and_step(
     assert (durable(client), client.count("x")) == (2, 2)
 
 
+def test_a_foreign_error_reading_a_claim_again_is_reported_with_the_backend_and_step(
+    synchronous: tuple[Analytics, Faults, Faults],
+) -> None:
+    client, store, sink = synchronous
+    client.track("x", value=2)
+    sink.fail("apply")
+    assert client.flush().error is not None  # claimed; the claim stays ours to apply
+    store.fail("read_claim", error=RuntimeError("bug"))
+    result = client.flush()
+    assert result.error == "read from MemoryCounterStore() failed: RuntimeError('bug')"
+    assert (result.complete, sink.calls["apply"], client.count("x")) == (False, 1, 2)
+    again = client.flush()
+    assert (again.complete, again.flushed, durable(client)) == (True, 2, 2)
+
+
 def test_a_flush_of_several_batches_reports_and_counts_each_once(
     synchronous: tuple[Analytics, Faults, Faults], clock: ManualClock
 ) -> None:

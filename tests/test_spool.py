@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,7 +22,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from analytics_sdk import Analytics
-from analytics_sdk.backends import Delta, Push
+from analytics_sdk.backends import Delta, MemoryCounterStore, Push
 from analytics_sdk.backends.redis import RedisCounterStore
 from analytics_sdk.errors import ConfigurationError
 from analytics_sdk.prometheus import registry_for
@@ -29,6 +30,7 @@ from analytics_sdk.spool import Spool, SpoolError, decode, default_spool_dir, en
 from analytics_sdk.testing import ManualClock
 from analytics_sdk.worker import Worker
 
+from .faults import Faults
 from .servers import Proxy
 from .utils import postgres_url_or_skip, unique_name
 
@@ -507,3 +509,131 @@ def test_a_long_outage_spools_the_buffer_and_a_recovery_replays_it_exactly(
     assert client.count("outage", user_id="v3") == 1
     client.shutdown()
     assert live_total(direct_url, "outage") == 22
+
+
+# -- files that must not be replayed, writes the disk refuses ----------------------------------
+
+
+def signed(body: bytes, version: int = 2) -> bytes:
+    """A spool file around ``body`` with a correct header and checksum."""
+    import hashlib
+
+    digest = hashlib.sha256(body).hexdigest().encode()
+    return b"analytics-sdk-spool %d\n%s\nsha256 %s\n" % (version, body, digest)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"store":"s","producer":"p","pushes":[]}', "no pushes"),
+        (b'{"store":7,"producer":"p","pushes":[]}', "expected a string, found 7"),
+        (
+            b'{"store":"s","producer":"p","pushes":[{"sequence":1,"hourly":[["e",[],"494000",1]],"users":[]}]}',
+            "expected an integer, found '494000'",
+        ),
+        (
+            b'{"store":"s","producer":"p","pushes":[{"sequence":true,"hourly":[],"users":[]}]}',
+            "expected an integer, found True",
+        ),
+        (
+            b'{"store":"s","producer":"p","pushes":[{"sequence":1,"hourly":[],"users":[],"dedupe_window":"60"}]}',
+            "expected a number, found '60'",
+        ),
+        (b'{"store":"s","producer":"p"}', "unreadable contents: KeyError"),
+    ],
+)
+def test_a_signed_spool_file_with_wrong_contents_is_refused_naming_the_value(
+    body: bytes, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SpoolError, match=message):
+        decode(signed(body))
+    # Replayed, such a file is set aside and nothing of it is counted.
+    spool = Spool(str(tmp_path), "s")
+    os.makedirs(spool.directory)
+    bad = Path(spool.directory) / "0-bad.spool"
+    bad.write_bytes(signed(body))
+    store = MemoryCounterStore()
+    assert spool.replay(store).files == 0
+    assert (bad.exists(), Path(f"{bad}.corrupt").exists()) == (False, True)
+    assert store.claim() == []
+
+
+def test_a_spool_file_of_another_store_is_left_alone_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    theirs = Spool(str(tmp_path), "redis:theirs")
+    one = Push(producer="p", sequence=1, delta=Delta(hourly={("e", (), HOUR): 4}))
+    path = Path(theirs.write([one]))
+    ours = Spool(str(tmp_path), "redis:ours")
+    os.makedirs(ours.directory)
+    copied = Path(ours.directory) / path.name  # a spool directory copied by hand
+    copied.write_bytes(path.read_bytes())
+    store = MemoryCounterStore()
+    with caplog.at_level(logging.WARNING, logger="analytics_sdk"):
+        assert ours.replay(store).files == 0
+        assert ours.replay(store).files == 0
+    assert copied.exists()
+    assert store.claim() == []
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "belongs to store 'redis:theirs', not 'redis:ours'" in warnings[0]
+    assert theirs.replay(store).counts == 4  # its own store replays it
+
+
+def test_a_replay_past_its_deadline_leaves_the_files_for_the_next_one(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path), "s")
+    total = write_spool(spool, 2)
+    store = MemoryCounterStore()
+    clock = ManualClock()
+    ticking = Faults(store)
+    ticking.then("push", lambda: clock.advance(10), nth=3)  # the first file's last push
+    first = spool.replay(store, deadline=5, monotonic=clock.monotonic)
+    assert (first.files, first.pushes, len(spool.files())) == (1, 3, 1)
+    second = spool.replay(store, deadline=15, monotonic=clock.monotonic)
+    assert (second.files, first.counts + second.counts, spool.files()) == (1, total, [])
+    assert sum(c for b in store.claim() for c in b.delta.hourly.values()) == total
+
+
+def test_stale_temporary_files_of_a_crashed_write_are_removed_and_fresh_ones_kept(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(str(tmp_path), "s")
+    write_spool(spool, 1)
+    stale = Path(spool.directory) / ".tmp-crashed"
+    fresh = Path(spool.directory) / ".tmp-being-written"
+    stale.write_bytes(b"half a file")
+    fresh.write_bytes(b"half a file")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    assert spool.replay(MemoryCounterStore()).files == 1
+    assert (stale.exists(), fresh.exists()) == (False, True)
+
+
+def test_a_spill_the_disk_refuses_keeps_the_outbox_and_the_buffer_in_memory(
+    store_url: str,
+    direct_url: str,
+    spool_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with restarted(store_url) as client:
+        Faults(client.store).fail("push")
+        client.track("e", value=2, user_id="u")
+        assert client.flush().error is not None  # refused: the 2 wait in the outbox
+        client.track("e", value=3, user_id="u")  # and the 3 in the buffer
+
+        def disk_full(fd: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as patched, caplog.at_level(logging.ERROR, "analytics_sdk"):
+            patched.setattr(os, "fsync", disk_full)
+            assert client.scheduler.spill() is None
+        # The half-written file is gone; the counts are where they were.
+        assert [p for p in spool_dir.rglob("*") if p.is_file()] == []
+        [error] = [r.getMessage() for r in caplog.records]
+        assert "cannot write to the spool" in error
+        assert "No space left on device" in error
+        assert (client.count("e"), client.count("e", user_id="u")) == (5, 5)
+        result = client.flush()
+        assert (result.error, result.pushed, result.replayed) == (None, 5, 0)
+        assert live_total(direct_url, "e") == 5
