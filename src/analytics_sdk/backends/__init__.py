@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
 import re
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -24,9 +25,11 @@ __all__ = [
     "Delta",
     "MemoryCounterStore",
     "MemorySink",
+    "OptionRule",
     "Pending",
     "Push",
     "Sink",
+    "check_option_values",
     "check_url_options",
     "redact_url",
     "register_sink",
@@ -190,6 +193,68 @@ def check_url_options(
         f"{kind} URL {redact_url(url, also=unknown)!r}: unknown option(s) "
         f"{', '.join(unknown)}{hint}; accepted: {accepted}"
     )
+
+
+OptionRule = tuple[Callable[[str], bool], str]
+"""Whether a URL option's value is accepted, and what is accepted (said when it is not)."""
+
+
+def integers(low: int, high: int | None = None) -> OptionRule:
+    """Accept an integer from ``low`` (to ``high``)."""
+
+    def ok(value: str) -> bool:
+        try:
+            n = int(value)
+        except ValueError:
+            return False
+        return low <= n and (high is None or n <= high)
+
+    return (
+        ok,
+        f"an integer from {low} to {high}" if high is not None else f"an integer, {low} or more",
+    )
+
+
+def floats(low: float, *, above: bool = False) -> OptionRule:
+    """Accept a finite number of at least ``low`` (more than ``low`` with ``above``)."""
+
+    def ok(value: str) -> bool:
+        try:
+            n = float(value)
+        except ValueError:
+            return False
+        return math.isfinite(n) and (n > low if above else n >= low)
+
+    return ok, f"a number more than {low:g}" if above else f"a number, {low:g} or more"
+
+
+def one_of(*values: str) -> OptionRule:
+    """Accept one of ``values`` exactly."""
+    return (lambda value: value in values), f"one of {', '.join(values)}"
+
+
+def each(rule: OptionRule, accepted: str, *, blank: bool = False) -> OptionRule:
+    """Accept a comma-separated list whose items ``rule`` accepts (blank ones too with
+    ``blank``); ``accepted`` says what such a list holds."""
+    ok = rule[0]
+    return (lambda value: all((blank and not item) or ok(item) for item in value.split(","))), (
+        f"a comma-separated list of {accepted}" + (" (blank for the default)" if blank else "")
+    )
+
+
+def check_option_values(
+    url: str, kind: str, query: dict[str, str], rules: dict[str, OptionRule], by: str = ""
+) -> None:
+    """Refuse a query option of ``url`` whose value its rule does not accept, naming the
+    option, the value and what is accepted (a value the driver would only refuse at the first
+    connection, or on every call, is better refused at ``configure()``)."""
+    for name, value in query.items():
+        rule = rules.get(name)
+        if rule is not None and not rule[0](value):
+            raise ConfigurationError(
+                f"{kind} URL {redact_url(url)!r}: {name}={value!r} is not accepted"
+                f"{f' by {by}' if by else ''}; accepted: {rule[1]}"
+            )
 
 
 def register_store(scheme: str, factory: StoreFactory) -> None:

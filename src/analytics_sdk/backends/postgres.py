@@ -13,6 +13,7 @@ commits while it reads (see ``analytics_sdk.query``).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -28,7 +29,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from ..errors import ConfigurationError, SinkError, remember_secret
 from ..keys import Properties, encode_properties
 from ..process import exiting
-from . import check_url_options, redact_url, url_secrets
+from . import (
+    OptionRule,
+    check_option_values,
+    check_url_options,
+    each,
+    floats,
+    integers,
+    one_of,
+    redact_url,
+    url_secrets,
+)
 from .base import (
     Batch,
     Bucket,
@@ -75,11 +86,83 @@ def driver_url_options() -> set[str]:
     return {o.keyword.decode() for o in pq.Conninfo.get_defaults()} | {"ssl"}
 
 
+def _is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _auth_methods(value: str) -> bool:
+    methods = value.split(",")
+    negated = {method.startswith("!") for method in methods}
+    known = ("password", "md5", "gss", "sspi", "scram-sha-256", "oauth", "none")
+    return len(negated) == 1 and all(method.lstrip("!") in known for method in methods)
+
+
+_FLAG = one_of("0", "1")
+_TLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+_PROTOCOL = one_of("3.0", "3.2", "latest")
+# What libpq would refuse only at the first connection (or, for a socket option, at every
+# connection): refused at configure() instead. Options absent here are free text (user,
+# options, application_name), names the server judges, or paths.
+_DRIVER_VALUES: dict[str, OptionRule] = {
+    "port": each(integers(1, 65535), "ports from 1 to 65535", blank=True),
+    "hostaddr": each((_is_ip_address, ""), "IP addresses", blank=True),
+    "connect_timeout": integers(0),
+    "keepalives": _FLAG,
+    # the kernel's ranges (Linux): a value outside fails setsockopt at every connection
+    "keepalives_idle": integers(1, 32767),
+    "keepalives_interval": integers(1, 32767),
+    "keepalives_count": integers(1, 127),
+    "tcp_user_timeout": integers(0),
+    "sslmode": one_of("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "ssl": one_of("true"),  # libpq's URI spelling of sslmode=require; no other value
+    "sslnegotiation": one_of("postgres", "direct"),
+    "sslcompression": _FLAG,
+    "sslsni": _FLAG,
+    "sslcertmode": one_of("disable", "allow", "require"),
+    "ssl_min_protocol_version": one_of(*_TLS),
+    "ssl_max_protocol_version": one_of(*_TLS),
+    "min_protocol_version": _PROTOCOL,
+    "max_protocol_version": _PROTOCOL,
+    "channel_binding": one_of("disable", "prefer", "require"),
+    "require_auth": (
+        _auth_methods,
+        "a comma-separated list of password, md5, gss, sspi, scram-sha-256, oauth, none, "
+        "all or none of them negated with !",
+    ),
+    "gssencmode": one_of("disable", "prefer", "require"),
+    "gssdelegation": _FLAG,
+    "gsslib": one_of("gssapi", "sspi"),
+    "target_session_attrs": one_of(
+        "any", "read-write", "read-only", "primary", "standby", "prefer-standby"
+    ),
+    "load_balance_hosts": one_of("disable", "random"),
+    # the sink runs queries, which a replication connection refuses
+    "replication": one_of("0", "false", "off", "no"),
+}
+_SECONDS: OptionRule = floats(0, above=True)
+_DAYS: OptionRule = integers(1)
+_OWN_VALUES: dict[str, OptionRule] = {
+    "pool_min": integers(1),
+    "pool_max": integers(1),
+    "pool_timeout": _SECONDS,
+    "statement_timeout": floats(0),  # 0: no limit, as in PostgreSQL
+    "hourly_retention_days": _DAYS,
+    "user_retention_days": _DAYS,
+    "ledger_retention_days": _DAYS,
+}
+
+
 def _check_url(url: str, query: dict[str, str]) -> None:
     """Refuse unknown or malformed query options in a PostgreSQL URL."""
     from ..config import parse_bool
 
     check_url_options(url, "sink", query, _OPTIONS, "libpq", driver_url_options())
+    check_option_values(url, "sink", query, _DRIVER_VALUES, "libpq")
+    check_option_values(url, "sink", query, _OWN_VALUES)
     if "migrate" in query:
         try:
             parse_bool(query["migrate"])

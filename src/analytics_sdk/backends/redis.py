@@ -53,6 +53,7 @@ one ``socket_timeout``.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
 import random
@@ -76,7 +77,15 @@ from ..keys import (
     escape,
     unescape,
 )
-from . import check_url_options, redact_url
+from . import (
+    OptionRule,
+    check_option_values,
+    check_url_options,
+    floats,
+    integers,
+    one_of,
+    redact_url,
+)
 from .base import (
     DEFAULT_MAX_BATCH_KEYS,
     Batch,
@@ -333,6 +342,7 @@ DEDUPE_MARK_SLACK = 60.0
 SDK's clock, written in the mark)."""
 
 _OPTIONS = {"prefix", "shards", "ttl", "cluster", "allow_eviction"}
+_OWN_VALUES = {"shards": integers(1, MAX_SHARDS), "ttl": integers(MIN_TTL)}
 # redis-py passes URL query options to its connections: those it parses itself (numbers,
 # booleans) and those whose value is a string work; these are the string ones.
 _DRIVER_TEXT_OPTIONS = {
@@ -357,7 +367,75 @@ _DRIVER_TLS_OPTIONS = {
 _DRIVER_UNUSABLE = {"timeout", "retry_on_error", "lib_name", "lib_version"}
 
 
-_DRIVER_BOOLS = {"1", "0", "true", "false", "yes", "no"}
+def _bool_text(value: str) -> bool:
+    # redis-py reads any text but 0/f/false/n/no as true ("off" too): accept only the
+    # spellings it reads as meant
+    return value.strip().lower() in ("1", "0", "true", "false", "yes", "no")
+
+
+def _encoding(value: str) -> bool:
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        return False
+    return True
+
+
+def _error_handler(value: str) -> bool:
+    try:
+        codecs.lookup_error(value)
+    except LookupError:
+        return False
+    return True
+
+
+def _ciphers(value: str) -> bool:
+    import ssl
+
+    try:
+        ssl.create_default_context().set_ciphers(value)
+    except ssl.SSLError:
+        return False
+    return True
+
+
+def _tls_version(value: str) -> bool:
+    import ssl
+
+    try:
+        ssl.TLSVersion(int(value))
+    except ValueError:
+        return False
+    return True
+
+
+_BOOLEAN: OptionRule = (_bool_text, "true/false, yes/no or 1/0")
+_SECONDS: OptionRule = floats(0, above=True)
+# What redis-py would fail on at each connection (or, for a timeout, at each call): refused
+# at configure() instead. Options absent here are free text (password) or paths.
+_DRIVER_VALUES: dict[str, OptionRule] = {
+    "db": integers(0),
+    "socket_timeout": _SECONDS,
+    "socket_connect_timeout": _SECONDS,
+    "socket_read_size": integers(1),
+    "socket_keepalive": _BOOLEAN,
+    "retry_on_timeout": _BOOLEAN,
+    "max_connections": integers(1),
+    "health_check_interval": integers(0),
+    "protocol": one_of("2", "3"),
+    "legacy_responses": _BOOLEAN,
+    # Redis refuses a name with spaces, newlines or other characters outside '!'..'~'
+    "client_name": (
+        lambda value: all("!" <= c <= "~" for c in value),
+        "text without spaces or special characters",
+    ),
+    "encoding": (_encoding, "a Python codec name, e.g. utf-8"),
+    "encoding_errors": (_error_handler, "strict, ignore, replace or another codec error handler"),
+    "ssl_check_hostname": _BOOLEAN,
+    "ssl_cert_reqs": one_of("none", "optional", "required"),
+    "ssl_min_version": (_tls_version, "a value of ssl.TLSVersion, e.g. 771 for TLS 1.2"),
+    "ssl_ciphers": (_ciphers, "an OpenSSL cipher list, e.g. ECDHE+AESGCM"),
+}
 
 
 def driver_url_options(*, tls: bool, cluster: bool) -> set[str]:
@@ -391,22 +469,19 @@ def _check_url(url: str, query: dict[str, str]) -> bool:
     cluster = scheme == "redis+cluster" or parse_bool(query.get("cluster", "false"))
     theirs = driver_url_options(tls=scheme == "rediss", cluster=cluster)
     check_url_options(url, "store", query, _OPTIONS, "redis-py", theirs)
+    check_option_values(url, "store", query, _DRIVER_VALUES, "redis-py")
     for name, value in query.items():
+        # options redis-py parses that no rule above covers (its verify flags): its parser
         parse: Any = connection.URL_QUERY_ARGUMENT_PARSERS.get(name)
-        accepted = "a number" if parse in (int, float) else ""
+        if name in _DRIVER_VALUES or parse is None:
+            continue
         try:
-            # redis-py reads any boolean but 0/f/false/n/no as true ("off" too): accept only
-            # the spellings it reads as meant
-            if parse is connection.to_bool and value.strip().lower() not in _DRIVER_BOOLS:
-                accepted = "true/false, yes/no or 1/0"
-                raise ValueError(value)
-            if parse is not None:
-                parse(value)
+            parse(value)
         except (TypeError, ValueError):
             raise ConfigurationError(
-                f"Redis URL {redact_url(url)!r}: {name}={value!r} is not accepted by redis-py"
-                + (f"; accepted: {accepted}" if accepted else "")
+                f"store URL {redact_url(url)!r}: {name}={value!r} is not accepted by redis-py"
             ) from None
+    check_option_values(url, "store", query, _OWN_VALUES)
     return cluster
 
 
@@ -553,13 +628,8 @@ class RedisCounterStore(CounterStore):
             kwargs["socket_timeout"] = 5.0
         if "socket_connect_timeout" not in query:
             kwargs["socket_connect_timeout"] = 2.0
-        try:
-            shards = int(options.get("shards", 16 if cluster else 1))
-            ttl = int(options.get("ttl", DEFAULT_TTL))
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"Redis URL {redact_url(url)!r}: {exc}; accepted: integers"
-            ) from None
+        shards = int(options.get("shards", 16 if cluster else 1))
+        ttl = int(options.get("ttl", DEFAULT_TTL))
         client: Any
         if asyncio:
             import redis.asyncio
