@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from analytics_sdk import Analytics
 from analytics_sdk.cli import build_parser, main
 from analytics_sdk.prometheus import start_http_server
 
@@ -169,3 +170,26 @@ def test_every_troubleshooting_entry_has_a_cause_and_a_fix() -> None:
         "analytics-sdk-exact[redis]",
     ):
         assert message in page, message
+
+
+def test_the_exit_hook_leaves_a_client_shut_down_completely_alone() -> None:
+    # Shut down completely, nothing tracked since: the exit hook (shutdown() again) calls
+    # neither backend, so it cannot wait on one that went away or write a key back.
+    from analytics_sdk.backends import MemoryCounterStore, MemorySink
+    from analytics_sdk.process import _shutdown_all
+
+    from .faults import Faults
+
+    store, sink = MemoryCounterStore(), MemorySink()
+    client = Analytics(store=store, sink=sink, background=False)
+    client.track("signup")
+    assert client.shutdown().complete
+    calls = Faults(store).calls, Faults(sink).calls
+    _shutdown_all()
+    assert client.shutdown().complete
+    assert calls == ({}, {})
+    # A keyed call after shutdown() is pushed at once, and the next shutdown flushes it.
+    client.track("webhook", dedupe_key="evt_1")
+    assert client.shutdown().flushed == 1
+    assert client.count("webhook") == 1
+    assert calls[0]["claim_batches"] >= 1

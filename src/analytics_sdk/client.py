@@ -140,6 +140,7 @@ class Analytics:
         self.closed = False
         self._warned_after_shutdown = False
         self._warned_incomplete: str | None = None  # why the last shutdown was incomplete
+        self._settled = False  # closed, its last flush complete, nothing tracked since
         process.register(self)
         if self.config.background:
             self.scheduler.start()
@@ -267,6 +268,8 @@ class Analytics:
             self._add(event, properties, hour, user_id, value)
         else:
             self.aggregator.add_deduped(dedupe_key, event, properties, hour, user_id, value)
+            if self.closed:
+                self._settled = False  # as _add_after_shutdown
             if self._add != self.aggregator.add:  # write-through, or after shutdown()
                 self.scheduler.push_through()
 
@@ -334,6 +337,7 @@ class Analytics:
     def _add_after_shutdown(
         self, event: str, properties: Properties, hour: int, user_id: str | None, value: int
     ) -> None:
+        self._settled = False  # pushed now, flushed by the next shutdown (at exit, if not before)
         self.aggregator.add(event, properties, hour, user_id, value)
         if not self._warned_after_shutdown:
             self._warned_after_shutdown = True
@@ -397,6 +401,10 @@ class Analytics:
 
     def shutdown(self, timeout: float | None = None) -> FlushResult:
         """Flush a last time within ``timeout`` seconds, stop the thread, close backends."""
+        if self._settled and self.aggregator.is_empty():
+            # Shut down already, completely, and nothing tracked since (the exit hook calls
+            # this again): no connection is opened, no key written.
+            return FlushResult(complete=True)
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         deadline = self.config.clock.monotonic() + timeout
         return self._finish_shutdown(self.scheduler.flush(timeout), deadline)
@@ -429,6 +437,7 @@ class Analytics:
         if not self.aggregator.is_empty():
             result = self._spool_rest(result)
         self.scheduler.report_errors()
+        self._settled = result.complete
         if not result.complete:
             # The exit hook shuts down again: the same failure, with nothing moved this time,
             # is not news (whether it was reported as incomplete or as spooled).
