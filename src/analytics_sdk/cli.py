@@ -396,12 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         "query", help="print an event's time series, or its breakdown by a property"
     )
     q.add_argument("event", help="event name")
-    q.add_argument(
-        "--from", dest="start", type=_when, required=True, help="first date (or datetime)"
-    )
-    q.add_argument(
-        "--to", dest="end", type=_when, required=True, help="last date (or datetime), included"
-    )
+    _range_options(q)
     q.add_argument(
         "--granularity",
         choices=["hour", "day", "week", "month"],
@@ -428,12 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     _reading_options(q)
 
     a = commands.add_parser("active", help="print daily, weekly or monthly active users")
-    a.add_argument(
-        "--from", dest="start", type=_when, required=True, help="first date (or datetime)"
-    )
-    a.add_argument(
-        "--to", dest="end", type=_when, required=True, help="last date (or datetime), included"
-    )
+    _range_options(a)
     a.add_argument(
         "--granularity", choices=["day", "week", "month"], default="day", help="(default day)"
     )
@@ -446,10 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     _reading_options(a)
 
     r = commands.add_parser("retention", help="print first-time retention by cohort")
-    r.add_argument("--from", dest="start", type=_when, required=True, help="first cohort's date")
-    r.add_argument(
-        "--to", dest="end", type=_when, required=True, help="last cohort's date, included"
-    )
+    _range_options(r, "first cohort's date", "last cohort's date, included")
     r.add_argument(
         "--period", choices=["day", "week", "month"], default="week", help="(default week)"
     )
@@ -517,6 +504,16 @@ def build_parser() -> argparse.ArgumentParser:
         "ANALYTICS_DASHBOARD_TOKEN; none: open)",
     )
     return parser
+
+
+def _range_options(
+    command: argparse.ArgumentParser,
+    first: str = "first date (or datetime)",
+    last: str = "last date (or datetime), included",
+) -> None:
+    """Add the required ``--from`` and ``--to`` of a command reading a range."""
+    command.add_argument("--from", dest="start", type=_when, required=True, help=first)
+    command.add_argument("--to", dest="end", type=_when, required=True, help=last)
 
 
 def _reading_options(command: argparse.ArgumentParser) -> None:
