@@ -15,7 +15,14 @@ import analytics_sdk
 from analytics_sdk import Analytics
 from analytics_sdk.cli import main
 
-from .utils import drop_schema, postgres_url_or_skip, redis_and_postgres, unique_name
+from .utils import (
+    delete_redis_prefix,
+    drop_schema,
+    postgres_url_or_skip,
+    redis_and_postgres,
+    redis_url_or_skip,
+    unique_name,
+)
 
 
 def test_demo_runs_and_reports_exact_counts(capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,6 +129,55 @@ def test_query_on_a_misspelled_schema_fails_and_creates_nothing(
     assert code == 1
     assert f"has no analytics schema {schema!r}: check the URL's ?schema=" in err
     assert not _schema_exists(url, schema)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["query", "signup", "--from", "2026-11-20", "--to", "2026-11-20"],
+        ["active", "--from", "2026-11-20", "--to", "2026-11-20"],
+        ["retention", "--from", "2026-11-02", "--to", "2026-11-09", "--periods", "2"],
+        ["dashboard", "--addr", "127.0.0.1:0"],
+    ],
+)
+def test_a_read_command_on_a_misspelled_prefix_fails_and_writes_nothing(
+    command: list[str], pg_schema: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import redis
+
+    url, schema = pg_schema
+    assert main(["migrate", "--sink", f"{url}?schema={schema}"]) == 0
+    capsys.readouterr()
+    redis_url, prefix = redis_url_or_skip(), unique_name("typo")
+    store = f"{redis_url}?prefix={prefix}"
+    code, err = _fail([*command, "--sink", f"{url}?schema={schema}", "--store", store], capsys)
+    assert code == 1
+    assert f"has no analytics counters under prefix {prefix!r} (no key {{{prefix}}}:meta)" in err
+    assert "check the URL's ?prefix= (default 'analytics')" in err
+    assert capsys.readouterr().out == ""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert list(client.scan_iter(match=f"{{{prefix}*")) == []
+    finally:
+        client.close()
+
+
+def test_a_read_command_reads_a_prefix_that_holds_counts(
+    pg_schema: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, schema = pg_schema
+    redis_url, prefix = redis_url_or_skip(), unique_name("cli")
+    store = f"{redis_url}?prefix={prefix}"
+    assert main(["migrate", "--sink", f"{url}?schema={schema}"]) == 0
+    try:
+        with Analytics(store=store, sink=f"{url}?schema={schema}", flusher=False) as client:
+            client.track("signup", timestamp=datetime(2026, 11, 20, 9, tzinfo=timezone.utc))
+            client.flush(timeout=10)
+            args = ["query", "signup", "--from", "2026-11-20", "--to", "2026-11-20"]
+            assert main([*args, "--sink", f"{url}?schema={schema}", "--store", store]) == 0
+        assert "total 1" in " ".join(capsys.readouterr().out.split())
+    finally:
+        delete_redis_prefix(redis_url, prefix)
 
 
 def test_query_on_an_outdated_schema_asks_for_migrate(

@@ -14,7 +14,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, TextIO
 
 from . import __version__
-from .backends.base import Sink
+from .backends.base import CounterStore, Sink
 from .charts import bar, sparkline
 from .errors import AnalyticsError, BackendError, ConfigurationError
 from .query import MAX_RETENTION_PERIODS, MAX_VALUES
@@ -110,14 +110,31 @@ def _readable_sink(url: str) -> Sink:
     return sink
 
 
+def _readable_store(url: str) -> CounterStore:
+    """Return the store at ``url`` after checking, changing nothing, that it can be read."""
+    from .backends import store_from_url
+
+    store = store_from_url(url, time.time)
+    try:
+        store.check_readable()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
 @contextmanager
 def _reader(args: argparse.Namespace) -> Iterator[Analytics]:
-    """Yield a client that reads the sink of ``--sink`` (checked to be readable first) and
-    the store of ``--store``, and neither pushes nor flushes."""
+    """Yield a client that reads the sink of ``--sink`` and the store of ``--store`` (both
+    checked to be readable first, writing nothing), and neither pushes nor flushes."""
     from .client import Analytics
 
     sink = _readable_sink(_url(args.sink, "ANALYTICS_SINK", "--sink"))
-    store = args.store or os.environ.get("ANALYTICS_STORE") or "memory://"
+    try:
+        store = _readable_store(args.store or os.environ.get("ANALYTICS_STORE") or "memory://")
+    except BaseException:
+        sink.close()
+        raise
     with Analytics(store=store, sink=sink, background=False, flusher=False) as client:
         yield client
 
@@ -329,12 +346,9 @@ def _address(text: str) -> tuple[str, int]:
 
 def dashboard(args: argparse.Namespace, out: TextIO) -> int:
     """Serve the read-only dashboard on the sink (and store) until interrupted; return 0."""
-    from .client import Analytics
     from .dashboard import serve_until_stopped
 
-    sink = _readable_sink(_url(args.sink, "ANALYTICS_SINK", "--sink"))
-    store = args.store or os.environ.get("ANALYTICS_STORE") or "memory://"
-    with Analytics(store=store, sink=sink, background=False, flusher=False) as client:
+    with _reader(args) as client:
         serve_until_stopped(client, args.addr, token=args.token, out=out)
     return 0
 

@@ -407,6 +407,10 @@ class CounterStore(ABC):
         """Raise :class:`~analytics_sdk.errors.StoreError`, with its cause, unless the store
         answers (a flush worker calls this before it reports itself started)."""
 
+    def check_readable(self) -> None:  # noqa: B027 - optional hook, nothing to check by default
+        """Check, changing nothing, that the store holds counters this SDK can read; from
+        then on reads change nothing either (read commands call this first)."""
+
     evicted_keys: int = 0
     """Keys the store's server evicted since this store first used it (counts may be lost)."""
 

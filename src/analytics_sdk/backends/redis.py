@@ -582,6 +582,7 @@ class RedisCounterStore(CounterStore):
         self._tags = [f"{{{escape(prefix)}:{s}}}" for s in range(shards)]
         self._layout_lock = threading.Lock()
         self._layout_checked = False
+        self._read_only = False
         self._location = _location(client)
         self._lua_push = client.register_script(PUSH)
         self._lua_claim = client.register_script(CLAIM)
@@ -807,6 +808,13 @@ class RedisCounterStore(CounterStore):
                 )
                 logger.error("%s", message)
                 raise StoreError(message)
+            if self._read_only:
+                raise StoreError(
+                    f"Redis {self._description} has no analytics counters under prefix "
+                    f"{self.prefix!r} (no key {key}): check the URL's ?prefix= (default "
+                    f"{DEFAULT_PREFIX!r}); the key appears at the first push of an application "
+                    "or the start of a worker using that prefix"
+                )
             self._redis.hsetnx(key, "shards", self.shards)
             recorded = self._redis.hget(key, "shards")
         count = int(recorded)
@@ -1429,6 +1437,12 @@ class RedisCounterStore(CounterStore):
             claimed={batch: users(targets) for batch, targets in read.items()},
             building=building,
         )
+
+    def check_readable(self) -> None:
+        """Raise :class:`StoreError` unless the prefix holds this SDK's counters (its
+        shard-count key); never writes it, and reads after this never do either."""
+        self._read_only = True
+        self._check_layout()
 
     def check(self) -> None:
         self._check_layout()
