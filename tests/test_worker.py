@@ -86,6 +86,71 @@ def test_a_worker_checks_its_backends_before_it_starts(
     assert not [r for r in caplog.records if "worker started" in r.getMessage()]
 
 
+@pytest.mark.parametrize("broken", ["ANALYTICS_STORE", "ANALYTICS_SINK"])
+def test_a_worker_takes_its_store_and_sink_from_the_environment(
+    broken: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # each variable names a server that refuses: the start-up check names the one read
+    store = f"redis://127.0.0.1:{closed_port()}/0"
+    sink = f"postgresql://postgres@127.0.0.1:{closed_port()}/test"
+    monkeypatch.setenv("ANALYTICS_STORE", store if broken == "ANALYTICS_STORE" else "memory://")
+    monkeypatch.setenv("ANALYTICS_SINK", sink if broken == "ANALYTICS_SINK" else "memory://")
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["worker", "--no-metrics"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert (f"Redis {store}" if broken == "ANALYTICS_STORE" else f"PostgreSQL {sink}") in err
+    assert "refused" in err.lower()
+    assert time.monotonic() - started < 10
+
+
+def test_a_worker_given_only_the_variables_flushes_the_store_into_the_sink() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    import analytics_sdk
+
+    from .utils import delete_redis_prefix, drop_schema
+
+    redis_url, pg_url = redis_url_or_skip(), postgres_url_or_skip()
+    prefix, schema = unique_name("wenv"), unique_name("wenv")
+    store, sink = f"{redis_url}?prefix={prefix}", f"{pg_url}?schema={schema}"
+    when = datetime(2026, 11, 20, 9, tzinfo=timezone.utc)
+    src = str(Path(analytics_sdk.__file__).parent.parent)
+    env = {**os.environ, "ANALYTICS_STORE": store, "ANALYTICS_SINK": sink, "PYTHONPATH": src}
+    try:
+        with Analytics(store=store, sink="memory://", flusher=False) as app:
+            app.track("signup", timestamp=when, value=3)
+            app.flush(timeout=10)  # pushed to Redis; no flusher here
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "analytics_sdk", "worker", "--no-metrics"],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert worker.stderr is not None
+        lines = []
+        for line in worker.stderr:  # the worker logs its start, or fails and exits
+            lines.append(line)
+            if "worker started" in line:
+                break
+        worker.send_signal(signal.SIGTERM)  # its final flush moves the counts
+        _, rest = worker.communicate(timeout=30)
+        log = "".join(lines) + rest
+        assert worker.returncode == 0, log
+        assert "final flush of 3 counts" in log
+        with Analytics(store="memory://", sink=sink, background=False) as reader:
+            assert reader.count("signup", day=when.date()) == 3
+    finally:
+        delete_redis_prefix(redis_url, prefix)
+        drop_schema(pg_url, schema)
+
+
 def test_a_worker_on_a_missing_database_does_not_start(missing_database: str) -> None:
     redis_url_or_skip()
     with pytest.raises(SinkError, match="does not exist"):
