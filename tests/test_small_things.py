@@ -168,6 +168,21 @@ def test_every_troubleshooting_entry_has_a_cause_and_a_fix() -> None:
         "cannot serve /metrics on",
         "shutdown flush incomplete",
         "analytics-sdk-exact[redis]",
+        "read failed: Timeout reading from socket",
+        "read failed: DB index is out of range",
+        "has maxmemory-policy <policy>: it may evict live counters",
+        "set maxmemory-policy noeviction, or allow_eviction=true to only warn",
+        "cannot read maxmemory-policy; it must be noeviction",
+        "evicted <n> keys since this process started: counts may be lost",
+        "the shard-count key {<prefix>}:meta was lost (evicted or deleted); restored",
+        "hold counts or claims: it was lost (evicted, deleted or flushed)",
+        "has no analytics counters under prefix '<prefix>'",
+        "the buffer is full (max_buffered_keys=<n>, and the outbox holds as many) while the "
+        "store is failing: dropped <n> counts since the last warning",
+        "spool replay failed, retrying later; the spooled counts are kept",
+        "cannot write to the spool <dir>: <reason>; counts stay in memory",
+        "cannot read the spool <dir>: <reason>",
+        "spool file <path> is unreadable (<reason>); set aside as <path>.corrupt",
     ):
         assert message in page, message
 

@@ -162,6 +162,21 @@ def test_a_worker_on_a_down_redis_fails_with_the_cause() -> None:
         Worker(store=f"redis://127.0.0.1:{closed_port()}/0", sink="memory://", metrics_addr=None)
 
 
+def test_a_redis_db_out_of_range_is_reported_with_its_cause_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = redis_url_or_skip().split("?")[0].rsplit("/", 1)[0]
+    store = f"{url}/99?prefix={unique_name('db')}"  # the server has 16 databases
+    with Analytics(store=store, background=False, spool_dir=None) as client:
+        client.track("e")
+        result = client.flush(timeout=3)
+        assert result.error is not None
+        assert result.error.endswith("read failed: DB index is out of range")
+        with pytest.raises(StoreError, match="DB index is out of range"):
+            client.count("e")
+    assert "cannot read maxmemory-policy" not in caplog.text
+
+
 @pytest.fixture
 def worker_parts() -> Iterator[tuple[Worker, FaultyStore, FaultySink, ManualClock]]:
     clock = ManualClock()

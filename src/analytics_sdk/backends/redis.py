@@ -739,6 +739,9 @@ class RedisCounterStore(CounterStore):
                 with contextlib.suppress(ResponseError):
                     policy = self._redis.info("memory", **node).get("maxmemory_policy")
             if policy is None:
+                # Both refused: maybe the connection itself is (db=99 is "DB index is out of
+                # range" on every command); then that is the error to report, not the policy.
+                self._redis.ping(**node)
                 logger.warning(
                     "Redis %s: cannot read maxmemory-policy; it must be noeviction, or live "
                     "counters may be evicted",
