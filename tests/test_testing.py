@@ -162,6 +162,17 @@ def test_a_bare_track_feature_is_named_after_the_function(analytics_recorder: Re
         assert analytics_recorder.count("feature_used", properties={"feature": name}) == 1
 
 
+def test_track_feature_with_empty_parentheses_says_how_to_write_it() -> None:
+    message = (
+        r'track_feature\(\) needs a feature name: write @track_feature\("name"\), or a bare '
+        r"@track_feature without parentheses"
+    )
+    with pytest.raises(TypeError, match=message):
+        analytics.track_feature()  # type: ignore[call-overload]  # as in @track_feature()
+    with analytics.Analytics(background=False) as client, pytest.raises(TypeError, match=message):
+        client.track_feature()  # type: ignore[call-overload]
+
+
 def test_track_feature_without_a_usable_name_says_how_to_write_it() -> None:
     from analytics_sdk.feature import FeatureTracker
 

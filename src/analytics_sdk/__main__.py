@@ -1,4 +1,5 @@
-"""``python -m analytics_sdk``: the same as the ``analytics-sdk`` command."""
+"""``python -m analytics_sdk``: the same as the ``analytics-sdk-exact`` command (alias
+``analytics-sdk``)."""
 
 from .cli import main
 

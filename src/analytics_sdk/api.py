@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from . import current
 from .client import Analytics
-from .feature import FeatureTracker, feature_name
+from .feature import NO_NAME, FeatureTracker, feature_name, no_name_given
 from .scheduler import FlushResult
 
 __all__ = [
@@ -124,12 +124,14 @@ def track_feature(name: str) -> FeatureTracker: ...
 def track_feature(name: Callable[P, R]) -> Callable[P, R]: ...
 
 
-def track_feature(name: str | Callable[P, R]) -> FeatureTracker | Callable[P, R]:
+def track_feature(name: str | Callable[P, R] = NO_NAME) -> FeatureTracker | Callable[P, R]:
     """Return a decorator / context manager that records ``feature_used`` for ``name`` on
     whichever client is global when the feature runs.
 
     Bare, ``@track_feature`` over a function names the feature after the function
     (its ``__name__``)."""
+    if name is NO_NAME:
+        raise no_name_given()
     if callable(name) and not isinstance(name, str):
         return FeatureTracker(feature_name(name), get_client)(name)
     return FeatureTracker(name, get_client)

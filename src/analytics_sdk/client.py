@@ -28,7 +28,7 @@ from .events import (
     validate_timestamp,
     validate_value,
 )
-from .feature import FEATURE_EVENT, FeatureTracker, feature_name
+from .feature import FEATURE_EVENT, NO_NAME, FeatureTracker, feature_name, no_name_given
 from .keys import Properties, day_of, hour_of
 from .query import (
     MAX_RETENTION_PERIODS,
@@ -360,9 +360,13 @@ class Analytics:
     @overload
     def track_feature(self, name: Callable[P, R]) -> Callable[P, R]: ...
 
-    def track_feature(self, name: str | Callable[P, R]) -> FeatureTracker | Callable[P, R]:
+    def track_feature(
+        self, name: str | Callable[P, R] = NO_NAME
+    ) -> FeatureTracker | Callable[P, R]:
         """Return a decorator / context manager recording ``feature_used`` on this client;
         bare, ``@client.track_feature`` names the feature after the function."""
+        if name is NO_NAME:
+            raise no_name_given()
         if callable(name) and not isinstance(name, str):
             return FeatureTracker(feature_name(name), lambda: self)(name)
         return FeatureTracker(name, lambda: self)

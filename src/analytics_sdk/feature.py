@@ -25,6 +25,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+NO_NAME: Any = object()
+"""The default of ``track_feature(name)``: called with nothing, it says how to write it."""
+
+
+def no_name_given() -> TypeError:
+    """The error of ``@track_feature()``: empty parentheses name no feature."""
+    return TypeError(
+        'track_feature() needs a feature name: write @track_feature("name"), or a bare '
+        "@track_feature without parentheses to take the function's name"
+    )
+
+
 def feature_name(func: Callable[..., Any]) -> str:
     """The feature name of a bare ``@track_feature``: the function's ``__name__``."""
     name = getattr(func, "__name__", None)

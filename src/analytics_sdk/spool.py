@@ -3,7 +3,7 @@
 When the store is down at exit (or has been failing for ``spool_after`` seconds), the
 scheduler hands the outbox and the buffer to :meth:`Spool.write`: one file per producer,
 holding its pushes with their producer id and sequence. The next client start and every
-flush of a flusher (the ``analytics-sdk worker``) :meth:`~Spool.replay` the files into the
+flush of a flusher (the ``analytics-sdk-exact worker``) :meth:`~Spool.replay` the files into the
 store. The store's per-producer sequence makes replaying an applied push a no-op, so a file
 is deleted only after the store accepted all of it, and a replay cut short is simply done
 again.
