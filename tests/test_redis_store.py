@@ -195,6 +195,32 @@ def test_a_push_whose_reply_is_lost_is_retried_and_counted_once(
         client.shutdown(timeout=5)
 
 
+def test_a_failed_push_names_the_store_and_the_step_and_keeps_the_counts(
+    proxy: Proxy, prefix: str, clock: ManualClock
+) -> None:
+    client = client_via(proxy, prefix, clock, background=False)
+    try:
+        client.track("warmup")
+        assert client.flush().complete  # scripts loaded, the layout checked
+        client.track("e", value=2)
+        proxy.refuse = True
+        proxy.drop()
+        result = client.flush()
+        store = client.store
+        assert isinstance(store, RedisCounterStore)
+        assert (result.error or "").startswith(f"Redis {store._description} push failed: ")
+        outbox = client.aggregator.local_counts().outbox
+        assert (result.pushed, outbox and outbox.delta.total) == (0, 2)  # kept for a retry
+        proxy.refuse = False
+        assert client.flush().complete
+        assert (
+            client.count("e"),
+            sum(client.sink.hourly_counts("e", None, None, ()).values()),
+        ) == (2, 2)
+    finally:
+        client.shutdown(timeout=5)
+
+
 def test_write_through_reaches_redis_before_track_returns(
     proxy: Proxy, prefix: str, clock: ManualClock
 ) -> None:

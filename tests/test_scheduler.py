@@ -593,6 +593,44 @@ def test_a_foreign_error_reading_a_claim_again_is_reported_with_the_backend_and_
     assert (again.complete, again.flushed, durable(client)) == (True, 2, 2)
 
 
+def test_two_failing_batches_are_tried_after_new_ones_and_never_hold_them_back(
+    synchronous: tuple[Analytics, Faults, Faults],
+) -> None:
+    client, _, sink = synchronous
+
+    def poisoned(batch: Batch) -> bool:
+        return any(event == "poison" for event, _, _ in batch.delta.hourly)
+
+    sink.fail("apply", times=1000, when=poisoned)  # two batches that cannot commit
+    for value in (1, 2):
+        client.track("poison", value=value)
+        assert client.flush().error is not None
+    assert len(client.store.claimed()) == 2
+    client.track("good", value=5)
+    result = client.flush()  # new claims first: two failures in a row stop a flush
+    assert (result.flushed, result.batches, result.complete) == (5, 1, False)
+    assert (durable(client, "good"), durable(client, "poison")) == (5, 0)
+    assert client.count("poison") == 3  # kept in their claims, for when the sink takes them
+
+
+def test_a_claim_another_flusher_acknowledges_meanwhile_is_done_and_the_flush_complete(
+    clock: ManualClock,
+) -> None:
+    store, sink = MemoryCounterStore(clock=clock.time), MemorySink(clock=clock.time)
+    settings = {"store": store, "sink": sink, "clock": clock, "background": False}
+    with Analytics(**settings, claim_lease=30) as a, Analytics(**settings, claim_lease=30) as b:
+        a.track("x", value=3)
+        Faults(sink).fail("apply")
+        assert a.flush().error is not None  # a's claim, to apply again
+        clock.advance(31)  # an orphan to b
+        # b applies and acknowledges it between a's listing of the claims and a's read of it.
+        Faults(store).then("claimed_ids", lambda: b.flush(), nth=2)
+        result = a.flush()
+        assert (result.error, result.flushed, result.complete) == (None, 0, True)
+        assert store.claimed() == []
+        assert (durable(a), a.count("x")) == (3, 3)
+
+
 def test_a_flush_of_several_batches_reports_and_counts_each_once(
     synchronous: tuple[Analytics, Faults, Faults], clock: ManualClock
 ) -> None:
