@@ -352,7 +352,7 @@ def test_first_days_are_built_for_data_stored_before_the_migration() -> None:
                     f'INSERT INTO "{schema}".user_daily_counts VALUES (%s, %s, %s, 1)', rows
                 )
                 build_user_bitmaps(conn, schema)
-            assert migrate(conn, schema) == [5]
+            assert migrate(conn, schema) == [5, 6]
         sink = PostgresSink.from_url(f"{url}?schema={schema}")
         with Analytics(sink=sink, background=False, clock=ManualClock(start=NOW)) as client:
             _on(client, "open", "d", W2)

@@ -7,7 +7,7 @@ import time
 import uuid
 
 from analytics_sdk.backends import Batch, CounterStore, Delta, Push, Sink
-from analytics_sdk.backends.base import Bucket
+from analytics_sdk.backends.base import Bucket, Deduped
 from analytics_sdk.testing import ManualClock
 
 H = 490_000  # an hour bucket (2025-11-25)
@@ -218,8 +218,9 @@ class TestStore:
 # -- sink -----------------------------------------------------------------------------------
 
 
-def batch(hourly: dict, users: dict | None = None) -> Batch:  # type: ignore[type-arg]
-    return Batch(id=uuid.uuid4().hex, delta=Delta(hourly=hourly, users=users or {}), claimed_at=0.0)
+def batch(hourly: Counts, users: Counts | None = None, groups: Counts | None = None) -> Batch:
+    delta = Delta(hourly=hourly, users=users or {}, groups=groups or {})
+    return Batch(id=uuid.uuid4().hex, delta=delta, claimed_at=0.0)
 
 
 def wait_for_apply_to_queue(sink: Sink) -> None:
@@ -418,3 +419,120 @@ class TestFleetTotals:
         pending = store.pending_event_totals()
         assert pending.live == {"b": 7}
         assert sorted(pending.claimed.values(), key=str) == [{"a": 1}]
+
+
+# -- per-group daily counters ---------------------------------------------------------------
+
+
+def grouped(store: CounterStore, groups: Counts, producer: str | None = None) -> Push:
+    """Push ``groups`` (per-group keys) with the hourly counts they belong to."""
+    hourly: Counts = {}
+    for (event, _, _, _, day), value in groups.items():
+        hourly[event, (), day * 24] = hourly.get((event, (), day * 24), 0) + value
+    delta = Delta(hourly=hourly, groups=groups)
+    p = Push(producer=producer or uuid.uuid4().hex, sequence=1, delta=delta)
+    store.push(p)
+    return p
+
+
+def pending_sum(pending: object) -> Counts:
+    """Live and claimed counts of a ``Pending`` summed per key."""
+    out: Counts = {}
+    for counts in [pending.live, *pending.claimed.values()]:  # type: ignore[attr-defined]
+        for key, value in counts.items():
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+GROUPS = {
+    ("a", "account", "acme", "u1", D): 2,
+    ("a", "account", "acme", "u2", D): 3,
+    ("a", "account", "acme", None, D): 4,  # calls without a user
+    ("a", "account", "beta", "u1", D): 1,
+    ("a", "account", "acme", "u1", D + 1): 5,
+    ("a", "workspace", "acme", "u1", D): 6,  # same id, another type
+    ("b", "account", "acme", "u1", D): 7,
+}
+
+
+class TestGroups:
+    def test_pushed_group_counts_are_pending_per_group(self, store: CounterStore) -> None:
+        grouped(store, GROUPS)
+        assert store.pending_groups("a", "account", D, D + 1, None).live == {"acme": 9, "beta": 1}
+        assert store.pending_groups("a", "account", None, None, None).live == {
+            "acme": 14,
+            "beta": 1,
+        }
+        assert store.pending_groups("a", "account", None, None, "beta").live == {"beta": 1}
+        assert store.pending_groups("a", "account", D + 1, None, "beta").live == {}
+        assert store.pending_groups("a", "workspace", None, None, None).live == {"acme": 6}
+        assert store.pending_groups("b", "account", None, None, "acme").live == {"acme": 7}
+        assert store.pending_groups("c", "account", None, None, None).live == {}
+
+    def test_groups_round_trip_through_a_claim(self, store: CounterStore) -> None:
+        odd = {(ODD, ODD, ODD, ODD, D): 3, (ODD, ODD, "g|1", None, D): 2, ("a", "t", "x", "", D): 1}
+        p = grouped(store, {**GROUPS, **odd})
+        assert store.pending_groups(ODD, ODD, None, None, ODD).live == {ODD: 3}
+        assert store.pending_groups(ODD, ODD, None, None, "g|1").live == {"g|1": 2}
+        batches = store.claim()
+        merged: Counts = {}
+        for b in batches:
+            for k, v in b.delta.groups.items():
+                merged[k] = merged.get(k, 0) + v
+        assert merged == p.delta.groups
+        pending = store.pending_groups("a", "account", None, None, None)
+        assert pending.live == {}
+        assert pending_sum(pending) == {"acme": 14, "beta": 1}
+        for b in batches:
+            store.ack(b.id)
+        assert pending_sum(store.pending_groups("a", "account", None, None, None)) == {}
+
+    def test_a_push_with_groups_is_applied_once(self, store: CounterStore) -> None:
+        p = grouped(store, GROUPS)
+        store.push(p)
+        assert store.pending_groups("a", "account", D, D + 1, "acme").live == {"acme": 9}
+
+    def test_keyed_calls_count_their_groups_once(self, store: CounterStore) -> None:
+        call = Deduped("k1", "a", (), H, "u1", 2, (("account", "acme"), ("workspace", "w")))
+        for sequence in (1, 2):
+            delta = Delta()
+            store.push(Push(producer="p", sequence=sequence, delta=delta, deduped=(call,)))
+        assert store.pending_groups("a", "account", None, None, None).live == {"acme": 2}
+        assert store.pending_groups("a", "workspace", None, None, None).live == {"w": 2}
+        [batch] = store.claim()
+        assert batch.delta.groups == {
+            ("a", "account", "acme", "u1", D): 2,
+            ("a", "workspace", "w", "u1", D): 2,
+        }
+
+    def test_sink_counts_ranks_and_counts_groups(self, sink: Sink) -> None:
+        assert sink.apply(batch({("a", (), H): 1}, groups=GROUPS))
+        assert sink.group_counts("a", "account", D, D + 1, None) == {"acme": 9, "beta": 1}
+        assert sink.group_counts("a", "account", None, None, "acme") == {"acme": 14}
+        assert sink.group_counts("a", "account", D + 2, None, None) == {}
+        assert sink.group_counts("a", "workspace", None, None, None) == {"acme": 6}
+        assert sink.top_groups("a", "account", D, D + 2, 1, ()) == {"acme": 14}
+        assert sink.top_groups("a", "account", D, D + 1, 1, ["beta", "zeta"]) == {
+            "acme": 9,
+            "beta": 1,
+        }
+        assert sink.distinct_groups("a", "account", D, D + 1, ()) == 2
+        assert sink.distinct_groups("a", "account", D + 1, D + 2, ()) == 1
+        assert sink.distinct_groups("a", "account", D, D + 2, ["acme", "other"]) == 1
+        assert sink.distinct_groups("zzz", "account", D, D + 2, ()) == 0
+
+    def test_group_ties_rank_the_smaller_id_first(self, sink: Sink) -> None:
+        groups = {("a", "account", g, None, D): 5 for g in ("b", "a", "B", "é")}
+        sink.apply(batch({("a", (), H): 20}, groups=groups))
+        assert list(sink.top_groups("a", "account", D, D + 1, 3, ())) == ["B", "a", "b"]
+
+    def test_groups_are_applied_once(self, store: CounterStore, sink: Sink) -> None:
+        grouped(store, GROUPS)
+        claims = store.claim()
+        for b in claims:
+            assert sink.apply(b)
+            assert not sink.apply(b)
+            store.ack(b.id)
+        grouped(store, {("a", "account", "beta", "u9", D): 10})
+        flush(store, sink)
+        assert sink.group_counts("a", "account", D, D + 1, None) == {"acme": 9, "beta": 11}

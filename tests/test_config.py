@@ -87,6 +87,23 @@ SETTINGS: dict[str, tuple[list[object], tuple[str, list[object]]]] = {
             ["plan", "user_id", 5, None, {"plan"}, ("plan", "plan"), ("user_id",), ("a-b",), (1,)],
         ),
     ),
+    "group_types": (
+        [("account",), ["account", "workspace"], ("a", "b", "c", "d", "e")],
+        (
+            "a list or tuple of 1 to 5 distinct group types",
+            [
+                "account",
+                (),
+                ("Account",),
+                ("acc-ount",),
+                ("a", "b", "c", "d", "e", "f"),
+                ("account", "account"),
+                (1,),
+                ("x" * 33,),
+                None,
+            ],
+        ),
+    ),
     "metrics_port": (
         [None, 0, 9464],
         ("a port from 0 to 65535, or None", ["9464", 9464.0, True, -1, 65536]),
@@ -134,6 +151,7 @@ ENV_OK: dict[str, list[tuple[str, object]]] = {
     "claim_lease": [("60", 60.0)],
     "max_batch_keys": [("1000", 1000)],
     "prometheus_labels": [("plan", ("plan",)), ("plan, region", ("plan", "region")), ("", ())],
+    "group_types": [("account", ("account",)), ("account, workspace", ("account", "workspace"))],
     "metrics_port": [("0", 0), ("9464", 9464)],
     "metrics_addr": [("0.0.0.0", "0.0.0.0")],
     "flusher": [(t, True) for t in ("1", "true", "YES", " on ")]
@@ -160,6 +178,7 @@ ENV_BAD: dict[str, list[str]] = {
     "claim_lease": ["0"],
     "max_batch_keys": ["0", "1.5", "many"],
     "prometheus_labels": ["plan,user_id", "a-b", "plan,plan"],
+    "group_types": ["", "Account", "a,a", "a,b,c,d,e,f", "team-1"],
     "metrics_port": ["", "http", "65536", "9464.0"],
     "metrics_addr": ["", " "],
     "flusher": ["", "2", "maybe", "y"],

@@ -81,7 +81,7 @@ def test_migration_4_partitions_a_database_holding_rows(pg: tuple[str, str]) -> 
         conn.commit()
     sink = PostgresSink(url, schema=schema, clock=ManualClock(start=NOW).time)
     try:
-        assert sink.migrate() == [3, 4, 5]
+        assert sink.migrate() == [3, 4, 5, 6]
         with psycopg.connect(url) as conn:
             kinds = conn.execute(
                 "SELECT relname, relkind FROM pg_class WHERE relnamespace = to_regnamespace(%s) "

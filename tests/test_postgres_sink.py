@@ -114,6 +114,10 @@ def test_retention_keeps_daily_totals(pg_url: str, schema: str) -> None:
         "hourly_counts partitions": 0,
         "user_daily_counts": 0,
         "user_daily_counts partitions": 0,
+        "group_daily_counts": 0,
+        "group_daily_counts partitions": 0,
+        "group_user_daily_counts": 0,
+        "group_user_daily_counts partitions": 0,
     }
     assert sum(sink.hourly_counts("e", None, None, ()).values()) == 12
     sink.close()

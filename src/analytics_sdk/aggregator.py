@@ -31,10 +31,11 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from . import _bridge
 from .backends.base import DEFAULT_DEDUPE_WINDOW, Deduped, Delta, Push
-from .keys import HourKey, Properties, UserKey
+from .keys import GroupKey, Groups, HourKey, Properties, UserKey
 
 __all__ = ["OVERFLOW_EVENT", "OVERFLOW_PROPERTIES", "Aggregator", "LocalCounts"]
 
@@ -59,6 +60,7 @@ class _Shard:
     __slots__ = (
         "deduped",
         "dropped",
+        "groups",
         "hourly",
         "lock",
         "names_overflowed",
@@ -72,13 +74,14 @@ class _Shard:
         self.thread = thread
         self.hourly: dict[HourKey, int] = {}
         self.users: dict[UserKey, int] = {}
+        self.groups: dict[GroupKey, int] = {}
         self.deduped: dict[str, Deduped] = {}  # dedupe key -> the first call with it
         self.overflowed = 0
         self.names_overflowed = 0
         self.dropped = 0
 
 
-def _add(target: dict[HourKey, int] | dict[UserKey, int], counts: dict, /) -> None:  # type: ignore[type-arg]
+def _add(target: dict[Any, int], counts: dict[Any, int], /) -> None:
     for key, value in counts.items():
         target[key] = target.get(key, 0) + value
 
@@ -163,9 +166,52 @@ class Aggregator:
                 elif self._has_room():
                     users[user_key] = value
                 else:
-                    self._add_when_full(shard, None, user_key, value)
+                    self._add_when_full(shard, "users", user_key, value)
         finally:
             lock.release()
+
+    def add_grouped(
+        self,
+        event: str,
+        properties: Properties,
+        hour: int,
+        user_id: str | None,
+        value: int,
+        groups: Groups,
+    ) -> None:
+        """:meth:`add`, and add ``value`` to the per-group daily counter of each of
+        ``groups`` (under the event name the hourly counter was counted under). A separate
+        method, so that :meth:`add`, the call without groups, pays nothing for them."""
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self._shard()
+        key = (event, properties, hour)
+        with shard.lock:
+            current = shard.hourly.get(key)
+            if current is not None:
+                shard.hourly[key] = current + value
+            else:
+                event = self._add_new(shard, key, value)
+            day = hour // 24
+            if user_id is not None:
+                self._add_counter(shard, "users", (event, user_id, day), value)
+            for group_type, group_id in groups:
+                self._add_counter(
+                    shard, "groups", (event, group_type, group_id, user_id, day), value
+                )
+
+    def _add_counter(self, shard: _Shard, kind: str, key: UserKey | GroupKey, value: int) -> None:
+        """Add to a per-user or per-group counter (``kind`` names the shard's dict), with
+        ``shard.lock`` held."""
+        target = getattr(shard, kind)
+        current = target.get(key)
+        if current is not None:
+            target[key] = current + value
+        elif self._has_room():
+            target[key] = value
+        else:
+            self._add_when_full(shard, kind, key, value)
 
     def add_deduped(
         self,
@@ -175,6 +221,7 @@ class Aggregator:
         hour: int,
         user_id: str | None,
         value: int,
+        groups: Groups = (),
     ) -> None:
         """Hold a call made with ``dedupe_key`` for the next push (the first call with a key
         is kept; the store decides whether the key was counted already). The limits on
@@ -200,7 +247,9 @@ class Aggregator:
                 ):
                     shard.overflowed += value
                     properties = OVERFLOW_PROPERTIES
-            shard.deduped[dedupe_key] = Deduped(dedupe_key, event, properties, hour, user_id, value)
+            shard.deduped[dedupe_key] = Deduped(
+                dedupe_key, event, properties, hour, user_id, value, groups
+            )
 
     def _has_room(self) -> bool:
         return next(self._new_keys) <= self.max_buffered_keys
@@ -230,7 +279,7 @@ class Aggregator:
         if self._has_room():
             shard.hourly[key] = value
         else:
-            self._add_when_full(shard, key, None, value)
+            self._add_when_full(shard, "hourly", key, value)
         return event
 
     def _admit_event(self, event: str) -> bool:
@@ -260,18 +309,18 @@ class Aggregator:
             return True
 
     def _add_when_full(
-        self, shard: _Shard, hour_key: HourKey | None, user_key: UserKey | None, value: int
+        self, shard: _Shard, kind: str, key: HourKey | UserKey | GroupKey, value: int
     ) -> None:
-        """Add a new key to a full buffer: push first, from this thread; drop only if the
-        push made no room. Called and returning with ``shard.lock`` held."""
+        """Add a new key to the shard's ``kind`` dict (``hourly``, ``users``, ``groups``) of
+        a full buffer: push first, from this thread; drop only if the push made no room.
+        Called and returning with ``shard.lock`` held."""
         lock = shard.lock
         lock.release()  # the push drains this shard too, and user code may log or track
         try:
             admit = self._on_full()
         finally:
             lock.acquire()
-        target: dict = shard.hourly if hour_key is not None else shard.users  # type: ignore[type-arg]
-        key = hour_key if hour_key is not None else user_key
+        target = getattr(shard, kind)  # the dict now: a drain meanwhile replaced it
         current = target.get(key)
         if current is not None:  # the same key came in while the lock was released
             target[key] = current + value
@@ -293,17 +342,18 @@ class Aggregator:
             shards = list(self._shards)
         for shard in shards:
             with shard.lock:
-                hourly, users = shard.hourly, shard.users
-                shard.hourly, shard.users = {}, {}
+                hourly, users, groups = shard.hourly, shard.users, shard.groups
+                shard.hourly, shard.users, shard.groups = {}, {}, {}
                 if shard.deduped:
                     for key, call in shard.deduped.items():
                         deduped.setdefault(key, call)
                     shard.deduped = {}
             if not delta:
-                delta = Delta(hourly=hourly, users=users)  # the common case: no copy
+                delta = Delta(hourly=hourly, users=users, groups=groups)  # no copy
             else:
                 _add(delta.hourly, hourly)
                 _add(delta.users, users)
+                _add(delta.groups, groups)
         self._new_keys = itertools.count(1)
         self._forget_ended(shards)
         return delta
@@ -315,7 +365,7 @@ class Aggregator:
         with self._shards_lock:
             for shard in ended:
                 with shard.lock:
-                    if shard.hourly or shard.users or shard.deduped:
+                    if shard.hourly or shard.users or shard.groups or shard.deduped:
                         continue  # drained next time
                     self._shards.remove(shard)
                     self._overflowed_before += shard.overflowed
@@ -340,7 +390,7 @@ class Aggregator:
     @property
     def buffered_keys(self) -> int:
         """How many distinct keys the buffer holds now."""
-        return sum(len(s.hourly) + len(s.users) for s in list(self._shards))
+        return sum(len(s.hourly) + len(s.users) + len(s.groups) for s in list(self._shards))
 
     def next_push(self, *, wait: bool = True) -> Push | None:
         """Return the push to send: the unacknowledged outbox, else the drained buffer.
@@ -425,6 +475,7 @@ class Aggregator:
         with shard.lock:
             _add(shard.hourly, delta.hourly)
             _add(shard.users, delta.users)
+            _add(shard.groups, delta.groups)
             for key, call in deduped.items():
                 shard.deduped.setdefault(key, call)
 
@@ -488,6 +539,7 @@ class Aggregator:
                 with shard.lock:
                     _add(buffer.hourly, shard.hourly)
                     _add(buffer.users, shard.users)
+                    _add(buffer.groups, shard.groups)
         return LocalCounts(buffer, outbox)
 
     def holds_deduped(self) -> bool:
@@ -501,7 +553,7 @@ class Aggregator:
 
     def _buffered(self) -> bool:
         """Whether the buffer holds a count (a count added meanwhile goes to the next push)."""
-        return any(s.hourly or s.users or s.deduped for s in list(self._shards))
+        return any(s.hourly or s.users or s.groups or s.deduped for s in list(self._shards))
 
     def before_fork(self) -> None:
         """Hold every lock across ``fork()`` so the child copies a consistent state."""

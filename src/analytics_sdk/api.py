@@ -94,14 +94,15 @@ def track(
     value: int = 1,
     timestamp: datetime | None = None,
     dedupe_key: str | None = None,
+    groups: Mapping[str, str] | None = None,
 ) -> None:
     """Count ``value`` occurrences of ``event`` on the global client (see
     :meth:`Analytics.track <analytics_sdk.Analytics.track>`); with ``dedupe_key``, once per
-    key within ``dedupe_window``."""
+    key within ``dedupe_window``; with ``groups``, for each group too."""
     client = _client
     if client is None:
         client = get_client()
-    if dedupe_key is None:
+    if dedupe_key is None and groups is None:
         client.track(
             event, user_id=user_id, properties=properties, value=value, timestamp=timestamp
         )
@@ -113,6 +114,7 @@ def track(
             value=value,
             timestamp=timestamp,
             dedupe_key=dedupe_key,
+            groups=groups,
         )
 
 

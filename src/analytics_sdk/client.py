@@ -23,13 +23,14 @@ from .errors import ConfigurationError
 from .events import (
     MAX_VALUE,
     Validator,
+    check_group_type,
     validate_dedupe_key,
     validate_property_key,
     validate_timestamp,
     validate_value,
 )
 from .feature import FEATURE_EVENT, NO_NAME, FeatureTracker, feature_name, no_name_given
-from .keys import Properties, day_of, hour_of
+from .keys import Groups, Properties, day_of, hour_of
 from .query import (
     MAX_RETENTION_PERIODS,
     MAX_VALUES,
@@ -43,7 +44,7 @@ from .query import (
     resolve_tz,
 )
 from .scheduler import ASYNC_BACKENDS, FlushResult, Scheduler
-from .scope import current_scope, merge_properties
+from .scope import Scope, current_scope, merge_groups, merge_properties
 from .stats import EventTotals, FeatureStats
 
 if TYPE_CHECKING:
@@ -97,10 +98,11 @@ class Analytics:
             store_from_url(store, clock.time) if isinstance(store, str) else store
         )
         self.sink: Sink = sink_from_url(sink, clock.time) if isinstance(sink, str) else sink
-        self._validator = Validator(self.config.max_properties)
+        self._validator = Validator(self.config.max_properties, self.config.group_types)
         self._names = self._validator.names
         self._property_sets = self._validator.property_sets
         self._user_ids = self._validator.user_ids
+        self._group_sets = self._validator.group_sets
         self.event_totals = EventTotals(self.config.prometheus_labels)
         self.features = FeatureStats(max_features=self.config.max_property_sets)
         self.aggregator = Aggregator(
@@ -123,8 +125,10 @@ class Analytics:
             weakref.WeakKeyDictionary()
         )
         self._add = self.aggregator.add
+        self._add_grouped = self.aggregator.add_grouped
         if self.config.push_interval == 0:
             self._add = self._add_write_through
+            self._add_grouped = self._add_grouped_through
         self._before_track = self.config.before_track
         self._hook_failures = 0
         if self._before_track is not None:
@@ -132,6 +136,7 @@ class Analytics:
         if not self.config.enabled:
             self.track = self._track_disabled  # type: ignore[method-assign]
             self._add = self._add_disabled
+            self._add_grouped = self._add_grouped_disabled
             self._record_feature = self._record_feature_disabled  # type: ignore[method-assign]
         self.scheduler.on_error = self.config.on_error
         self._sync_query.on_error = self.scheduler.report_error
@@ -181,8 +186,12 @@ class Analytics:
         value: int = 1,
         timestamp: datetime | None = None,
         dedupe_key: str | None = None,
+        groups: Mapping[str, str] | None = None,
     ) -> None:
         """Count ``value`` occurrences of ``event`` (now, or at an aware ``timestamp``).
+
+        ``groups`` (``{group type: group id}``, types from the ``group_types`` setting) also
+        counts the call for each group, per day, on top of those of a ``context()``.
 
         With ``dedupe_key``, the call counts once however many times it is made with that key
         (in any process sharing the store) within ``dedupe_window``; it shows in queries once
@@ -218,10 +227,29 @@ class Analytics:
                 hour = self._enter_hour(now)
         else:
             hour = hour_of(validate_timestamp(timestamp, self._now()))
-        if dedupe_key is None:
+        if dedupe_key is None and groups is None and (scope is None or not scope.groups):
             self._add(name, props, hour, user_id, value)
-        else:  # a key, or _HOOKED: before_track is set (see _track_hooked)
-            self._track_special(name, props, hour, user_id, value, dedupe_key)
+        else:  # a key, groups, or _HOOKED: before_track is set (see _track_hooked)
+            grouped = self._groups(groups, scope)
+            self._track_special(name, props, hour, user_id, value, dedupe_key, grouped)
+
+    def _groups(self, groups: Mapping[str, str] | None, scope: Scope | None) -> Groups:
+        """Return the groups of a call: the context's, updated with ``groups`` (validated
+        against the configured group types)."""
+        if groups is None:
+            checked: Groups = ()
+        else:
+            try:
+                checked = self._group_sets[tuple(groups.items())]
+            except (KeyError, TypeError, AttributeError):
+                checked = self._validator.groups(groups)
+        if scope is None or not scope.groups:
+            return checked
+        types = self.config.group_types
+        for group_type, _ in scope.groups:
+            if group_type not in types:
+                check_group_type(group_type, types)  # raises, naming the configured types
+        return merge_groups(scope.groups, checked)
 
     def _track_hooked(
         self,
@@ -232,6 +260,7 @@ class Analytics:
         value: int = 1,
         timestamp: datetime | None = None,
         dedupe_key: str | None = None,
+        groups: Mapping[str, str] | None = None,
     ) -> None:
         """``track()`` of a client with ``before_track``: the plain ``track()`` pays nothing
         for the hook, this one sends every call to :meth:`_track_special`."""
@@ -243,6 +272,7 @@ class Analytics:
             value=value,
             timestamp=timestamp,
             dedupe_key=_HOOKED if dedupe_key is None else dedupe_key,
+            groups=groups,
         )
 
     def _track_special(
@@ -253,8 +283,10 @@ class Analytics:
         user_id: str | None,
         value: int,
         dedupe_key: str | None,
+        groups: Groups = (),
     ) -> None:
-        """The end of a ``track()`` that has a ``before_track`` hook or a ``dedupe_key``."""
+        """The end of a ``track()`` that has a ``before_track`` hook, a ``dedupe_key`` or
+        groups (the hook does not see or change the groups)."""
         if dedupe_key is _HOOKED:
             dedupe_key = None
         elif dedupe_key is not None:
@@ -265,9 +297,12 @@ class Analytics:
                 return
             event, user_id, properties = rewritten
         if dedupe_key is None:
-            self._add(event, properties, hour, user_id, value)
+            if not groups:
+                self._add(event, properties, hour, user_id, value)
+                return
+            self._add_grouped(event, properties, hour, user_id, value, groups)
         else:
-            self.aggregator.add_deduped(dedupe_key, event, properties, hour, user_id, value)
+            self.aggregator.add_deduped(dedupe_key, event, properties, hour, user_id, value, groups)
             if self.closed:
                 self._settled = False  # as _add_after_shutdown
             if self._add != self.aggregator.add:  # write-through, or after shutdown()
@@ -315,6 +350,7 @@ class Analytics:
         value: int = 1,
         timestamp: datetime | None = None,
         dedupe_key: str | None = None,
+        groups: Mapping[str, str] | None = None,
     ) -> None:
         """``track()`` of a client configured with ``enabled=False``: nothing."""
 
@@ -332,6 +368,32 @@ class Analytics:
         self, event: str, properties: Properties, hour: int, user_id: str | None, value: int
     ) -> None:
         self.aggregator.add(event, properties, hour, user_id, value)
+        self.scheduler.push_through()
+
+    def _add_grouped_disabled(
+        self,
+        event: str,
+        properties: Properties,
+        hour: int,
+        user_id: str | None,
+        value: int,
+        groups: Groups,
+    ) -> None:
+        pass
+
+    def _add_grouped_through(
+        self,
+        event: str,
+        properties: Properties,
+        hour: int,
+        user_id: str | None,
+        value: int,
+        groups: Groups,
+    ) -> None:
+        """A call with groups, write-through or after shutdown(): pushed from the caller."""
+        if self.closed:
+            self._settled = False  # as _add_after_shutdown
+        self.aggregator.add_grouped(event, properties, hour, user_id, value, groups)
         self.scheduler.push_through()
 
     def _add_after_shutdown(
@@ -374,17 +436,26 @@ class Analytics:
     def _record_feature(self, name: str, outcome: Properties, ok: bool, duration: float) -> None:
         scope = current_scope()
         user_id = None
+        groups: Groups = ()
         if scope is not None:
             user_id = scope.user_id
             outcome = merge_properties(scope.properties, outcome)
+            if scope.groups:
+                # Never raises into the tracked function: a type not configured is left out.
+                types = self.config.group_types
+                groups = tuple(pair for pair in scope.groups if pair[0] in types)
         event = FEATURE_EVENT
         if self._before_track is not None:
             rewritten = self._run_before_track(event, user_id, outcome)
-            if rewritten is not None:
-                event, user_id, outcome = rewritten
-                self._add(event, outcome, int(self._now() // 3600), user_id, 1)
+            if rewritten is None:
+                self.features.observe(name, ok, duration)
+                return
+            event, user_id, outcome = rewritten
+        hour = int(self._now() // 3600)
+        if groups:
+            self._add_grouped(event, outcome, hour, user_id, 1, groups)
         else:
-            self._add(event, outcome, int(self._now() // 3600), user_id, 1)
+            self._add(event, outcome, hour, user_id, 1)
         self.features.observe(name, ok, duration)
 
     def _buffer_full(self) -> bool:
@@ -421,6 +492,7 @@ class Analytics:
             self.closed = True
             # From here on, track() pushes in the caller: the thread is about to stop.
             self._add = self._add_after_shutdown
+            self._add_grouped = self._add_grouped_through
             self.scheduler.stop(deadline - clock.monotonic())
             if not result.timed_out and not self.aggregator.is_empty():
                 # Tracked while the final flush ran: the thread is gone, flush here.

@@ -104,6 +104,26 @@ def _label_names(instance: object, attribute: attrs.Attribute[Any], value: Any) 
         raise _refuse(attribute.name, value, _LABELS_ACCEPTED, "a name repeats")
 
 
+MAX_GROUP_TYPES = 5
+"""The most group types a client may configure (``group_types``)."""
+_GROUP_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_GROUP_TYPES_ACCEPTED = (
+    f"a list or tuple of 1 to {MAX_GROUP_TYPES} distinct group types, each a short "
+    "identifier (lower-case letter, then up to 31 lower-case letters, digits or _), "
+    "e.g. ('account',)"
+)
+
+
+def _group_types(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple) or not 1 <= len(value) <= MAX_GROUP_TYPES:
+        raise _refuse(attribute.name, value, _GROUP_TYPES_ACCEPTED)
+    for name in value:
+        if not isinstance(name, str) or not _GROUP_TYPE.match(name):
+            raise _refuse(attribute.name, value, _GROUP_TYPES_ACCEPTED, f"entry {name!r}")
+    if len(set(value)) != len(value):
+        raise _refuse(attribute.name, value, _GROUP_TYPES_ACCEPTED, "a type repeats")
+
+
 def _optional_hook(what: str) -> Callable[[object, attrs.Attribute[Any], Any], None]:
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is not None and not callable(value):
@@ -225,6 +245,11 @@ class Config:
     )
     """Properties that become labels of ``analytics_events_total`` (``user_id`` never does).
     Env: comma-separated."""
+    group_types: tuple[str, ...] = attrs.field(
+        default=("account",), converter=_label_tuple, validator=_group_types
+    )
+    """Group types ``track(groups=...)`` accepts (at most 5 short identifiers), e.g.
+    ``("account", "workspace")``. Env: ``ANALYTICS_GROUP_TYPES``, comma-separated."""
     metrics_port: int | None = attrs.field(default=None, validator=_optional_port)
     """If set, serve ``/metrics`` and ``/healthz`` for this client on this port."""
     metrics_addr: str = attrs.field(default="127.0.0.1", validator=_text)
@@ -330,6 +355,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "claim_lease": ("ANALYTICS_CLAIM_LEASE", _FLOAT),
     "max_batch_keys": ("ANALYTICS_MAX_BATCH_KEYS", _INT),
     "prometheus_labels": ("ANALYTICS_PROMETHEUS_LABELS", _labels),
+    "group_types": ("ANALYTICS_GROUP_TYPES", _labels),
     "metrics_port": ("ANALYTICS_METRICS_PORT", _INT),
     "metrics_addr": ("ANALYTICS_METRICS_ADDR", str),
     "flusher": ("ANALYTICS_FLUSHER", parse_bool),

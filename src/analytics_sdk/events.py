@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
-from .keys import Properties
+from .keys import Groups, Properties
 
 __all__ = [
     "MAX_DEDUPE_KEY_LENGTH",
@@ -23,6 +23,8 @@ __all__ = [
     "MAX_VALUE",
     "MIN_TIMESTAMP",
     "Validator",
+    "validate_group",
+    "validate_groups",
     "validate_property_key",
 ]
 
@@ -140,6 +142,63 @@ def validate_user_id(user_id: object) -> str:
     return text
 
 
+def validate_groups(groups: object, types: tuple[str, ...] | None) -> Groups:
+    """Return ``groups`` (a mapping of group type to group id) as sorted pairs, or raise:
+    each type one of ``types`` (any identifier-like text if None: ``context()`` does not know
+    the client's types), each id a valid user id."""
+    if not isinstance(groups, Mapping):
+        raise TypeError(
+            f"groups {groups!r} is of type {type(groups).__name__}; accepted: a mapping of "
+            "group type to group id, e.g. {'account': 'acme'}"
+        )
+    pairs = []
+    for group_type, group_id in groups.items():
+        pairs.append(_group_pair(group_type, group_id, types))
+    return tuple(sorted(pairs))
+
+
+def _group_pair(
+    group_type: object, group_id: object, types: tuple[str, ...] | None
+) -> tuple[str, str]:
+    check_group_type(group_type, types)
+    assert isinstance(group_type, str)
+    if not isinstance(group_id, str):
+        raise TypeError(
+            f"group id {group_id!r} (group type {group_type!r}) is of type "
+            f"{type(group_id).__name__}; accepted: str (convert ids with str(group_id))"
+        )
+    text = str.__str__(group_id)
+    _check_text(f"group id (group type {group_type!r})", text, MAX_USER_ID_LENGTH)
+    return str.__str__(group_type), text
+
+
+def check_group_type(group_type: object, types: tuple[str, ...] | None) -> str:
+    """Return ``group_type`` if it is one of ``types`` (a short text if None), or raise."""
+    if types is not None:
+        if group_type not in types or type(group_type) is not str:
+            raise ValueError(
+                f"group type {group_type!r} is not configured; accepted: "
+                f"{', '.join(map(repr, types))} (the group_types setting)"
+            )
+        return group_type
+    if not isinstance(group_type, str):
+        raise TypeError(
+            f"group type {group_type!r} is of type {type(group_type).__name__}; accepted: str"
+        )
+    _check_text("group type", group_type, 32)
+    return str.__str__(group_type)
+
+
+def validate_group(group: object, types: tuple[str, ...]) -> tuple[str, str]:
+    """Return a query's ``group=`` as ``(group_type, group_id)``, or raise."""
+    if not isinstance(group, tuple) or len(group) != 2:
+        raise TypeError(
+            f"group {group!r} is not accepted; accepted: a tuple (group type, group id), "
+            f"e.g. ({types[0]!r}, 'acme'), with the type one of {', '.join(map(repr, types))}"
+        )
+    return _group_pair(group[0], group[1], types)
+
+
 def _property_value(key: str, value: object) -> str:
     if isinstance(value, Enum):
         value = value.value
@@ -198,8 +257,10 @@ def validate_properties(properties: object, max_properties: int) -> Properties:
 class Validator:
     """Validates ``track()`` arguments, remembering what already passed."""
 
-    def __init__(self, max_properties: int) -> None:
+    def __init__(self, max_properties: int, group_types: tuple[str, ...] = ("account",)) -> None:
         self.max_properties = max_properties
+        self.group_types = group_types
+        self.group_sets: dict[tuple[tuple[Any, Any], ...], Groups] = {}
         self.names: dict[Any, str] = {}
         self.property_sets: dict[tuple[tuple[Any, Any], ...], Properties] = {}
         self.user_ids: dict[str, str] = {}
@@ -225,7 +286,7 @@ class Validator:
     def prune(self) -> None:
         """Empty each full cache (called when the buffer is drained): memory stays bounded
         and the caches learn the values in use now, not the first ones ever seen."""
-        for cache in (self.names, self.property_sets, self.user_ids):
+        for cache in (self.names, self.property_sets, self.user_ids, self.group_sets):
             if len(cache) >= CACHE_LIMIT:
                 cache.clear()  # the same dict: the client holds references to it
 
@@ -235,3 +296,13 @@ class Validator:
         if len(self.user_ids) < CACHE_LIMIT and type(user_id) is str:
             self.user_ids[text] = text
         return text
+
+    def groups(self, groups: object) -> Groups:
+        """Return ``groups`` validated against the configured group types, remembering
+        plain-``str`` mappings."""
+        pairs = validate_groups(groups, self.group_types)
+        assert isinstance(groups, Mapping)
+        raw = tuple(groups.items())
+        if len(self.group_sets) < CACHE_LIMIT and all(type(v) is str for _, v in raw):
+            self.group_sets[raw] = pairs
+        return pairs

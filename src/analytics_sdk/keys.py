@@ -2,7 +2,8 @@
 
 An hourly counter is ``(event, properties, hour)`` where ``properties`` is a sorted tuple of
 ``(key, value)`` string pairs and ``hour`` counts hours since the Unix epoch (UTC). A per-user
-counter is ``(event, user_id, day)`` with ``day`` counting days since the epoch. Backends
+counter is ``(event, user_id, day)`` with ``day`` counting days since the epoch; a per-group
+counter is ``(event, group_type, group_id, user_id or None, day)``. Backends
 that need text (Redis fields, log lines) use :func:`encode_hour_key` and
 :func:`encode_user_key`, which escape every separator so that names containing ``:``, ``|``,
 ``{``, ``}``, ``=``, ``,`` or newlines can neither corrupt a key nor collide with another.
@@ -14,6 +15,8 @@ import re
 from datetime import date, datetime, timedelta, timezone
 
 __all__ = [
+    "GroupKey",
+    "Groups",
     "HourKey",
     "Properties",
     "UserKey",
@@ -36,6 +39,11 @@ HourKey = tuple[str, Properties, int]
 """``(event, properties, hours since the epoch)``."""
 UserKey = tuple[str, str, int]
 """``(event, user_id, days since the epoch)``."""
+GroupKey = tuple[str, str, str, str | None, int]
+"""``(event, group_type, group_id, user_id or None, days since the epoch)``: the counts of
+one group on a day, per user (``None``: calls without a user)."""
+Groups = tuple[tuple[str, str], ...]
+"""``(group_type, group_id)`` pairs sorted by type, one per type."""
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 EPOCH_DATE = EPOCH.date()

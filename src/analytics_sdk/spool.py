@@ -15,7 +15,7 @@ A file is three lines, written to a temporary name, fsynced, renamed, and the di
 fsynced::
 
     analytics-sdk-spool 1
-    {"store": ..., "producer": ..., "created": ..., "pushes": [{"sequence": n, "hourly": [...], "users": [...]}]}
+    {"store": ..., "producer": ..., "created": ..., "pushes": [{"sequence": n, "hourly": [...], "users": [...], "groups": [...]}]}
     sha256 <hex digest of the JSON line>
 
 A file whose checksum or contents do not hold (torn by a crash, truncated, edited) is renamed
@@ -39,15 +39,16 @@ from typing import Any
 import attrs
 
 from .backends.base import DEFAULT_DEDUPE_WINDOW, CounterStore, Deduped, Delta, Push
-from .keys import HourKey, UserKey
+from .keys import GroupKey, HourKey, UserKey
 
 __all__ = ["FORMAT_VERSION", "ReplayResult", "Spool", "SpoolError", "default_spool_dir"]
 
 logger = logging.getLogger("analytics_sdk")
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """The newest format this version reads and writes: 2 added calls made with a
-``dedupe_key`` (files without any are still written as 1, readable by earlier versions)."""
+``dedupe_key``, 3 per-group counters (``"groups"``, and the groups of keyed calls). A file is
+written with the oldest version that holds its contents, so earlier versions read it."""
 MAGIC = "analytics-sdk-spool"
 SUFFIX = ".spool"
 TEMP_PREFIX = ".tmp-"
@@ -113,6 +114,22 @@ def encode(identity: str, pushes: list[Push], created: float) -> bytes:
                 ],
                 **(
                     {
+                        "groups": [
+                            [event, group_type, group_id, user_id, day, value]
+                            for (
+                                event,
+                                group_type,
+                                group_id,
+                                user_id,
+                                day,
+                            ), value in push.delta.groups.items()
+                        ]
+                    }
+                    if push.delta.groups
+                    else {}
+                ),
+                **(
+                    {
                         "deduped": [
                             [
                                 d.key,
@@ -121,6 +138,7 @@ def encode(identity: str, pushes: list[Push], created: float) -> bytes:
                                 d.hour,
                                 d.user_id,
                                 d.value,
+                                *([[list(g) for g in d.groups]] if d.groups else []),
                             ]
                             for d in push.deduped
                         ],
@@ -135,7 +153,8 @@ def encode(identity: str, pushes: list[Push], created: float) -> bytes:
     }
     line = json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode()
     digest = hashlib.sha256(line).hexdigest()
-    version = FORMAT_VERSION if any(push.deduped for push in pushes) else 1
+    grouped = any(push.delta.groups or any(d.groups for d in push.deduped) for push in pushes)
+    version = 3 if grouped else 2 if any(push.deduped for push in pushes) else 1
     return b"%s %d\n%s\nsha256 %s\n" % (MAGIC.encode(), version, line, digest.encode())
 
 
@@ -181,18 +200,17 @@ def decode(data: bytes) -> tuple[str, list[Push]]:
             for event, user_id, day, value in item["users"]:
                 user_key: UserKey = (_str(event), _str(user_id), _int(day))
                 delta.users[user_key] = delta.users.get(user_key, 0) + _int(value)
-            sequence = _int(item["sequence"])
-            deduped = tuple(
-                Deduped(
-                    key=_str(key),
-                    event=_str(event),
-                    properties=tuple((_str(k), _str(v)) for k, v in properties),
-                    hour=_int(hour),
-                    user_id=None if user_id is None else _str(user_id),
-                    value=_int(value),
+            for event, group_type, group_id, user_id, day, value in item.get("groups", ()):
+                group_key: GroupKey = (
+                    _str(event),
+                    _str(group_type),
+                    _str(group_id),
+                    None if user_id is None else _str(user_id),
+                    _int(day),
                 )
-                for key, event, properties, hour, user_id, value in item.get("deduped", ())
-            )
+                delta.groups[group_key] = delta.groups.get(group_key, 0) + _int(value)
+            sequence = _int(item["sequence"])
+            deduped = tuple(_deduped(call) for call in item.get("deduped", ()))
             window = item.get("dedupe_window", DEFAULT_DEDUPE_WINDOW)
             if not isinstance(window, (int, float)) or isinstance(window, bool):
                 raise SpoolError(f"expected a number, found {window!r}")
@@ -210,6 +228,21 @@ def decode(data: bytes) -> tuple[str, list[Push]]:
     if not pushes:
         raise SpoolError("no pushes")
     return identity, sorted(pushes, key=lambda p: p.sequence)
+
+
+def _deduped(call: list[Any]) -> Deduped:
+    """Return the keyed call a spool file lists (its groups from format 3 on)."""
+    key, event, properties, hour, user_id, value, *rest = call
+    groups = rest[0] if rest else ()
+    return Deduped(
+        key=_str(key),
+        event=_str(event),
+        properties=tuple((_str(k), _str(v)) for k, v in properties),
+        hour=_int(hour),
+        user_id=None if user_id is None else _str(user_id),
+        value=_int(value),
+        groups=tuple((_str(t), _str(g)) for t, g in groups),
+    )
 
 
 def _fsync_dir(path: str) -> None:

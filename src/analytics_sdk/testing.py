@@ -18,7 +18,7 @@ import attrs
 from . import api
 from .client import Analytics
 from .clock import Clock
-from .keys import Properties, hour_start
+from .keys import Groups, Properties, hour_start
 
 __all__ = ["ManualClock", "Recorded", "Recorder", "arecording", "recording"]
 
@@ -33,6 +33,8 @@ class Recorded:
     value: int
     hour: datetime
     """The UTC hour bucket the count went into."""
+    groups: dict[str, str] = attrs.field(factory=dict)
+    """The call's groups (``track(groups=...)`` and the context's), by group type."""
 
 
 class Recorder:
@@ -61,7 +63,30 @@ class Recorder:
                 )
             )
 
+        add_grouped = client._add_grouped
+
+        def recording_add_grouped(
+            event: str,
+            properties: Properties,
+            hour: int,
+            user_id: str | None,
+            value: int,
+            groups: Groups,
+        ) -> None:
+            add_grouped(event, properties, hour, user_id, value, groups)
+            self.events.append(
+                Recorded(
+                    event=event,
+                    properties=dict(properties),
+                    user_id=user_id,
+                    value=value,
+                    hour=hour_start(hour),
+                    groups=dict(groups),
+                )
+            )
+
         client._add = recording_add
+        client._add_grouped = recording_add_grouped
 
     def _configure(self, settings: dict[str, Any]) -> Analytics:
         """``configure()`` from the code under test: a client with its settings, on the

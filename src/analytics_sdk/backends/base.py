@@ -34,7 +34,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 import attrs
 
-from ..keys import HourKey, Properties, UserKey
+from ..keys import GroupKey, Groups, HourKey, Properties, UserKey
 
 __all__ = [
     "DEFAULT_MAX_BATCH_KEYS",
@@ -49,6 +49,7 @@ __all__ = [
     "Retention",
     "Sink",
     "SinkSnapshot",
+    "groups_of",
     "matches",
     "periods_of",
     "property_hours_of",
@@ -67,13 +68,16 @@ sink's default 30 s statement timeout, and about 20 MiB of flusher memory."""
 
 @attrs.frozen(kw_only=True)
 class Delta:
-    """Counts to add: hourly counters and per-user daily counters."""
+    """Counts to add: hourly counters, per-user daily counters and per-group daily
+    counters."""
 
     hourly: dict[HourKey, int] = attrs.field(factory=dict)
     users: dict[UserKey, int] = attrs.field(factory=dict)
+    groups: dict[GroupKey, int] = attrs.field(factory=dict)
+    """Per group, day and user (or None): a group's count is the sum over its users."""
 
     def __bool__(self) -> bool:
-        return bool(self.hourly or self.users)
+        return bool(self.hourly or self.users or self.groups)
 
     @property
     def total(self) -> int:
@@ -83,7 +87,7 @@ class Delta:
     @property
     def keys(self) -> int:
         """How many counters the delta touches."""
-        return len(self.hourly) + len(self.users)
+        return len(self.hourly) + len(self.users) + len(self.groups)
 
 
 DEFAULT_DEDUPE_WINDOW = 86400.0
@@ -103,6 +107,8 @@ class Deduped(NamedTuple):
     hour: int
     user_id: str | None
     value: int
+    groups: Groups = ()
+    """The call's groups: counted with it, per group, if the key is not marked."""
 
 
 @attrs.frozen(kw_only=True)
@@ -256,6 +262,28 @@ def users_of(
     return out
 
 
+def groups_of(
+    counts: dict[GroupKey, int],
+    event: str,
+    group_type: str,
+    start: int | None,
+    end: int | None,
+    group_id: str | None,
+) -> dict[str, int]:
+    """Return the counts of ``event`` by group of ``group_type`` (one group if ``group_id``
+    is given) over days ``[start, end)``, summed over the groups' users."""
+    out: dict[str, int] = {}
+    for (name, kind, group, _, day), value in counts.items():
+        if (
+            name == event
+            and kind == group_type
+            and in_range(day, start, end)
+            and (group_id is None or group == group_id)
+        ):
+            out[group] = out.get(group, 0) + value
+    return out
+
+
 UserDay = tuple[str, str, int]
 """``(event, user_id, day)``: a user active on a day (days since the epoch, UTC)."""
 
@@ -394,6 +422,18 @@ class CounterStore(ABC):
         over days ``[start, end)``, by ``(event, user_id, day)``."""
 
     @abstractmethod
+    def pending_groups(
+        self,
+        event: str,
+        group_type: str,
+        start: int | None,
+        end: int | None,
+        group_id: str | None,
+    ) -> Pending[str]:
+        """Return pending counts of ``event`` by group of ``group_type`` over days ``[start,
+        end)`` (one group if ``group_id`` is given), summed over the groups' users."""
+
+    @abstractmethod
     def pending_event_totals(self) -> Pending[str]:
         """Return every pending count summed per event (for fleet totals)."""
 
@@ -475,6 +515,35 @@ class SinkSnapshot(ABC):
         """Return how many users, as :meth:`Sink.distinct_users` does."""
         wanted = set(exclude)
         return sum(1 for user in self.user_counts(event, start, end, None) if user not in wanted)
+
+    @abstractmethod
+    def group_counts(
+        self,
+        event: str,
+        group_type: str,
+        start: int | None,
+        end: int | None,
+        group_id: str | None,
+    ) -> dict[str, int]:
+        """Return counts of ``event`` by group, as :meth:`Sink.group_counts` does."""
+
+    def top_groups(
+        self, event: str, group_type: str, start: int, end: int, limit: int, groups: Collection[str]
+    ) -> dict[str, int]:
+        """Return counts of ``event`` by group, as :meth:`Sink.top_groups` does."""
+        counts = self.group_counts(event, group_type, start, end, None)
+        ranked = heapq.nsmallest(limit, counts.items(), key=lambda item: (-item[1], item[0]))
+        out = dict(ranked)
+        out.update((group, counts[group]) for group in groups if group in counts)
+        return out
+
+    def distinct_groups(
+        self, event: str, group_type: str, start: int, end: int, exclude: Collection[str]
+    ) -> int:
+        """Return how many groups, as :meth:`Sink.distinct_groups` does."""
+        wanted = set(exclude)
+        counts = self.group_counts(event, group_type, start, end, None)
+        return sum(1 for group in counts if group not in wanted)
 
     @abstractmethod
     def active_users(
@@ -594,6 +663,36 @@ class Sink(ABC):
         counting those in ``exclude``."""
         with self.snapshot() as snapshot:
             return snapshot.distinct_users(event, start, end, exclude)
+
+    def group_counts(
+        self,
+        event: str,
+        group_type: str,
+        start: int | None,
+        end: int | None,
+        group_id: str | None,
+    ) -> dict[str, int]:
+        """Return counts of ``event`` by group of ``group_type`` over days ``[start, end)``
+        (one group if ``group_id`` is given)."""
+        with self.snapshot() as snapshot:
+            return snapshot.group_counts(event, group_type, start, end, group_id)
+
+    def top_groups(
+        self, event: str, group_type: str, start: int, end: int, limit: int, groups: Collection[str]
+    ) -> dict[str, int]:
+        """Return the counts of ``event`` over days ``[start, end)`` of the ``limit`` groups
+        of ``group_type`` with the most (ties: the smaller id by code point), and those of
+        ``groups`` (the ones with counts) whatever their rank."""
+        with self.snapshot() as snapshot:
+            return snapshot.top_groups(event, group_type, start, end, limit, groups)
+
+    def distinct_groups(
+        self, event: str, group_type: str, start: int, end: int, exclude: Collection[str]
+    ) -> int:
+        """Return how many groups of ``group_type`` have counts of ``event`` over days
+        ``[start, end)``, not counting those in ``exclude``."""
+        with self.snapshot() as snapshot:
+            return snapshot.distinct_groups(event, group_type, start, end, exclude)
 
     @abstractmethod
     def event_totals(self) -> dict[str, int]:

@@ -30,6 +30,7 @@ from .base import (
     Sink,
     SinkSnapshot,
     UserDay,
+    groups_of,
     hourly_of,
     in_range,
     matches,
@@ -82,6 +83,7 @@ class MemoryCounterStore(CounterStore):
             self._sequences[push.producer] = push.sequence
             _add(self._live.hourly, push.delta.hourly)
             _add(self._live.users, push.delta.users)
+            _add(self._live.groups, push.delta.groups)
             if push.deduped:
                 self._apply_deduped(push)
             return True
@@ -104,6 +106,10 @@ class MemoryCounterStore(CounterStore):
             if call.user_id is not None:
                 user_key = (call.event, call.user_id, call.hour // 24)
                 self._live.users[user_key] = self._live.users.get(user_key, 0) + call.value
+            groups = self._live.groups
+            for group_type, group_id in call.groups:
+                group_key = (call.event, group_type, group_id, call.user_id, call.hour // 24)
+                groups[group_key] = groups.get(group_key, 0) + call.value
 
     def has_push(self, push: Push) -> bool:
         with self._lock:
@@ -118,6 +124,7 @@ class MemoryCounterStore(CounterStore):
                 delta = Delta()
                 room = _take(self._live.hourly, delta.hourly, max_keys)
                 room = _take(self._live.users, delta.users, room)
+                room = _take(self._live.groups, delta.groups, room)
                 batch = Batch(id=uuid.uuid4().hex, delta=delta, claimed_at=now)
                 self._claims[batch.id] = batch
                 drained = room > 0 or not self._live
@@ -188,6 +195,23 @@ class MemoryCounterStore(CounterStore):
                 },
             )
 
+    def pending_groups(
+        self,
+        event: str,
+        group_type: str,
+        start: int | None,
+        end: int | None,
+        group_id: str | None,
+    ) -> Pending[str]:
+        with self._lock:
+            return Pending(
+                live=groups_of(self._live.groups, event, group_type, start, end, group_id),
+                claimed={
+                    batch_id: groups_of(batch.delta.groups, event, group_type, start, end, group_id)
+                    for batch_id, batch in self._claims.items()
+                },
+            )
+
     def pending_event_totals(self) -> Pending[str]:
         with self._lock:
             return Pending(
@@ -216,6 +240,10 @@ class MemorySink(Sink):
         self._lock = threading.Lock()
         self._hourly: defaultdict[str, dict[tuple[Properties, int], int]] = defaultdict(dict)
         self._users: defaultdict[str, dict[tuple[str, int], int]] = defaultdict(dict)
+        # (event, group type) -> (group id, user id or None, day) -> count
+        self._groups: defaultdict[tuple[str, str], dict[tuple[str, str | None, int], int]] = (
+            defaultdict(dict)
+        )
         self._ledger: dict[str, float] = {}
         self._order: list[str] = []  # batch ids in commit order: a snapshot marks a length
 
@@ -234,6 +262,9 @@ class MemorySink(Sink):
             for (event, user_id, day), value in batch.delta.users.items():
                 users = self._users[event]
                 users[user_id, day] = users.get((user_id, day), 0) + value
+            for (event, group_type, group_id, user, day), value in batch.delta.groups.items():
+                counts = self._groups[event, group_type]
+                counts[group_id, user, day] = counts.get((group_id, user, day), 0) + value
             return True
 
     def applied(self, batch_ids: Iterable[str]) -> set[str]:
@@ -331,6 +362,21 @@ class _MemorySnapshot(SinkSnapshot):
         for (user, day), value in self._sink._users.get(event, {}).items():
             if in_range(day, start, end) and (user_id is None or user == user_id):
                 out[user] = out.get(user, 0) + value
+        return out
+
+    def group_counts(
+        self,
+        event: str,
+        group_type: str,
+        start: int | None,
+        end: int | None,
+        group_id: str | None,
+    ) -> dict[str, int]:
+        self.hold()
+        out: dict[str, int] = {}
+        for (group, _, day), value in self._sink._groups.get((event, group_type), {}).items():
+            if in_range(day, start, end) and (group_id is None or group == group_id):
+                out[group] = out.get(group, 0) + value
         return out
 
     def _user_days(self, event: str | None) -> Iterator[tuple[str, int]]:

@@ -285,8 +285,13 @@ CHECK_AFTER_IDLE = 1.0
 back healthy this recently is used as it is; one idle longer is checked first (a server
 restart or an idle timeout may have closed it)."""
 
-PARTITIONED = ("hourly_counts", "user_daily_counts")
-"""The tables partitioned by UTC month (migration 4)."""
+PARTITIONED = (
+    "hourly_counts",
+    "user_daily_counts",
+    "group_daily_counts",
+    "group_user_daily_counts",
+)
+"""The tables partitioned by UTC month (migrations 4 and 6)."""
 _EPOCH = date(1970, 1, 1)
 
 
@@ -659,6 +664,10 @@ class PostgresSink(Sink):
     def apply(self, batch: Batch) -> bool:
         months = {("hourly_counts", month_of(hour // 24)) for _, _, hour in batch.delta.hourly}
         months.update(("user_daily_counts", month_of(day)) for _, _, day in batch.delta.users)
+        for *_, day in batch.delta.groups:
+            month = month_of(day)
+            months.add(("group_daily_counts", month))
+            months.add(("group_user_daily_counts", month))
         try:
             if not months <= self._months:
                 self._create_partitions(months)
@@ -680,7 +689,7 @@ class PostgresSink(Sink):
     def _apply(self, batch: Batch) -> bool:
         with self._connection("apply") as conn, conn.transaction():
             conn.execute(self._sql["fence_shared"], [self._fence_key])  # a fenced read waits
-            counters = len(batch.delta.hourly) + len(batch.delta.users)
+            counters = batch.delta.keys
             claimed = conn.execute(self._sql["ledger_insert"], [batch.id, counters]).fetchone()
             if claimed is None:
                 return False  # already in the ledger: applied by this or another flusher
@@ -702,6 +711,13 @@ class PostgresSink(Sink):
                         copy.write_row((event, day, user_id, value))
                 conn.execute(self._sql["upsert_users"])
                 self._add_to_bitmaps(conn)
+            if batch.delta.groups:
+                conn.execute(self._sql["tmp_groups"])
+                with conn.cursor().copy(self._sql["copy_groups"]) as copy:
+                    for (event, kind, group, user, day), value in batch.delta.groups.items():
+                        copy.write_row((event, kind, group, day, user or "", value))
+                conn.execute(self._sql["upsert_groups"])
+                conn.execute(self._sql["upsert_group_users"])
         self._maybe_maintain()
         return True
 
@@ -924,6 +940,8 @@ class PostgresSink(Sink):
             for table, days in (
                 ("hourly_counts", self.hourly_retention_days),
                 ("user_daily_counts", self.user_retention_days),
+                ("group_daily_counts", self.user_retention_days),
+                ("group_user_daily_counts", self.user_retention_days),
             ):
                 if days is None:
                     continue
@@ -1094,6 +1112,36 @@ class _PostgresSnapshot(SinkSnapshot):
             numbers = self._rows("numbers_of", {"users": list(exclude)})
             return len(users) - users.intersection_cardinality(BitMap(n for (n,) in numbers))
         return len(users)
+
+    def group_counts(
+        self,
+        event: str,
+        group_type: str,
+        start: int | None,
+        end: int | None,
+        group_id: str | None,
+    ) -> dict[str, int]:
+        params = {"event": event, "type": group_type, "start": start, "end": end}
+        params["group"] = group_id
+        return {g: int(n) for g, n in self._rows("query_groups", params)}
+
+    def top_groups(
+        self, event: str, group_type: str, start: int, end: int, limit: int, groups: Collection[str]
+    ) -> dict[str, int]:
+        params: dict[str, Any] = {"event": event, "type": group_type, "start": start, "end": end}
+        params["limit"] = limit
+        out = {g: int(n) for g, n in self._rows("top_groups", params)} if limit else {}
+        if groups:
+            params["groups"] = list(groups)
+            out.update((g, int(n)) for g, n in self._rows("groups_of", params))
+        return out
+
+    def distinct_groups(
+        self, event: str, group_type: str, start: int, end: int, exclude: Collection[str]
+    ) -> int:
+        params = {"event": event, "type": group_type, "start": start, "end": end}
+        rows = self._rows("distinct_groups", {**params, "exclude": list(exclude)})
+        return int(next(iter(rows))[0])
 
     def _range_users(
         self, events: Collection[str] | None, ranges: Sequence[tuple[int, int]]
@@ -1349,6 +1397,58 @@ _STATEMENTS = {
         "FROM analytics_tmp_users ORDER BY 1, 2, 3 "
         "ON CONFLICT (event, day, user_id) DO UPDATE SET count = t.count + EXCLUDED.count"
     ),
+    "tmp_groups": (
+        "CREATE TEMP TABLE analytics_tmp_groups (event text, group_type text, group_id text, "
+        "day integer, user_id text, count bigint) ON COMMIT DROP"
+    ),
+    "copy_groups": (
+        "COPY analytics_tmp_groups (event, group_type, group_id, day, user_id, count) FROM STDIN"
+    ),
+    "upsert_groups": (
+        "INSERT INTO {s}.group_daily_counts AS t (event, group_type, day, group_id, count) "
+        "SELECT event, group_type, date '1970-01-01' + day, group_id, sum(count) "
+        "FROM analytics_tmp_groups GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
+        "ON CONFLICT (event, group_type, day, group_id) "
+        "DO UPDATE SET count = t.count + EXCLUDED.count"
+    ),
+    "upsert_group_users": (
+        "INSERT INTO {s}.group_user_daily_counts AS t "
+        "(event, group_type, group_id, day, user_id, count) "
+        "SELECT event, group_type, group_id, date '1970-01-01' + day, user_id, count "
+        "FROM analytics_tmp_groups ORDER BY 1, 2, 3, 4, 5 "
+        "ON CONFLICT (event, group_type, group_id, day, user_id) "
+        "DO UPDATE SET count = t.count + EXCLUDED.count"
+    ),
+    "query_groups": (
+        "SELECT group_id, sum(count) FROM {s}.group_daily_counts "
+        "WHERE event = %(event)s AND group_type = %(type)s "
+        "AND (%(start)s::integer IS NULL OR day >= date '1970-01-01' + %(start)s::integer) "
+        "AND (%(end)s::integer IS NULL OR day < date '1970-01-01' + %(end)s::integer) "
+        "AND (%(group)s::text IS NULL OR group_id = %(group)s::text) "
+        "GROUP BY group_id"
+    ),
+    # Ranked in SQL; ties by code point (COLLATE "C"), as Python orders str.
+    "top_groups": (
+        "SELECT group_id, sum(count) AS n FROM {s}.group_daily_counts "
+        "WHERE event = %(event)s AND group_type = %(type)s "
+        "AND day >= date '1970-01-01' + %(start)s::integer "
+        "AND day < date '1970-01-01' + %(end)s::integer "
+        'GROUP BY group_id ORDER BY n DESC, group_id COLLATE "C" LIMIT %(limit)s'
+    ),
+    "groups_of": (
+        "SELECT group_id, sum(count) FROM {s}.group_daily_counts "
+        "WHERE event = %(event)s AND group_type = %(type)s "
+        "AND day >= date '1970-01-01' + %(start)s::integer "
+        "AND day < date '1970-01-01' + %(end)s::integer "
+        "AND group_id = ANY(%(groups)s::text[]) GROUP BY group_id"
+    ),
+    "distinct_groups": (
+        "SELECT count(DISTINCT group_id) FROM {s}.group_daily_counts "
+        "WHERE event = %(event)s AND group_type = %(type)s "
+        "AND day >= date '1970-01-01' + %(start)s::integer "
+        "AND day < date '1970-01-01' + %(end)s::integer "
+        "AND group_id <> ALL(%(exclude)s::text[])"
+    ),
     "query_hourly": (
         "SELECT (extract(epoch FROM hour) / 3600)::bigint, sum(count) FROM {s}.hourly_counts "
         "WHERE event = %(event)s "
@@ -1509,4 +1609,8 @@ _STATEMENTS = {
     "prune_ledger": "DELETE FROM {s}.flush_ledger WHERE applied_at < %s",
     "prune_hourly_counts": "DELETE FROM {s}.hourly_counts WHERE hour < %s::timestamptz",
     "prune_user_daily_counts": "DELETE FROM {s}.user_daily_counts WHERE day < %s::date",
+    "prune_group_daily_counts": "DELETE FROM {s}.group_daily_counts WHERE day < %s::date",
+    "prune_group_user_daily_counts": (
+        "DELETE FROM {s}.group_user_daily_counts WHERE day < %s::date"
+    ),
 }

@@ -5,10 +5,13 @@ Key layout, for prefix ``P`` and shard ``s`` (every key of a shard shares the ha
 
     {P:s}:live:h:<event>:<hour>   HASH  "<properties>" -> count   live hourly counters
     {P:s}:live:u:<event>:<day>    HASH  "<user_id>"    -> count   live per-user daily
+    {P:s}:live:g:<event>:<day>    HASH  "<group_type>|<group_id>" (calls without a user) or
+                                        "<group_type>|<group_id>|<user_id>" -> count
+                                                                 live per-group daily
     {P:s}:hashes                  SET   names of the live hashes (the pending marker)
     {P:s}:ix:h:<event>            ZSET  the event's hourly hashes, live and claimed: member
     {P:s}:ix:u:<event>                  "|<bucket>" (live) or "<batch>|<bucket>" (claimed),
-                                         scored by the bucket (hour or day)
+    {P:s}:ix:g:<event>                  scored by the bucket (hour or day)
     {P:s}:gen                     STRING how many CLAIM steps moved counters (reads check it)
     {P:s}:seq:<producer>          STRING last push sequence applied from that producer (one
                                          key per producer: its pushes all go to one shard)
@@ -18,6 +21,7 @@ Key layout, for prefix ``P`` and shard ``s`` (every key of a shard shares the ha
     {P:s}:claim:<batch>           SET   names of the batch's hashes
     {P:s}:claim:<batch>:h:<event>:<hour>  HASH  the claimed counters (live hashes renamed,
     {P:s}:claim:<batch>:u:<event>:<day>         or fields moved out of them)
+    {P:s}:claim:<batch>:g:<event>:<day>
     {P:s}:step:<batch>            STRING last CLAIM step of the batch and its result (10 min,
                                          or deleted once the batch is built: reads report a
                                          batch that has one as still being built)
@@ -32,7 +36,7 @@ hash, probed by name) and claimed by flushers (CLAIM moves any hash; a batch is 
 the form of its hashes' names), so they are flushed once after an upgrade; new pushes write
 the layout above only.
 
-Event names, properties and user ids are escaped (:mod:`analytics_sdk.keys`), so no
+Event names, properties, user ids, group types and group ids are escaped (:mod:`analytics_sdk.keys`), so no
 character can break a key or a field. A push picks its shard from its producer, so a retry
 lands on the same shard, a producer has one sequence key, and pushes from many processes
 spread over all shards.
@@ -69,6 +73,7 @@ import attrs
 
 from ..errors import ConfigurationError, StoreError
 from ..keys import (
+    GroupKey,
     HourKey,
     Properties,
     UserKey,
@@ -269,7 +274,7 @@ local function need(key)
 end
 for _, key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   need(key)
-  local kind, event, bucket = string.match(string.sub(key, #head + 1), '^([hu]):([^:]*):(%d+)$')
+  local kind, event, bucket = string.match(string.sub(key, #head + 1), '^([hug]):([^:]*):(%d+)$')
   if kind then
     local index = ARGV[2] .. ':ix:' .. kind .. ':' .. event
     need(index)
@@ -290,7 +295,8 @@ return {1, redis.call('ZREM', KEYS[1], ARGV[1])}
 # Calls made with a dedupe key. KEYS: {tag}:hashes, {tag}:dseq:<producer>, then the keys'
 # marks ({tag}:dd:<key>), the live hashes and their events' indexes. ARGV: sequence, attempt,
 # sequence ttl, live ttl, now (ms, the SDK's clock), end of a new mark's window (ms), a mark's
-# ttl (ms), then per call: its mark's KEYS index, value, target count (1, or 2 with a user),
+# ttl (ms), then per call: its mark's KEYS index, value, target count (1, one more with a
+# user, one more per group),
 # then per target: live hash's KEYS index, index's KEYS index, bucket, field. A call whose
 # key is not marked within its window is counted (as PUSH counts) and its key marked, in the
 # same script: a key is never marked without its count, nor counted twice. The push's
@@ -489,13 +495,36 @@ def _hour_field(properties: Properties, hour: int) -> str:
     return f"{encode_properties(properties)}|{hour}"
 
 
+def _group_field(group_type: str, group_id: str, user_id: str | None) -> str:
+    """Return the field of a per-group counter: ``<type>|<id>``, then ``|<user>`` if any."""
+    field = f"{escape(group_type)}|{escape(group_id)}"
+    return field if user_id is None else f"{field}|{escape(user_id)}"
+
+
+def _decode_group_field(field: str) -> tuple[str, str, str | None]:
+    """Return ``(group_type, group_id, user_id or None)`` of a per-group counter's field."""
+    parts = field.split("|")
+    if len(parts) == 2:
+        return unescape(parts[0]), unescape(parts[1]), None
+    if len(parts) != 3:
+        raise ValueError(f"malformed group field {field!r}; expected 'type|id' or 'type|id|user'")
+    return unescape(parts[0]), unescape(parts[1]), unescape(parts[2])
+
+
 def _decode_hash(suffix: str, fields: dict[str, str], delta: Delta) -> None:
     """Add the fields of hash ``suffix`` to ``delta``: ``h:<event>:<hour>`` (fields
-    ``<properties>``) or ``u:<event>:<day>`` (fields ``<user_id>``), or of the earlier
-    layout ``h:<event>`` / ``u:<event>`` (fields ``<properties>|<hour>``, ``<user_id>|<day>``)."""
+    ``<properties>``), ``u:<event>:<day>`` (fields ``<user_id>``) or ``g:<event>:<day>``
+    (fields ``<type>|<id>[|<user_id>]``), or of the earlier layout ``h:<event>`` /
+    ``u:<event>`` (fields ``<properties>|<hour>``, ``<user_id>|<day>``)."""
     kind, _, rest = suffix.partition(":")
     encoded_event, per_bucket, bucket_text = rest.partition(":")
     event = unescape(encoded_event)
+    if kind == "g":
+        day = int(bucket_text)
+        for field, value in fields.items():
+            group_key: GroupKey = (event, *_decode_group_field(field), day)
+            delta.groups[group_key] = delta.groups.get(group_key, 0) + int(value)
+        return
     for field, value in fields.items():
         if per_bucket:
             head, bucket = field, int(bucket_text)
@@ -874,18 +903,24 @@ class RedisCounterStore(CounterStore):
 
     def push(self, push: Push) -> bool:
         self._check_layout()
-        groups: dict[tuple[str, int], list[str]] = {}
+        by_hash: dict[tuple[str, int], list[str]] = {}
         for (event, properties, hour), value in push.delta.hourly.items():
-            groups.setdefault((f"h:{escape(event)}", hour), []).extend(
+            by_hash.setdefault((f"h:{escape(event)}", hour), []).extend(
                 (encode_properties(properties), str(value))
             )
         for (event, user_id, day), value in push.delta.users.items():
-            groups.setdefault((f"u:{escape(event)}", day), []).extend((escape(user_id), str(value)))
+            by_hash.setdefault((f"u:{escape(event)}", day), []).extend(
+                (escape(user_id), str(value))
+            )
+        for (event, group_type, group_id, user, day), value in push.delta.groups.items():
+            by_hash.setdefault((f"g:{escape(event)}", day), []).extend(
+                (_group_field(group_type, group_id, user), str(value))
+            )
         tag = self._tags[self._shard_of(push)]
         keys = [f"{tag}:hashes", f"{tag}:seq:{push.producer}"]
         attempt = uuid.uuid4().hex[:12]  # tells the driver's re-send of this call from others
         args: list[Any] = [push.sequence, attempt, max(self.ttl, SEQUENCE_TTL), self.ttl]
-        for (series, bucket), fields in groups.items():
+        for (series, bucket), fields in by_hash.items():
             keys += (f"{tag}:live:{series}:{bucket}", f"{tag}:ix:{series}")
             args += [bucket, len(fields) // 2, *fields]
         applied = bool(self._run("push", self._lua_push, keys, args))
@@ -926,9 +961,12 @@ class RedisCounterStore(CounterStore):
                 targets = [
                     (f"h:{escape(call.event)}", call.hour, encode_properties(call.properties))
                 ]
+                day = call.hour // 24
                 if call.user_id is not None:
-                    day = call.hour // 24
                     targets.append((f"u:{escape(call.event)}", day, escape(call.user_id)))
+                for group_type, group_id in call.groups:
+                    field = _group_field(group_type, group_id, call.user_id)
+                    targets.append((f"g:{escape(call.event)}", day, field))
                 args += [at(f"{tag}:dd:{escape(call.key)}"), call.value, len(targets)]
                 for series, bucket, field in targets:
                     hashed = at(f"{tag}:live:{series}:{bucket}")
@@ -1336,6 +1374,31 @@ class RedisCounterStore(CounterStore):
                     counts[user] = counts.get(user, 0) + int(value)
 
         return self._read_pending("u", event, start, end, user_id, decode)
+
+    def pending_groups(
+        self,
+        event: str,
+        group_type: str,
+        start: int | None,
+        end: int | None,
+        group_id: str | None,
+    ) -> Pending[str]:
+        # The field starts with the type and the id: groups are told apart without decoding
+        # every field, and a user's part is never unescaped.
+        head = f"{escape(group_type)}|"
+        exact = None if group_id is None else f"{head}{escape(group_id)}"
+
+        def decode(fields: Iterator[tuple[str, int, str]], counts: dict[str, int]) -> None:
+            for field, _, value in fields:
+                if not field.startswith(head):
+                    continue
+                encoded, _, _ = field[len(head) :].partition("|")
+                if exact is not None and f"{head}{encoded}" != exact:
+                    continue
+                group = unescape(encoded)
+                counts[group] = counts.get(group, 0) + int(value)
+
+        return self._read_pending("g", event, start, end, None, decode)
 
     def _read_listed(
         self, kind: str, wanted: Callable[[str, int | None], bool]
