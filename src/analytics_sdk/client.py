@@ -25,6 +25,7 @@ from .events import (
     Validator,
     check_group_type,
     validate_dedupe_key,
+    validate_group,
     validate_property_key,
     validate_timestamp,
     validate_value,
@@ -683,10 +684,17 @@ class Analytics:
         hour: datetime | None = None,
         properties: Mapping[str, str | int | bool] | None = None,
         user_id: str | None = None,
+        group: tuple[str, str] | None = None,
     ) -> int:
         """Awaitable :meth:`count`: the same answer and errors, read on asyncio drivers."""
         return await self._aquery(
-            self.count, event, day=day, hour=hour, properties=properties, user_id=user_id
+            self.count,
+            event,
+            day=day,
+            hour=hour,
+            properties=properties,
+            user_id=user_id,
+            group=group,
         )
 
     async def ahourly(
@@ -722,6 +730,17 @@ class Analytics:
     async def atop_users(self, event: str, *, day: date, limit: int = 10) -> list[tuple[str, int]]:
         """Awaitable :meth:`top_users`: the same answer and errors, read on asyncio drivers."""
         return await self._aquery(self.top_users, event, day=day, limit=limit)
+
+    async def atop_groups(
+        self, event: str, group_type: str, *, day: date, limit: int = 10
+    ) -> list[tuple[str, int]]:
+        """Awaitable :meth:`top_groups`: the same answer and errors, read on asyncio drivers."""
+        return await self._aquery(self.top_groups, event, group_type, day=day, limit=limit)
+
+    async def aunique_groups(self, event: str, group_type: str, start: date, end: date) -> int:
+        """Awaitable :meth:`unique_groups`: the same answer and errors, read on asyncio
+        drivers."""
+        return await self._aquery(self.unique_groups, event, group_type, start, end)
 
     async def abreakdown(
         self,
@@ -816,15 +835,28 @@ class Analytics:
         hour: datetime | None = None,
         properties: Mapping[str, str | int | bool] | None = None,
         user_id: str | None = None,
+        group: tuple[str, str] | None = None,
     ) -> int:
         """Return the exact count of ``event`` on a UTC ``day``, in an ``hour``, or all time.
 
         ``properties`` matches every property set containing those pairs; ``user_id`` counts
-        one user's events (per-user counts are daily and not split by properties).
+        one user's events (per-user counts are daily and not split by properties);
+        ``group=(group_type, group_id)`` counts one group's events (daily, like per-user
+        counts, and not split by properties either).
         """
         name = self._event(event)
         if day is not None and hour is not None:
             raise ValueError("pass day= or hour=, not both")
+        if group is not None:
+            if hour is not None or properties is not None or user_id is not None:
+                raise ValueError(
+                    "per-group counts are daily and not split by properties or users; "
+                    "accepted with group: day= only"
+                )
+            group_type, group_id = validate_group(group, self.config.group_types)
+            start, end = (None, None) if day is None else (day_of(check_day(day)), day_of(day) + 1)
+            counts = self._query.group_counts(name, group_type, start, end, group_id)
+            return counts.get(group_id, 0)
         if user_id is not None:
             if hour is not None or properties is not None:
                 raise ValueError(
@@ -893,6 +925,27 @@ class Analytics:
             raise ValueError(f"limit {limit!r} is not accepted; accepted: an int >= 1")
         first = day_of(check_day(day))
         return self._query.top_users(self._event(event), first, first + 1, limit)
+
+    def top_groups(
+        self, event: str, group_type: str, *, day: date, limit: int = 10
+    ) -> list[tuple[str, int]]:
+        """Return ``[(group_id, count)]``: the ``limit`` groups of ``group_type`` with the
+        most ``event`` on a UTC ``day``, most first (ties: the smaller id by code point)."""
+        name = self._event(event)
+        kind = check_group_type(group_type, self.config.group_types)
+        _check_limit(limit)
+        first = day_of(check_day(day))
+        return self._query.top_groups(name, kind, first, first + 1, limit)
+
+    def unique_groups(self, event: str, group_type: str, start: date, end: date) -> int:
+        """Return the exact number of distinct groups of ``group_type`` with ``event`` on
+        UTC days ``start`` to ``end``, both included."""
+        name = self._event(event)
+        kind = check_group_type(group_type, self.config.group_types)
+        first, last = day_of(check_day(start, "start")), day_of(check_day(end, "end"))
+        if first > last:
+            raise ValueError(f"start {start} is after end {end}; accepted: start <= end")
+        return self._query.unique_groups(name, kind, first, last + 1)
 
     def breakdown(
         self,

@@ -53,6 +53,7 @@ from .backends.base import (
     Sink,
     SinkSnapshot,
     UserDay,
+    groups_of,
     hourly_of,
     periods_of,
     property_hours_of,
@@ -425,6 +426,83 @@ class QueryEngine:
             return {}
 
         self._users_read(event, start, end, durable)
+        return found[0]
+
+    def group_counts(
+        self,
+        event: str,
+        group_type: str,
+        start: int | None,
+        end: int | None,
+        group_id: str | None,
+    ) -> dict[str, int]:
+        """Return exact counts of ``event`` by group of ``group_type`` over day buckets
+        ``[start, end)`` (one group if ``group_id`` is given)."""
+        return self._read(
+            _Read(
+                pending=lambda: self.store.pending_groups(event, group_type, start, end, group_id),
+                durable=lambda sink: sink.group_counts(event, group_type, start, end, group_id),
+                local=lambda delta: groups_of(
+                    delta.groups, event, group_type, start, end, group_id
+                ),
+            )
+        )
+
+    def _groups_read(
+        self,
+        event: str,
+        group_type: str,
+        start: int,
+        end: int,
+        durable: Callable[[SinkSnapshot, set[str]], dict[str, int]],
+    ) -> dict[str, int]:
+        """Read groups' counts over days ``[start, end)`` as :meth:`_users_read` reads
+        users': pending and buffered ones whole, durable ones through ``durable(snapshot,
+        groups)``, ``groups`` holding at least every group with pending or buffered counts."""
+        seen: set[str] = set()
+
+        def pending() -> Pending[str]:
+            read = self.store.pending_groups(event, group_type, start, end, None)
+            seen.update(read.live)
+            for counts in read.claimed.values():
+                seen.update(counts)
+            return read
+
+        def local(delta: Delta) -> dict[str, int]:
+            counts = groups_of(delta.groups, event, group_type, start, end, None)
+            seen.update(counts)
+            return counts
+
+        def durable_read(snapshot: SinkSnapshot) -> dict[str, int]:
+            return durable(snapshot, set(seen))
+
+        return self._read(_Read(pending=pending, durable=durable_read, local=local))
+
+    def top_groups(
+        self, event: str, group_type: str, start: int, end: int, limit: int
+    ) -> list[tuple[str, int]]:
+        """Return the exact ``limit`` groups of ``group_type`` with the most ``event`` over
+        days ``[start, end)``, as :meth:`top_users` ranks users."""
+        counts = self._groups_read(
+            event,
+            group_type,
+            start,
+            end,
+            lambda sink, groups: sink.top_groups(event, group_type, start, end, limit, groups),
+        )
+        return heapq.nsmallest(limit, counts.items(), key=lambda item: (-item[1], item[0]))
+
+    def unique_groups(self, event: str, group_type: str, start: int, end: int) -> int:
+        """Return the exact number of groups of ``group_type`` with ``event`` over days
+        ``[start, end)``: the sink's, but for those with pending or buffered counts, which
+        are counted here, once (as :meth:`unique_users` counts users)."""
+        found = [0]
+
+        def durable(sink: SinkSnapshot, groups: set[str]) -> dict[str, int]:
+            found[0] = sink.distinct_groups(event, group_type, start, end, groups) + len(groups)
+            return {}
+
+        self._groups_read(event, group_type, start, end, durable)
         return found[0]
 
     def _user_days_read(

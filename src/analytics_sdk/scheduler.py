@@ -249,7 +249,7 @@ class Scheduler:
                 self._in_doubt = push
                 raise StoreError(f"push to {self.store!r} failed: {exc!r}") from exc
             self.aggregator.push_done(push)
-            self._freed_keys += len(push.delta.hourly) + len(push.delta.users)
+            self._freed_keys += push.delta.keys
             # Skipped as a duplicate: applied by an attempt of ours whose reply was lost
             # (counted now, once), or by another sender, such as a replay (not ours to count).
             if applied is not False or push is self._in_doubt:
