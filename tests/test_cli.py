@@ -141,10 +141,19 @@ def test_query_on_a_misspelled_schema_fails_and_creates_nothing(
     ],
 )
 def test_a_read_command_on_a_misspelled_prefix_fails_and_writes_nothing(
-    command: list[str], pg_schema: tuple[str, str], capsys: pytest.CaptureFixture[str]
+    command: list[str],
+    pg_schema: tuple[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import redis
 
+    import analytics_sdk.dashboard
+
+    def serve(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the dashboard started on a prefix with no counters")
+
+    monkeypatch.setattr(analytics_sdk.dashboard, "serve_until_stopped", serve)
     url, schema = pg_schema
     assert main(["migrate", "--sink", f"{url}?schema={schema}"]) == 0
     capsys.readouterr()
