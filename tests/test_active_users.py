@@ -153,6 +153,77 @@ def test_active_users_match_a_recount_in_every_tier(
     assert [n for _, n in got] == expected
 
 
+# (day offset, user (None: no user), event, account (None: no group), tier)
+GroupTracked = tuple[int, int | None, str, str | None, int]
+group_tracked = st.lists(  # few users and days: the same user often in several tiers
+    st.tuples(
+        st.integers(0, 29),
+        st.one_of(st.none(), st.integers(0, 3)),
+        st.sampled_from(["e", "f"]),
+        st.sampled_from([None, "acme", "zen"]),
+        st.integers(0, 4),
+    ),
+    min_size=1,
+    max_size=50,
+)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis+postgres"])
+@EXAMPLES
+@given(
+    events=group_tracked,
+    granularity=st.sampled_from(["day", "week", "month"]),
+    first=st.integers(-5, 60),
+    length=st.integers(0, 40),
+    names=st.sampled_from([None, "e", ("e", "f")]),
+)
+def test_an_accounts_active_users_match_a_recount_in_every_tier(
+    kind: str,
+    events: list[GroupTracked],
+    granularity: str,
+    first: int,
+    length: int,
+    names: str | tuple[str, ...] | None,
+) -> None:
+    with _client(kind) as client:
+        plain = [(o, u, e, t) for o, u, e, g, t in events]
+        by_group = {i: g for i, (_, _, _, g, _) in enumerate(events)}
+        for tier in range(5):  # _load, with each call's account
+            for i, (offset, user, event, _) in enumerate(plain):
+                if events[i][4] == tier:
+                    when = datetime.combine(DAY0 + timedelta(days=offset), datetime.min.time())
+                    client.track(
+                        event,
+                        user_id=None if user is None else f"u{user}",
+                        groups=None if by_group[i] is None else {"account": by_group[i]},
+                        timestamp=when.replace(hour=12, tzinfo=timezone.utc),
+                    )
+            if tier == 0:
+                client.flush()
+            elif tier in (1, 2):
+                client.scheduler.push()
+                for batch in client.store.claim():
+                    if tier == 2:
+                        client.sink.apply(batch)
+            elif tier == 3:
+                client.scheduler.push()
+        start = DAY0 + timedelta(days=first)
+        got = client.active_users(
+            start,
+            start + timedelta(days=length),
+            granularity=granularity,
+            events=names,
+            group=("account", "acme"),
+        )
+    labels = [label for label, _ in got]
+    wanted = None if names is None else {names} if isinstance(names, str) else set(names)
+    acme = [(o, u, e, t) for o, u, e, g, t in events if g == "acme"]
+    expected = [
+        len(_users_in(acme, wanted, lo, hi)) for lo, hi in _ranges(labels, granularity, "UTC")
+    ]
+    assert [n for _, n in got] == expected
+
+
 def _recount_retention(
     events: list[Tracked],
     ranges: list[tuple[int, int]],
@@ -253,6 +324,27 @@ W1 = date(2026, 11, 2)  # a Monday
 W2, W3 = W1 + timedelta(days=7), W1 + timedelta(days=14)
 
 
+def test_an_accounts_user_in_the_sink_and_pending_counts_once(client: Analytics) -> None:
+    acme = {"account": "acme"}
+    client.track(
+        "open", user_id="a", groups=acme, timestamp=datetime(2026, 11, 2, 9, tzinfo=timezone.utc)
+    )
+    client.track(
+        "open",
+        user_id="b",
+        groups={"account": "zen"},
+        timestamp=datetime(2026, 11, 2, 9, tzinfo=timezone.utc),
+    )
+    client.flush()
+    client.track(
+        "open", user_id="a", groups=acme, timestamp=datetime(2026, 11, 3, 9, tzinfo=timezone.utc)
+    )
+    client.track("open", groups=acme, timestamp=datetime(2026, 11, 3, 9, tzinfo=timezone.utc))
+    weekly = client.active_users(W1, W1, granularity="week", group=("account", "acme"))
+    assert [n for _, n in weekly] == [1]
+    assert [n for _, n in client.active_users(W1, W1, granularity="week")] == [2]
+
+
 def test_daily_weekly_and_monthly_active_users(client: Analytics) -> None:
     for user, day in [("a", W1), ("b", W1), ("a", W1 + timedelta(days=1)), ("c", W2)]:
         _on(client, "open", user, day)
@@ -311,6 +403,10 @@ def test_late_data_moves_a_user_to_their_earlier_cohort(client: Analytics) -> No
         (lambda c: c.active_users(W1, W2, events=[]), "events is empty"),
         (lambda c: c.active_users(W1, W2, events=[" x"]), "event name ' x'"),
         (lambda c: c.active_users(W1, W2, tz="Mars/Base"), "tz 'Mars/Base' is not a known"),
+        (
+            lambda c: c.active_users(W1, W2, group=("team", "x")),
+            "group type 'team' is not configured",
+        ),
         (
             lambda c: c.retention(W1, W2, periods=0),
             "periods 0 is not accepted; accepted: an int from 1 to 366",
@@ -408,13 +504,20 @@ def _block(page: str, heading: str, language: str) -> str:
     return section[start : section.index("```", start)]
 
 
-@pytest.mark.parametrize("page", ["active-users.md", "retention.md"])
+@pytest.mark.parametrize(
+    ("page", "heading"),
+    [
+        ("active-users.md", "## A worked example"),
+        ("active-users.md", "## An account's active users"),
+        ("retention.md", "## A worked example"),
+    ],
+)
 def test_the_worked_example_prints_what_the_page_shows(
-    page: str, capsys: pytest.CaptureFixture[str]
+    page: str, heading: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = _block(page, "## A worked example", "python")
+    code = _block(page, heading, "python")
     exec(compile(code, str(DOCS / page), "exec"), {"__name__": "example"})
-    assert capsys.readouterr().out == _block(page, "## A worked example", "text")
+    assert capsys.readouterr().out == _block(page, heading, "text")
 
 
 @pytest.mark.parametrize(
@@ -516,3 +619,30 @@ def test_the_commands_refuse_bad_input(
         main(args)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_active_counts_one_groups_users_with_group(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with redis_and_postgres("cligroup") as (_, sink):
+        with Analytics(sink=sink, background=False) as client:
+            for day, user, account in [(2, "ana", "acme"), (3, "bo", "acme"), (3, "cy", "zen")]:
+                client.track(
+                    "open",
+                    user_id=user,
+                    groups={"account": account},
+                    timestamp=datetime(2026, 11, day, 9, tzinfo=timezone.utc),
+                )
+        capsys.readouterr()
+        args = ["active", "--from", "2026-11-02", "--to", "2026-11-03", "--sink", sink]
+        assert main([*args, "--group", "account=acme", "--format", "csv"]) == 0
+        assert capsys.readouterr().out.splitlines()[1:] == [
+            "2026-11-02T00:00:00+00:00,1",
+            "2026-11-03T00:00:00+00:00,1",
+        ]
+        assert main([*args, "--group", "account=acme"]) == 0
+        assert "any event, account acme" in capsys.readouterr().out
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--group", "acme"])
+        assert exit_.value.code == 2
+        assert "'acme' is not TYPE=ID" in capsys.readouterr().err

@@ -81,6 +81,13 @@ def _property(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _group(text: str) -> tuple[str, str]:
+    group_type, sep, group_id = text.partition("=")
+    if not sep or not group_type or not group_id:
+        raise argparse.ArgumentTypeError(f"{text!r} is not TYPE=ID (e.g. account=acme)")
+    return group_type, group_id
+
+
 def _url(given: str | None, variable: str, option: str) -> str:
     """Return the URL given on the command line, else the environment's, else fail."""
     url = given or os.environ.get(variable)
@@ -210,7 +217,12 @@ def active(args: argparse.Namespace, out: TextIO) -> int:
     events = args.event or None
     with _reader(args) as client:
         series = client.active_users(
-            args.start, args.end, granularity=args.granularity, tz=args.tz, events=events
+            args.start,
+            args.end,
+            granularity=args.granularity,
+            tz=args.tz,
+            events=events,
+            group=args.group,
         )
     if args.format == "json":
         rows = [{"period": label.isoformat(), "active_users": n} for label, n in series]
@@ -224,6 +236,8 @@ def active(args: argparse.Namespace, out: TextIO) -> int:
     counts = [n for _, n in series]
     peak = max(counts, default=0)
     which = ", ".join(args.event) if args.event else "any event"
+    if args.group is not None:
+        which += f", {args.group[0]} {args.group[1]}"
     out.write(f"active users by {args.granularity} ({args.tz}, {which})  {sparkline(counts)}\n")
     for label, n in series:
         out.write(f"  {label.strftime('%Y-%m-%d'):<16}{n:>12,}  {bar(n, peak, 30)}\n")
@@ -446,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="count users of this event only; repeatable (default: any event)",
+    )
+    a.add_argument(
+        "--group",
+        type=_group,
+        metavar="TYPE=ID",
+        help="count the users of one group only, e.g. account=acme",
     )
     _reading_options(a)
 

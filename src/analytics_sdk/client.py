@@ -791,11 +791,18 @@ class Analytics:
         granularity: str = "day",
         tz: str | tzinfo = "UTC",
         events: str | Iterable[str] | None = None,
+        group: tuple[str, str] | None = None,
     ) -> list[tuple[datetime, int]]:
         """Awaitable :meth:`active_users`: the same answer and errors, read on asyncio
         drivers."""
         return await self._aquery(
-            self.active_users, start, end, granularity=granularity, tz=tz, events=events
+            self.active_users,
+            start,
+            end,
+            granularity=granularity,
+            tz=tz,
+            events=events,
+            group=group,
         )
 
     async def aretention(
@@ -1058,18 +1065,22 @@ class Analytics:
         granularity: str = "day",
         tz: str | tzinfo = "UTC",
         events: str | Iterable[str] | None = None,
+        group: tuple[str, str] | None = None,
     ) -> list[tuple[datetime, int]]:
         """Return ``[(period start, active users)]`` for every period from the one
         containing ``start`` to the one containing ``end``: daily, weekly or monthly active
         users (``granularity`` ``"day"``, ``"week"`` or ``"month"``), exact.
 
         A user is active in a period if they did any of ``events`` (any event if None) on a
-        day in it. Users' activity is kept by UTC day: with another ``tz``, a period holds
-        the UTC days with its dates in ``tz`` and starts at midnight there.
+        day in it; with ``group=(group_type, group_id)``, any of them tracked with that
+        group (an account's active users). Users' activity is kept by UTC day: with another
+        ``tz``, a period holds the UTC days with its dates in ``tz`` and starts at midnight
+        there.
         """
         names = self._events(events)
+        checked = None if group is None else validate_group(group, self.config.group_types)
         labels, ranges = day_periods(start, end, granularity, resolve_tz(tz))
-        counts = self._query.active_users(names, ranges)
+        counts = self._query.active_users(names, ranges, checked)
         return list(zip(labels, counts, strict=True))
 
     def retention(

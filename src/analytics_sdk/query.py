@@ -53,6 +53,7 @@ from .backends.base import (
     Sink,
     SinkSnapshot,
     UserDay,
+    group_user_days_of,
     groups_of,
     hourly_of,
     periods_of,
@@ -511,6 +512,7 @@ class QueryEngine:
         start: int | None,
         end: int,
         durable: Callable[[SinkSnapshot, set[str]], None],
+        group: tuple[str, str] | None = None,
     ) -> dict[UserDay, int]:
         """Return the pending and buffered per-user daily counts of ``events`` (every event
         if None) over days ``[start, end)`` that the sink does not hold, by ``(event, user,
@@ -519,14 +521,17 @@ class QueryEngine:
         seen: set[str] = set()
 
         def pending() -> Pending[UserDay]:
-            read = self.store.pending_user_days(events, start, end)
+            read = self.store.pending_user_days(events, start, end, group)
             seen.update(user for _, user, _ in read.live)
             for counts in read.claimed.values():
                 seen.update(user for _, user, _ in counts)
             return read
 
         def local(delta: Delta) -> dict[UserDay, int]:
-            counts = user_days_of(delta.users, events, start, end)
+            if group is None:
+                counts = user_days_of(delta.users, events, start, end)
+            else:
+                counts = group_user_days_of(delta.groups, events, start, end, group)
             seen.update(user for _, user, _ in counts)
             return counts
 
@@ -537,10 +542,14 @@ class QueryEngine:
         return self._read(_Read(pending=pending, durable=durable_read, local=local))
 
     def active_users(
-        self, events: Collection[str] | None, ranges: Sequence[tuple[int, int]]
+        self,
+        events: Collection[str] | None,
+        ranges: Sequence[tuple[int, int]],
+        group: tuple[str, str] | None = None,
     ) -> list[int]:
         """Return, for each of contiguous, ascending ranges of days ``[low, high)``, the
-        exact number of users who did any of ``events`` (any event if None) in it.
+        exact number of users who did any of ``events`` (any event if None) in it (with
+        ``group``, ``(type, id)``: in that group).
 
         The sink counts its users (its per-day bitmaps) but for those with pending or
         buffered counts, and tells in which ranges it has those; their pending and buffered
@@ -549,9 +558,9 @@ class QueryEngine:
         found: list[tuple[list[int], dict[str, set[int]]]] = []
 
         def durable(snapshot: SinkSnapshot, users: set[str]) -> None:
-            found[:] = [snapshot.active_users(events, ranges, users)]
+            found[:] = [snapshot.active_users(events, ranges, users, group)]
 
-        pending = self._user_days_read(events, ranges[0][0], ranges[-1][1], durable)
+        pending = self._user_days_read(events, ranges[0][0], ranges[-1][1], durable, group)
         counts, members = found[0]
         for _, user, day in pending:
             members.setdefault(user, set()).add(range_index(ranges, day))

@@ -49,6 +49,7 @@ __all__ = [
     "Retention",
     "Sink",
     "SinkSnapshot",
+    "group_user_days_of",
     "groups_of",
     "matches",
     "periods_of",
@@ -328,6 +329,31 @@ def tally_retention(
     return sizes, retained
 
 
+def group_user_days_of(
+    counts: dict[GroupKey, int],
+    events: Collection[str] | None,
+    start: int | None,
+    end: int | None,
+    group: tuple[str, str],
+) -> dict[UserDay, int]:
+    """Return the per-group daily counts of ``group`` (``(type, id)``) that have a user, of
+    ``events`` (every event if None) over days ``[start, end)``, by ``(event, user_id,
+    day)``."""
+    group_type, group_id = group
+    out: dict[UserDay, int] = {}
+    for (event, kind, gid, user, day), value in counts.items():
+        if (
+            user is not None
+            and kind == group_type
+            and gid == group_id
+            and (events is None or event in events)
+            and in_range(day, start, end)
+        ):
+            key = (event, user, day)
+            out[key] = out.get(key, 0) + value
+    return out
+
+
 @attrs.frozen(kw_only=True)
 class Retention:
     """What a sink holds of first-time retention (see :meth:`SinkSnapshot.retention`)."""
@@ -416,10 +442,15 @@ class CounterStore(ABC):
 
     @abstractmethod
     def pending_user_days(
-        self, events: Collection[str] | None, start: int | None, end: int | None
+        self,
+        events: Collection[str] | None,
+        start: int | None,
+        end: int | None,
+        group: tuple[str, str] | None = None,
     ) -> Pending[UserDay]:
         """Return the pending per-user daily counts of ``events`` (every event if None)
-        over days ``[start, end)``, by ``(event, user_id, day)``."""
+        over days ``[start, end)``, by ``(event, user_id, day)``; with ``group`` (``(type,
+        id)``), those the group's per-group counters hold."""
 
     @abstractmethod
     def pending_groups(
@@ -551,10 +582,12 @@ class SinkSnapshot(ABC):
         events: Collection[str] | None,
         ranges: Sequence[tuple[int, int]],
         users: Collection[str],
+        group: tuple[str, str] | None = None,
     ) -> tuple[list[int], dict[str, set[int]]]:
         """Return, for each range of days ``[low, high)``, how many users did any of
-        ``events`` (any event if None) on a day in it, not counting those in ``users``; and,
-        for each of ``users`` the sink has active in some range, the indexes of those ranges."""
+        ``events`` (any event if None) on a day in it (with ``group``: in that group, from
+        its per-group counters), not counting those in ``users``; and, for each of ``users``
+        the sink has active in some range, the indexes of those ranges."""
 
     @abstractmethod
     def retention(

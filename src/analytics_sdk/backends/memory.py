@@ -30,6 +30,7 @@ from .base import (
     Sink,
     SinkSnapshot,
     UserDay,
+    group_user_days_of,
     groups_of,
     hourly_of,
     in_range,
@@ -184,15 +185,21 @@ class MemoryCounterStore(CounterStore):
             )
 
     def pending_user_days(
-        self, events: Collection[str] | None, start: int | None, end: int | None
+        self,
+        events: Collection[str] | None,
+        start: int | None,
+        end: int | None,
+        group: tuple[str, str] | None = None,
     ) -> Pending[UserDay]:
+        def of(delta: Delta) -> dict[UserDay, int]:
+            if group is None:
+                return user_days_of(delta.users, events, start, end)
+            return group_user_days_of(delta.groups, events, start, end, group)
+
         with self._lock:
             return Pending(
-                live=user_days_of(self._live.users, events, start, end),
-                claimed={
-                    batch_id: user_days_of(batch.delta.users, events, start, end)
-                    for batch_id, batch in self._claims.items()
-                },
+                live=of(self._live),
+                claimed={batch_id: of(batch.delta) for batch_id, batch in self._claims.items()},
             )
 
     def pending_groups(
@@ -385,26 +392,40 @@ class _MemorySnapshot(SinkSnapshot):
             if event is None or name == event:
                 yield from rows
 
+    def _active_days(
+        self, events: Collection[str] | None, group: tuple[str, str] | None
+    ) -> Iterator[tuple[str, int]]:
+        """Yield ``(user, day)`` of the per-user counts of ``events`` (any if None), or with
+        ``group`` of that group's per-group counts that have a user."""
+        if group is None:
+            for name, rows in self._sink._users.items():
+                if events is None or name in events:
+                    yield from rows
+            return
+        for (name, kind), counts in self._sink._groups.items():
+            if kind == group[0] and (events is None or name in events):
+                for gid, user, day in counts:
+                    if gid == group[1] and user is not None:
+                        yield user, day
+
     def active_users(
         self,
         events: Collection[str] | None,
         ranges: Sequence[tuple[int, int]],
         users: Collection[str],
+        group: tuple[str, str] | None = None,
     ) -> tuple[list[int], dict[str, set[int]]]:
         self.hold()
         excluded = set(users)
         active: list[set[str]] = [set() for _ in ranges]
         members: dict[str, set[int]] = {}
-        for name, rows in self._sink._users.items():
-            if events is not None and name not in events:
-                continue
-            for user, day in rows:
-                i = range_index(ranges, day)
-                if 0 <= i < len(ranges):
-                    if user in excluded:
-                        members.setdefault(user, set()).add(i)
-                    else:
-                        active[i].add(user)
+        for user, day in self._active_days(events, group):
+            i = range_index(ranges, day)
+            if 0 <= i < len(ranges):
+                if user in excluded:
+                    members.setdefault(user, set()).add(i)
+                else:
+                    active[i].add(user)
         return [len(found) for found in active], members
 
     def retention(

@@ -1174,7 +1174,10 @@ class _PostgresSnapshot(SinkSnapshot):
         events: Collection[str] | None,
         ranges: Sequence[tuple[int, int]],
         users: Collection[str],
+        group: tuple[str, str] | None = None,
     ) -> tuple[list[int], dict[str, set[int]]]:
+        if group is not None:
+            return self._group_active_users(events, ranges, set(users), group)
         numbers, user_of = self._numbers(users)
         counts: list[int] = []
         members: dict[str, set[int]] = {}
@@ -1183,6 +1186,32 @@ class _PostgresSnapshot(SinkSnapshot):
             for number in active & numbers if numbers else ():
                 members.setdefault(user_of[number], set()).add(i)
         return counts, members
+
+    def _group_active_users(
+        self,
+        events: Collection[str] | None,
+        ranges: Sequence[tuple[int, int]],
+        excluded: set[str],
+        group: tuple[str, str],
+    ) -> tuple[list[int], dict[str, set[int]]]:
+        """:meth:`active_users` of one group: its users' days from its per-group rows (a
+        group has few users next to a product: one row per user and active day)."""
+        params = {
+            "type": group[0],
+            "id": group[1],
+            "events": None if events is None else sorted(events),
+            "start": ranges[0][0],
+            "end": ranges[-1][1],
+        }
+        active: list[set[str]] = [set() for _ in ranges]
+        members: dict[str, set[int]] = {}
+        for user, day in self._rows("group_user_days", params):
+            i = range_index(ranges, day)
+            if user in excluded:
+                members.setdefault(user, set()).add(i)
+            else:
+                active[i].add(user)
+        return [len(found) for found in active], members
 
     def retention(
         self,
@@ -1604,6 +1633,14 @@ _STATEMENTS = {
         "AND users <> ''"
     ),
     "ever_users_of": "SELECT users FROM {s}.ever_users WHERE event = %(event)s",
+    # A group's users and their active days ('' is a call without a user).
+    "group_user_days": (
+        "SELECT DISTINCT user_id, day - date '1970-01-01' FROM {s}.group_user_daily_counts "
+        "WHERE group_type = %(type)s AND group_id = %(id)s AND user_id <> '' "
+        "AND (%(events)s::text[] IS NULL OR event = ANY(%(events)s::text[])) "
+        "AND day >= date '1970-01-01' + %(start)s::integer "
+        "AND day < date '1970-01-01' + %(end)s::integer"
+    ),
     # Daily totals hold every count (hourly rows may be pruned), in fewer rows.
     "event_totals": "SELECT event, sum(count) FROM {s}.daily_counts GROUP BY event",
     "prune_ledger": "DELETE FROM {s}.flush_ledger WHERE applied_at < %s",

@@ -1403,7 +1403,7 @@ class RedisCounterStore(CounterStore):
     def _read_listed(
         self, kind: str, wanted: Callable[[str, int | None], bool]
     ) -> tuple[dict[str, list[tuple[str, _Target]]], set[str]]:
-        """Read whole every pending hash of ``kind`` (``h`` or ``u``) whose event and bucket
+        """Read whole every pending hash of ``kind`` (``h``, ``u`` or ``g``) whose event and bucket
         (None: a hash of the earlier layout) ``wanted`` accepts, found in the shard's sets of
         live hashes and in each batch's set of hashes (``SSCAN``), read with ``HSCAN``.
 
@@ -1478,23 +1478,36 @@ class RedisCounterStore(CounterStore):
         )
 
     def pending_user_days(
-        self, events: Collection[str] | None, start: int | None, end: int | None
+        self,
+        events: Collection[str] | None,
+        start: int | None,
+        end: int | None,
+        group: tuple[str, str] | None = None,
     ) -> Pending[UserDay]:
         """Every pending per-user daily counter of ``events`` (all if None) over days
-        ``[start, end)``: the per-user hashes of those events and days, found in the shard's
-        sets of hashes (a query of every event has no index to read)."""
+        ``[start, end)``: the per-user hashes of those events and days (with ``group``, the
+        per-group hashes, fields of that group with a user), found in the shard's sets of
+        hashes (a query of every event has no index to read)."""
 
         def wanted(event: str, day: int | None) -> bool:
             in_days = day is None or in_range(day, start, end)
             return in_days and (events is None or event in events)
 
-        read, building = self._read_listed("u", wanted)
+        read, building = self._read_listed("u" if group is None else "g", wanted)
+        # A group's fields with a user: "<type>|<id>|<user>".
+        prefix = None if group is None else f"{escape(group[0])}|{escape(group[1])}|"
 
         def users(targets: list[tuple[str, _Target]]) -> dict[UserDay, int]:
             out: dict[UserDay, int] = {}
             for event, target in targets:
                 for head, day, value in _fields(target, start, end):
-                    key = (event, unescape(head), day)
+                    if prefix is None:
+                        user = unescape(head)
+                    elif head.startswith(prefix):
+                        user = unescape(head[len(prefix) :])
+                    else:
+                        continue
+                    key = (event, user, day)
                     out[key] = out.get(key, 0) + int(value)
             return out
 
