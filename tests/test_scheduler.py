@@ -613,6 +613,28 @@ def test_two_failing_batches_are_tried_after_new_ones_and_never_hold_them_back(
     assert client.count("poison") == 3  # kept in their claims, for when the sink takes them
 
 
+def test_one_failure_after_a_success_does_not_stop_the_flush(
+    synchronous: tuple[Analytics, Faults, Faults],
+) -> None:
+    client, _, sink = synchronous
+
+    def of(event: str) -> Callable[[Batch], bool]:
+        return lambda batch: any(e == event for e, _, _ in batch.delta.hourly)
+
+    sink.fail("apply", times=1000, when=of("stuck"))
+    client.track("stuck", value=1)
+    assert client.flush().error is not None
+    sink.fail("apply", when=of("flaky"))  # fails once, then commits
+    client.track("flaky", value=2)
+    assert client.flush().error is not None
+    client.track("good", value=5)
+    # The new batch commits, the stuck one fails, the flaky one commits: one failure
+    # between two successes is no reason to stop.
+    result = client.flush()
+    assert (result.flushed, result.batches, result.complete) == (5 + 2, 2, False)
+    assert [durable(client, e) for e in ("good", "flaky", "stuck")] == [5, 2, 0]
+
+
 def test_a_claim_another_flusher_acknowledges_meanwhile_is_done_and_the_flush_complete(
     clock: ManualClock,
 ) -> None:
