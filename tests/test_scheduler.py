@@ -561,6 +561,7 @@ def test_flush_and_shutdown_accept_an_unbounded_timeout(
     ("backend", "method", "message"),
     [
         ("store", "claim_batches", "claim from MemoryCounterStore() failed: RuntimeError('bug')"),
+        ("store", "claimed_ids", "claim from MemoryCounterStore() failed: RuntimeError('bug')"),
         ("sink", "apply", "apply to MemorySink() failed: RuntimeError('bug')"),
         ("store", "ack", "ack on MemoryCounterStore() failed: RuntimeError('bug')"),
     ],
