@@ -673,6 +673,20 @@ def test_a_flush_of_several_batches_reports_and_counts_each_once(
     assert (durable(client), client.count("x")) == (8, 8)
 
 
+def test_a_flush_applies_every_orphan_of_a_dead_flusher(
+    synchronous: tuple[Analytics, Faults, Faults], clock: ManualClock
+) -> None:
+    client, _, _ = synchronous
+    for value in (2, 3, 4):  # a flusher claimed three batches, then died
+        client.track("x", value=value)
+        client.scheduler.push()
+        client.store.claim()
+    clock.advance(31)
+    result = client.flush()
+    assert (result.complete, result.flushed, result.batches) == (True, 9, 3)
+    assert (client.store.claimed(), durable(client), client.count("x")) == ([], 9, 9)
+
+
 def test_a_flush_applies_its_own_claims_and_orphans_but_not_a_live_flusher_s(
     clock: ManualClock,
 ) -> None:
