@@ -654,6 +654,41 @@ def test_a_claim_another_flusher_acknowledges_meanwhile_is_done_and_the_flush_co
         assert (durable(a), a.count("x")) == (3, 3)
 
 
+def test_a_foreign_error_claiming_the_next_batch_is_reported_with_the_backend_and_step(
+    synchronous: tuple[Analytics, Faults, Faults],
+) -> None:
+    client, _, _ = synchronous
+    client.track("x", value=2)
+    store = client.store
+    claim_batches = store.claim_batches
+
+    def failing(max_keys: int) -> Iterator[Batch]:
+        raise RuntimeError("bug")
+        yield  # a generator: the error comes with the first batch, not with the call
+
+    store.claim_batches = failing  # type: ignore[method-assign]
+    result = client.flush()
+    assert result.error == "claim from MemoryCounterStore() failed: RuntimeError('bug')"
+    store.claim_batches = claim_batches  # type: ignore[method-assign]
+    assert client.flush().complete
+    assert (durable(client), client.count("x")) == (2, 2)
+
+
+def test_a_claim_failing_after_an_apply_failed_keeps_the_earlier_claim_ours(
+    synchronous: tuple[Analytics, Faults, Faults],
+) -> None:
+    client, store, sink = synchronous
+    client.track("x", value=3)
+    sink.fail("apply")
+    assert client.flush().error is not None  # claimed: ours to apply again, at once
+    store.fail("claim_batches")
+    assert client.flush().error is not None
+    # Still ours: applied by the next flush, not left for the lease to run out.
+    result = client.flush()
+    assert (result.complete, result.flushed) == (True, 3)
+    assert (durable(client), client.count("x")) == (3, 3)
+
+
 def test_a_flush_of_several_batches_reports_and_counts_each_once(
     synchronous: tuple[Analytics, Faults, Faults], clock: ManualClock
 ) -> None:
