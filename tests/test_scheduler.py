@@ -689,6 +689,18 @@ def test_a_claim_failing_after_an_apply_failed_keeps_the_earlier_claim_ours(
     assert (durable(client), client.count("x")) == (3, 3)
 
 
+def test_a_flush_that_cannot_list_the_claims_left_is_not_reported_complete(
+    synchronous: tuple[Analytics, Faults, Faults],
+) -> None:
+    client, store, _ = synchronous
+    client.track("x", value=2)
+    store.fail("claimed_ids", nth=2)  # the check after the batches, that none is left
+    result = client.flush()
+    assert (result.error, result.flushed, result.complete) == (None, 2, False)
+    assert client.flush().complete
+    assert (durable(client), client.count("x")) == (2, 2)
+
+
 def test_a_flush_of_several_batches_reports_and_counts_each_once(
     synchronous: tuple[Analytics, Faults, Faults], clock: ManualClock
 ) -> None:
@@ -740,6 +752,7 @@ def test_a_flush_applies_its_own_claims_and_orphans_but_not_a_live_flusher_s(
         [live] = store.claim()  # by a flusher at work right now: not ours, not stale
         result = a.flush()
         assert (result.flushed, result.batches) == (2 + 3, 2)
+        assert not result.complete  # the live flusher's claim is still to be applied
         assert [b.id for b in store.claimed()] == [live.id]
         assert orphan.id in sink.applied([orphan.id, live.id])
         assert a.count("x") == 10
