@@ -210,6 +210,31 @@ def test_passwords_stay_out_of_reprs_and_errors(schema: str) -> None:
     sink.close()
 
 
+def test_a_failed_apply_names_the_sink_and_the_step_and_commits_nothing(
+    pg_url: str, schema: str
+) -> None:
+    sink = PostgresSink.from_url(f"{pg_url}?schema={schema}")
+    assert sink.apply(batch({("e", (), 1): 1}))  # the month's partitions exist from here on
+    second = batch({("e", (), 1): 2}, {("e", "u", 0): 2})
+
+    def rename(old: str, new: str) -> None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"ALTER TABLE {schema}.{old} RENAME TO {new}")
+
+    rename("flush_ledger", "flush_ledger_away")  # the apply's own statement fails
+    try:
+        with pytest.raises(SinkError) as info:
+            sink.apply(second)
+    finally:
+        rename("flush_ledger_away", "flush_ledger")
+    assert str(info.value).startswith(f"PostgreSQL {sink._description} apply failed: ")
+    assert sink.hourly_counts("e", None, None, ()) == {1: 1}  # nothing of it committed
+    assert sink.apply(second)
+    assert not sink.apply(second)  # in the ledger: once
+    assert sink.hourly_counts("e", None, None, ()) == {1: 3}
+    sink.close()
+
+
 def test_cli_migrate_and_query(
     pg_url: str, schema: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
