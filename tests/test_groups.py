@@ -185,6 +185,8 @@ def test_a_group_count_sums_its_users_and_calls_without_one(client: Analytics) -
     assert client.count("api", group=("account", "acme"), day=D + timedelta(days=1)) == 0
     assert client.count("api", user_id="u1", day=D) == 3
     assert client.unique_groups("api", "account", D, D) == 1
+    # The call without a user counts for the group, and is no active user of it.
+    assert [n for _, n in client.active_users(D, D, group=("account", "acme"))] == [2]
 
 
 def test_feature_calls_count_for_the_context_groups() -> None:
