@@ -118,7 +118,7 @@ MUTATED = {
         "_read_pending",
     ],
     "backends.redis.x_": ["_decode_hash"],
-    "backends.postgres.xǁPostgresSinkǁ": ["apply", "applied", "position", "snapshot"],
+    "backends.postgres.xǁPostgresSinkǁ": ["apply", "_apply", "applied", "position", "snapshot"],
     "backends.postgres.xǁ_PostgresSnapshotǁ": [
         "hourly_counts",
         "user_counts",
