@@ -295,3 +295,32 @@ def test_a_query_against_a_hung_redis_fails_after_one_timeout(
         time.monotonic() - started < 3.5
     )  # one timeout and slack for a loaded machine; two would be 4
     client.shutdown(timeout=1)
+
+
+def test_a_stop_signal_landing_while_the_wait_holds_its_lock_still_stops_it() -> None:
+    # A signal handler runs in the main thread, maybe while it holds the stop event's lock
+    # inside wait(): a handler that set the event would wait for that lock forever.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os, signal, threading, time
+        from analytics_sdk.process import wait_for_stop
+
+        stop = threading.Event()
+
+        def ready():
+            with stop._cond:  # held, as inside stop.wait(), when the signal lands
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+
+        wait_for_stop(stop, ready)
+        print("stopped")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=20
+    )
+    assert (done.returncode, done.stdout) == (0, "stopped\n"), done.stderr

@@ -20,10 +20,11 @@ import signal
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
-__all__ = ["Lifecycle", "exiting", "register"]
+__all__ = ["Lifecycle", "exiting", "register", "wait_for_stop"]
 
 logger = logging.getLogger("analytics_sdk")
 
@@ -68,6 +69,36 @@ def _at_exit() -> None:
     global _exiting
     _exiting = True
     _shutdown_all()
+
+
+# -- commands that run until stopped ------------------------------------------------------------
+
+STOP_POLL = 0.2
+"""Seconds between two looks at whether a stop signal arrived (a command's stop latency)."""
+
+
+def wait_for_stop(stop: threading.Event, ready: Callable[[], None] | None = None) -> None:
+    """Block the main thread until ``stop`` is set (by another thread) or SIGTERM or SIGINT
+    arrives; call ``ready`` once the handlers are in place (then a stop signal is heard).
+
+    The handlers only set a flag. A handler runs in the main thread between two bytecodes,
+    possibly while that thread holds ``stop``'s internal lock inside ``stop.wait()``: one
+    that called ``stop.set()`` would wait for that lock forever (a worker that SIGTERM left
+    hanging instead of flushing)."""
+    signalled = [False]
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signalled[0] = True
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if ready is not None:
+            ready()
+        while not signalled[0] and not stop.wait(STOP_POLL):
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # -- multiprocessing children ------------------------------------------------------------------

@@ -10,9 +10,7 @@ fails with their error otherwise (a supervisor restarts it).
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -21,6 +19,7 @@ from .backends import sink_from_url, store_from_url
 from .backends.base import CounterStore, Sink
 from .client import Analytics
 from .config import Config
+from .process import wait_for_stop
 from .prometheus import MetricsServer, make_wsgi_app, registry_for
 
 if TYPE_CHECKING:
@@ -103,24 +102,21 @@ class Worker:
             return False, f"no successful flush for {age:.0f} s (failures: {stats.flushes_failed})"
         return True, "ok"
 
-    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
-        """Ask the worker to stop (the signal handlers call this)."""
+    def request_stop(self) -> None:
+        """Ask the worker to stop, from another thread (SIGTERM and SIGINT stop it too)."""
         self.stop_requested.set()
 
     def run(self) -> int:
-        """Run until a stop is requested; flush a last time; return the exit code."""
-        previous = {
-            sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
+        """Run until SIGTERM, SIGINT or :meth:`request_stop`; flush a last time; return the
+        exit code."""
         where = f" with metrics on {self.server.url}" if self.server else ""
         if self.dashboard is not None:
             where += f", dashboard on {self.dashboard.url}"
-        logger.info("worker started: %r%s", self.client, where)
-        try:
-            self.stop_requested.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+
+        def started() -> None:  # once a stop signal is heard
+            logger.info("worker started: %r%s", self.client, where)
+
+        wait_for_stop(self.stop_requested, started)
         return self.stop()
 
     def stop(self) -> int:

@@ -332,16 +332,11 @@ def serve_until_stopped(
 ) -> None:
     """Serve ``client``'s dashboard, print where to ``out``, and return on SIGINT or
     SIGTERM (Ctrl-C, or a supervisor stopping the process)."""
-    import signal
+    from ..process import wait_for_stop
 
-    stop = threading.Event()
+    with DashboardServer(client, addr, token=token) as server:
 
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with DashboardServer(client, addr, token=token) as server:
+        def serving() -> None:  # once a stop signal is heard
             if server.token is None:
                 out.write(f"dashboard on {server.url} (read-only; Ctrl-C stops it)\n")
             else:
@@ -351,7 +346,5 @@ def serve_until_stopped(
                     "Bearer TOKEN\n"
                 )
             out.flush()
-            stop.wait()
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+
+        wait_for_stop(threading.Event(), serving)
