@@ -100,10 +100,10 @@ MAX_RETENTION_PERIODS = 366
 DAY_GRANULARITIES: tuple[str, ...] = ("day", "week", "month")
 """Granularities of the queries of users' activity, which is kept by UTC day."""
 READ_ATTEMPTS = 4
+"""Reads a query makes before it reads behind the sink's fence (which always succeeds)."""
 QUIET_SKIPS = 8
 """Queries that read the usual way, after one found counts pending or buffered, before the
 next tries the sink alone again (a miss costs a read of the buffer and store)."""
-"""Reads a query makes before it reads behind the sink's fence (which always succeeds)."""
 K = TypeVar("K")
 
 
@@ -180,11 +180,9 @@ class QueryEngine:
             raise
 
     def _read_tiers(self, read: _Read[K]) -> dict[K, int]:
-        if not self.quiet_first:
-            pass
-        elif self._skip_quiet:
+        if self.quiet_first and self._skip_quiet:
             self._skip_quiet -= 1
-        else:
+        elif self.quiet_first:
             out = self._read_quiet(read)
             if out is not None:
                 return out

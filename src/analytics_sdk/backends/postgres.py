@@ -870,7 +870,8 @@ class PostgresSink(Sink):
             try:
                 yield _PostgresSnapshot(self, conn, once=True)
             finally:
-                conn.autocommit = False
+                with suppress(*self._errors):  # a broken connection: the pool replaces it
+                    conn.autocommit = False
 
     @contextmanager
     def _snapshot(self, *, fence: bool, mark: bool) -> Iterator[_PostgresSnapshot]:
