@@ -545,6 +545,27 @@ def test_concurrent_first_queries_open_one_pool() -> None:
         client.shutdown()
 
 
+def test_a_returned_connection_is_back_in_the_pool_at_once() -> None:
+    """No pool callback runs on a returned connection: it is available to the next query as
+    the last one ends (a callback would hand it to the pool's worker task first)."""
+    with backends("memory", "postgres") as (store_url, sink_url):
+        client = Analytics(store=store_url, sink=sink_url + "&pool_max=1", background=False)
+        client.track("view", timestamp=at(1))
+        client.flush()
+
+        async def queries() -> list[int]:
+            available = []
+            for _ in range(3):
+                assert await client.acount("view") == 1
+                sink = client._asyncio_backends()[1]
+                available.append(sink._pool.get_stats()["pool_available"])  # type: ignore[attr-defined]
+            await client.aclose_connections()
+            return available
+
+        assert asyncio.run(queries()) == [1, 1, 1]
+        client.shutdown()
+
+
 def test_the_fastapi_example_tracks_queries_and_shuts_down(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -79,6 +79,17 @@ def test_an_odd_schema_name_is_quoted_safely(pg_url: str) -> None:
             )
 
 
+@pytest.mark.parametrize("schema", ["analytics", 'odd "name"; drop', "ünï cödé", 'a""b'])
+def test_statements_quote_the_schema_as_psycopg_does(pg_url: str, schema: str) -> None:
+    from analytics_sdk.backends.postgres import _STATEMENTS, statements
+
+    written = statements(schema)
+    with psycopg.connect(pg_url) as conn:
+        for name, text in _STATEMENTS.items():
+            composed = psycopg.sql.SQL(text).format(s=psycopg.sql.Identifier(schema))
+            assert written[name] == composed.as_string(conn), name
+
+
 def test_retention_keeps_daily_totals(pg_url: str, schema: str) -> None:
     clock = ManualClock(start=NOW)
     sink = PostgresSink.from_url(
@@ -353,5 +364,50 @@ def test_the_sinks_connections_run_without_jit(pg_url: str, schema: str) -> None
         with sink.snapshot() as snapshot:
             assert isinstance(snapshot, _PostgresSnapshot)
             assert snapshot._conn.execute("SHOW jit").fetchone() == ("off",)
+    finally:
+        sink.close()
+
+
+def test_a_connection_back_within_a_second_is_reused_unchecked_and_at_once(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from psycopg_pool import ConnectionPool
+
+    checks: list[object] = []
+    original = ConnectionPool.check_connection
+
+    def counted(conn: psycopg.Connection) -> None:  # type: ignore[type-arg]
+        checks.append(conn)
+        original(conn)
+
+    monkeypatch.setattr(ConnectionPool, "check_connection", counted)
+    sink = PostgresSink.from_url(f"{pg_url}?schema={schema}&pool_min=1&pool_max=1")
+    try:
+        sink.apply(batch({("e", (), 10): 1}))
+        for _ in range(5):
+            assert sink.hourly_counts("e", None, None, ()) == {10: 1}
+            # Back in the pool as the query returns, not when a worker thread gets to it.
+            assert sink._get_pool().get_stats()["pool_available"] == 1
+        assert len(checks) <= 1  # only a connection never returned before is checked
+    finally:
+        sink.close()
+
+
+def test_a_connection_idle_a_second_is_checked_and_a_dead_one_replaced(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import analytics_sdk.backends.postgres as postgres
+
+    sink = PostgresSink.from_url(f"{pg_url}?schema={schema}&pool_min=1&pool_max=1")
+    try:
+        sink.apply(batch({("e", (), 10): 1}))
+        with sink._connection("test") as conn:
+            pid = conn.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        monkeypatch.setattr(postgres, "CHECK_AFTER_IDLE", 0.0)  # as if idle for long
+        assert sink.hourly_counts("e", None, None, ()) == {10: 1}  # the check replaced it
+        with sink._connection("test") as conn:
+            assert conn.info.backend_pid != pid
     finally:
         sink.close()

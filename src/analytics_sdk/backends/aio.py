@@ -152,9 +152,6 @@ class AsyncPostgresSink(PostgresSink):
             if self._idle_long(conn):
                 await AsyncConnectionPool.check_connection(conn)
 
-        async def reset(conn: Any) -> None:
-            self._note_returned(conn)
-
         self._opening = opening = asyncio.Event()
         try:
             # A wrong host, database or password fails here at once with libpq's reason.
@@ -167,7 +164,6 @@ class AsyncPostgresSink(PostgresSink):
                 kwargs=self._connect_kwargs(),
                 configure=configure,
                 check=check,
-                reset=reset,
                 open=False,
                 name=f"analytics_sdk:{self.schema}:asyncio",
                 min_size=self._pool_min,
@@ -183,7 +179,10 @@ class AsyncPostgresSink(PostgresSink):
     @contextmanager
     def _borrow(self) -> Iterator[Any]:
         with _entered(self._get_pool().connection()) as conn:
-            yield _Connection(conn)
+            try:
+                yield _Connection(conn)
+            finally:
+                self._note_returned(conn)  # as the sync sink does, not in a pool callback
 
     def after_fork_in_child(self) -> None:
         self._pool = None  # the parent's: the child's event loop makes its own
