@@ -545,6 +545,44 @@ def test_concurrent_first_queries_open_one_pool() -> None:
         client.shutdown()
 
 
+def test_a_query_with_counts_in_every_tier_waits_on_postgres_three_times(
+    pg_proxy: Proxy,
+) -> None:
+    """The mark, then BEGIN with the ledger reads and the counts' read (pipelined: one wait),
+    then COMMIT; each way, with no connection held while the store is read."""
+
+    def waits() -> int:
+        # The client waits for replies after a simple query (Q) and after a Sync or a Flush
+        # (S, H; one wait for the two together); a pipeline's statements go out without.
+        sent, kinds = b"".join(pg_proxy.requests), []
+        while sent:
+            kinds.append(sent[:1])
+            sent = sent[1 + int.from_bytes(sent[1:5], "big") :]
+        marks = "".join("w" if k in (b"S", b"H") else "q" if k == b"Q" else "." for k in kinds)
+        return marks.count("q") + len([run for run in marks.split(".") if "w" in run])
+
+    with backends("redis", "postgres", pg_port=pg_proxy.port) as (store_url, sink_url):
+        client = Analytics(store=store_url, sink=sink_url + "&pool_max=1", background=False)
+        try:
+            fill(client)
+            expected = client.count("view", day=DAY)  # connects, prepares
+            pg_proxy.requests.clear()
+            assert client.count("view", day=DAY) == expected
+            assert waits() == 3
+
+            async def once() -> int:
+                await client.acount("view", day=DAY)
+                pg_proxy.requests.clear()
+                answer = await client.acount("view", day=DAY)
+                await client.aclose_connections()
+                return answer
+
+            assert asyncio.run(once()) == expected
+            assert waits() == 3
+        finally:
+            client.shutdown()
+
+
 def test_a_returned_connection_is_back_in_the_pool_at_once() -> None:
     """No pool callback runs on a returned connection: it is available to the next query as
     the last one ends (a callback would hand it to the pool's worker task first)."""

@@ -19,7 +19,7 @@ import pytest
 
 from analytics_sdk import Analytics, ConfigurationError, SinkError
 from analytics_sdk.backends import Batch, Delta, sink_from_url
-from analytics_sdk.backends.postgres import PostgresSink, _PostgresSnapshot, migrations
+from analytics_sdk.backends.postgres import PostgresSink, migrations
 from analytics_sdk.cli import main
 from analytics_sdk.keys import day_of, hour_of
 from analytics_sdk.testing import ManualClock
@@ -361,9 +361,8 @@ def test_the_sinks_connections_run_without_jit(pg_url: str, schema: str) -> None
     longer than they ran: the sink's connections turn it off."""
     sink = PostgresSink(pg_url, schema=schema)
     try:
-        with sink.snapshot() as snapshot:
-            assert isinstance(snapshot, _PostgresSnapshot)
-            assert snapshot._conn.execute("SHOW jit").fetchone() == ("off",)
+        with sink._connection("test") as conn:
+            assert conn.execute("SHOW jit").fetchone() == ("off",)
     finally:
         sink.close()
 
@@ -411,3 +410,33 @@ def test_a_connection_idle_a_second_is_checked_and_a_dead_one_replaced(
             assert conn.info.backend_pid != pid
     finally:
         sink.close()
+
+
+def test_no_connection_is_held_while_a_query_reads_the_store(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between the mark and the reads a query reads the store: with the pool's one
+    connection given back meanwhile, another reader is not kept waiting."""
+    client = Analytics(
+        store="memory://",
+        sink=f"{pg_url}?schema={schema}&pool_min=1&pool_max=1&pool_timeout=2",
+        background=False,
+    )
+    try:
+        client.track("e", timestamp=NOW)
+        client.flush()
+        client.track("e", timestamp=NOW)
+        client.scheduler.push()  # live in the store
+        read_store = client.store.pending_hourly
+        meanwhile = []
+
+        def reading(*args: object) -> object:
+            meanwhile.append(client.sink.event_totals())  # the pool's only connection
+            return read_store(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(client.store, "pending_hourly", reading)
+        assert client.count("e", day=NOW.date()) == 2
+        assert meanwhile
+        assert all(totals == {"e": 1} for totals in meanwhile)
+    finally:
+        client.shutdown()

@@ -248,6 +248,7 @@ class QueryEngine:
                     # That earlier attempt landed during this read: read the store again.
                 if outbox is not None and not outbox_read and read.local is not None:
                     _add(local, read.local(outbox.delta))
+            snapshot.will_ask(pending.claimed.keys(), since=bool(pending.live or local))
             durable = read.durable(snapshot)
             # A batch that was not claimed when the store was read but committed since may
             # hold counts read live, or pushed from this buffer after the read; so may a batch

@@ -609,6 +609,12 @@ class SinkSnapshot(ABC):
     def event_totals(self) -> dict[str, int]:
         """Return the all-time count of every event, as :meth:`Sink.event_totals` does."""
 
+    def will_ask(self, batch_ids: Collection[str], *, since: bool) -> None:  # noqa: B027
+        """Say, before the first read, which batches :meth:`applied` will be asked about,
+        and whether :meth:`committed_since_entered` will be: a sink may send those reads
+        with its first (PostgreSQL does: one round trip for all). The answers are the same
+        without it; by default it does nothing."""
+
     @abstractmethod
     def applied(self, batch_ids: Iterable[str]) -> set[str]:
         """Return those of ``batch_ids`` that are in the ledger (their counts are read here)."""

@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from datetime import date, datetime, timedelta, timezone
 from importlib import resources
 from itertools import pairwise
@@ -882,27 +882,62 @@ class PostgresSink(Sink):
 
     @contextmanager
     def _snapshot(self, *, fence: bool, mark: bool) -> Iterator[_PostgresSnapshot]:
-        # One connection, in autocommit so each step costs one round trip: the mark (a
-        # pg_current_snapshot()) when entering, then a REPEATABLE READ transaction opened by
-        # the first read. A fence opens a READ COMMITTED transaction and takes the lock when
-        # entering: the reads' snapshots come after the lock is granted, and nothing commits
-        # while it is held.
-        with self._connection("query") as conn:
-            conn.autocommit = True
-            snapshot = _PostgresSnapshot(self, conn)
-            try:
-                if fence:
+        if fence:
+            # One connection held throughout: a READ COMMITTED transaction that takes the
+            # lock when entering; the reads' snapshots come after the lock is granted, and
+            # nothing commits while it is held.
+            with self._connection("query") as conn:
+                conn.autocommit = True
+                snapshot = _PostgresSnapshot(self, conn)
+                try:
                     snapshot.begin("BEGIN ISOLATION LEVEL READ COMMITTED")
                     conn.execute(self._sql["fence"], [self._fence_key])
-                elif mark:
-                    row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
-                    snapshot.entered = str(row[0])
+                    yield snapshot
+                    snapshot.end("COMMIT")
+                finally:
+                    with suppress(*self._errors):  # a broken connection: the pool replaces it
+                        snapshot.end("ROLLBACK")
+                        conn.autocommit = False
+            return
+        # The mark (a pg_current_snapshot(): of the whole server, whichever session takes
+        # it) on a connection given back at once, so that none is held while the caller
+        # reads the store; the first read then borrows one for a REPEATABLE READ transaction,
+        # in pipeline mode: BEGIN, the ledger reads asked for ahead (will_ask) and the read
+        # go in one round trip, COMMIT in another.
+        entered = self._mark() if mark else None
+        with ExitStack() as held:
+            snapshot = _PostgresSnapshot(self, None, connect=lambda: self._hold(held))
+            snapshot.entered = entered
+            try:
                 yield snapshot
                 snapshot.end("COMMIT")
             finally:
                 with suppress(*self._errors):  # a broken connection: the pool replaces it
                     snapshot.end("ROLLBACK")
+
+    def _mark(self) -> str:
+        """Return ``pg_current_snapshot()`` as text (autocommit: no transaction to end)."""
+        with self._connection("query") as conn:
+            conn.autocommit = True
+            try:
+                row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+            finally:
+                with suppress(*self._errors):
                     conn.autocommit = False
+        return str(row[0])
+
+    def _hold(self, held: ExitStack) -> Any:
+        """Borrow a connection until ``held`` closes, in autocommit and pipeline mode."""
+        conn = held.enter_context(self._connection("query"))
+        conn.autocommit = True
+
+        def restore() -> None:
+            with suppress(*self._errors):  # a broken connection: the pool replaces it
+                conn.autocommit = False
+
+        held.callback(restore)
+        held.enter_context(conn.pipeline())
+        return conn
 
     @property
     def _fence_key(self) -> str:
@@ -989,9 +1024,22 @@ class PostgresSink(Sink):
 class _PostgresSnapshot(SinkSnapshot):
     """Reads on the connection of :meth:`PostgresSink.snapshot`, in one transaction."""
 
-    def __init__(self, sink: PostgresSink, conn: Any, *, once: bool = False) -> None:
+    def __init__(
+        self,
+        sink: PostgresSink,
+        conn: Any,
+        *,
+        once: bool = False,
+        connect: Callable[[], Any] | None = None,
+    ) -> None:
         self._sink = sink
         self._conn = conn
+        self._connect = connect
+        """Borrows the connection at the first statement, when ``conn`` is None."""
+        self._asked_ids: frozenset[str] = frozenset()
+        self._asked: dict[str, Any] = {}
+        """The ledger reads sent ahead (:meth:`will_ask`): ``applied`` (of ``_asked_ids``)
+        and ``since``, each a cursor until its rows are read, then a set of batch ids."""
         self._sql = sink._sql
         self._open = False
         self._once = once
@@ -1002,8 +1050,24 @@ class _PostgresSnapshot(SinkSnapshot):
 
     def begin(self, statement: str) -> None:
         """Open the transaction (the connection is in autocommit)."""
+        if self._conn is None and self._connect is not None:
+            self._conn = self._connect()
         self._conn.execute(statement)
         self._open = True
+
+    def will_ask(self, batch_ids: Collection[str], *, since: bool) -> None:
+        if self._once:
+            return
+        if not self._open:
+            self.begin("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # In pipeline mode these wait for no reply: it comes with the next read's.
+        self._asked_ids = frozenset(batch_ids)
+        if self._asked_ids:
+            ids = list(self._asked_ids)
+            self._asked["applied"] = self._conn.execute(self._sql["ledger_select"], [ids])
+        if since and self.entered is not None:
+            entered = {"entered": self.entered}
+            self._asked["since"] = self._conn.execute(self._sql["ledger_since"], entered)
 
     def end(self, statement: str) -> None:
         """Close the transaction, if open."""
@@ -1284,11 +1348,22 @@ class _PostgresSnapshot(SinkSnapshot):
         ids = list(batch_ids)
         if not ids:
             return set()
+        if "applied" in self._asked and self._asked_ids.issuperset(ids):
+            return self._answer("applied") & set(ids)
         return {row[0] for row in self._rows("ledger_select", [ids])}
+
+    def _answer(self, read: str) -> set[str]:
+        """The batch ids of a ledger read sent ahead by :meth:`will_ask`."""
+        found = self._asked[read]
+        if not isinstance(found, set):
+            found = self._asked[read] = {row[0] for row in found.fetchall()}
+        return set(found)
 
     def committed_since_entered(self) -> set[str]:
         if self.entered is None:  # behind the fence nothing commits
             return set()
+        if "since" in self._asked:
+            return self._answer("since")
         return {row[0] for row in self._rows("ledger_since", {"entered": self.entered})}
 
 
