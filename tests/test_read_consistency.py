@@ -456,8 +456,10 @@ def test_with_nothing_pending_or_buffered_the_sink_alone_answers(client: Analyti
     client.track("other", value=2)  # buffered, of another event: no reason to read the usual way
     assert client.count("e") == 3
     assert client._query.quiet == 1
+    assert client.count("e") == 3
+    assert client._query.quiet == 2
     assert client.count("other") == 3  # its buffered count: read the usual way
-    assert client._query.quiet == 1
+    assert client._query.quiet == 2
 
 
 def test_counts_pending_or_buffered_are_read_the_usual_way_for_a_while(

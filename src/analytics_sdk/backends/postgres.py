@@ -1154,8 +1154,12 @@ class _PostgresSnapshot(SinkSnapshot):
         if not days and not hours:
             return out
         name = "property_periods" + ("" if days and hours else "_daily" if days else "_hourly")
+        prepare: bool | None = False  # planned for its ranges: see period_counts
+        if len(days) + len(hours) == 1:
+            name, prepare = f"{name}_one", None
+            params["p"], params["lo"], params["hi"] = (days or hours)[0]
         # One row per (value, period); values neither ranked nor kept come summed (NULL).
-        for value, absent, period, total in self._rows(name, params, prepare=False):
+        for value, absent, period, total in self._rows(name, params, prepare=prepare):
             key = Bucket.NONE if absent else Bucket.OTHER if value is None else value
             out[key, period] = out.get((key, period), 0) + int(total)
         return out
@@ -1635,6 +1639,17 @@ _STATEMENTS = {
     "property_periods": f"WITH r AS ({_DAILY_SETS} UNION ALL {_HOURLY_SETS}{_PROPERTY_PERIODS}",
     "property_periods_daily": f"WITH r AS ({_DAILY_SETS}{_PROPERTY_PERIODS}",
     "property_periods_hourly": f"WITH r AS ({_HOURLY_SETS}{_PROPERTY_PERIODS}",
+    # One range only (a day, an hour): prepared, with the range's bounds as scalars.
+    "property_periods_daily_one": (
+        "WITH r AS (SELECT props_hash, %(p)s::integer AS p, count AS n FROM {s}.daily_counts "
+        "WHERE event = %(event)s AND day >= date '1970-01-01' + %(lo)s::integer "
+        f"AND day < date '1970-01-01' + %(hi)s::integer{_PROPERTY_PERIODS}"
+    ),
+    "property_periods_hourly_one": (
+        "WITH r AS (SELECT props_hash, %(p)s::integer AS p, count AS n FROM {s}.hourly_counts "
+        "WHERE event = %(event)s AND hour >= to_timestamp(%(lo)s::bigint * 3600) "
+        f"AND hour < to_timestamp(%(hi)s::bigint * 3600){_PROPERTY_PERIODS}"
+    ),
     "query_users": (
         "SELECT user_id, sum(count) FROM {s}.user_daily_counts "
         "WHERE event = %(event)s "
