@@ -172,6 +172,34 @@ def test_a_read_costs_what_it_returns(redis_url: str, prefix: str, proxy: Proxy)
         store.close()
 
 
+def test_a_read_waits_on_redis_twice(redis_url: str, prefix: str) -> None:
+    """The shards' claims and index, then the hashes with the claim generation read again
+    after them in the same pipeline (no round trip of its own for the check)."""
+    store = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=2")
+    try:
+        rng = random.Random(5)
+        fill(store, rng, users=200, days=2, hours=20)
+        store.claim_batches(max_keys=100).close()
+        pipelines = []
+        send = store._pipeline
+
+        def counted(*args: Any) -> Any:
+            pipelines.append(args[0])
+            return send(*args)
+
+        store._pipeline = counted  # type: ignore[method-assign]
+        for read in (
+            lambda: store.pending_users("view", DAY, DAY + 1, None),
+            lambda: store.pending_users("view", DAY, DAY + 1, "u5"),
+            lambda: store.pending_hourly("view", HOUR + 9, HOUR + 10, ()),
+        ):
+            pipelines.clear()
+            read()
+            assert len(pipelines) == 2
+    finally:
+        store.close()
+
+
 def test_every_script_sent_twice_counts_once(redis_url: str, prefix: str) -> None:
     """The driver may send a script again when its reply is lost: every push, CLAIM step
     and ACK here runs twice with the same arguments, and the counts stay exact."""
@@ -243,10 +271,10 @@ def test_a_claim_step_during_a_read_makes_it_read_again(redis_url: str, prefix: 
             batches.close()
             claims.append(batch.id)
 
-    def scan_after_a_claim(what: str, targets: Any) -> None:
-        scan(what, targets[:1])  # the live hash's first page...
+    def scan_after_a_claim(what: str, targets: Any, tail: Any = None) -> None:
+        scan(what, targets[:1], tail)  # the live hash's first page...
         claim_first()  # ...then a flusher claims part of it...
-        scan(what, targets[1:])  # ...then the rest, and the batch's new hash
+        scan(what, targets[1:], tail)  # ...then the rest, and the batch's new hash
 
     store._scan = scan_after_a_claim  # type: ignore[method-assign]
     try:

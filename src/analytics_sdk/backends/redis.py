@@ -568,6 +568,15 @@ class _Target:
     pages: list[dict[str, str]] = attrs.field(factory=list)
 
 
+@attrs.define
+class _Tail:
+    """Commands a read sends at the end of each of its pipelines (:meth:`RedisCounterStore._scan`,
+    ``_read_field``), and the replies of the last one sent (None: none was sent)."""
+
+    commands: list[tuple[Any, ...]]
+    replies: list[Any] | None = None
+
+
 class RedisCounterStore(CounterStore):
     """A counter store in Redis or Redis Cluster; see the module docstring for the keys."""
 
@@ -1128,34 +1137,46 @@ class RedisCounterStore(CounterStore):
         )
         self._keys.pop(("ack", int(shard_text), claim), None)
 
-    def _pipeline(self, what: str, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
-        """Send ``commands`` (``(redis-py method name, *arguments)``) in one round trip (per
-        node); return their replies."""
+    def _pipeline(
+        self, what: str, commands: Iterable[tuple[Any, ...]], tail: _Tail | None = None
+    ) -> list[Any]:
+        """Send ``commands`` (``(redis-py method name, *arguments)``), then the ``tail``'s,
+        in one round trip (per node, in order); return the replies of ``commands`` (the
+        tail's go to ``tail.replies``)."""
+        sent = list(commands) + (tail.commands if tail is not None else [])
         try:
             pipe = self._redis.pipeline(transaction=False)
-            for name, *args in commands:
+            for name, *args in sent:
                 getattr(pipe, name)(*args)
-            return list(pipe.execute())
+            replies = list(pipe.execute())
         except self._errors as exc:
             raise StoreError(f"Redis {self._description} {what} failed: {exc}") from exc
+        if tail is None:
+            return replies
+        mine = len(replies) - len(tail.commands)
+        tail.replies = replies[mine:]
+        return replies[:mine]
 
     def _read_shards(
         self,
         what: str,
         plan: Callable[[str], list[tuple[Any, ...]]],
-        read: Callable[[dict[int, list[Any]]], dict[int, T]],
+        read: Callable[[dict[int, list[Any]], _Tail], dict[int, T]],
     ) -> dict[int, tuple[T, set[str]]]:
         """Read every shard consistently, with plain bounded commands; return each shard's
         result and the batches that were still being built (see below).
 
         The first round trip sends, per shard, ``GET {tag}:gen``, ``ZRANGE {tag}:claims``
         and the commands ``plan(tag)`` lists; ``read(replies by shard: the batch ids, then
-        the plan's)`` does the rest. A last round trip reads ``gen`` again: a shard whose
-        ``gen`` changed meanwhile (a CLAIM step moved counters: one may have been read both
-        live and claimed, or neither) is read again. It also asks which of the batches read
-        still have a step record: their flusher has not finished building them, so a later
-        step may move into them a counter this read saw live (the query must then treat their
-        commit as that of a batch it did not read)."""
+        the plan's; a tail)`` does the rest. Then ``gen`` is read again, by the tail: sent
+        after the reads in each of ``read``'s pipelines (Redis runs a pipeline's commands in
+        order, and a shard's keys share a node), the last pipeline's replies counting (or a
+        round trip of its own if ``read`` sent none). A shard whose ``gen`` changed
+        meanwhile (a CLAIM step moved counters: one may have been read both live and claimed,
+        or neither) is read again. The tail also asks which of the batches read still have
+        a step record: their flusher has not finished building them, so a later step may move
+        into them a counter this read saw live (the query must then treat their commit as that
+        of a batch it did not read)."""
         out: dict[int, tuple[T, set[str]]] = {}
         todo = list(range(len(self._tags)))
         for _ in range(READ_ATTEMPTS):
@@ -1166,13 +1187,14 @@ class RedisCounterStore(CounterStore):
             replies = self._pipeline(what, first)
             per = len(replies) // len(todo)
             started = {s: replies[i * per : (i + 1) * per] for i, s in enumerate(todo)}
-            results = read({s: r[1:] for s, r in started.items()})
             last: list[tuple[Any, ...]] = []
             for shard in todo:
                 tag = self._tags[shard]
                 last.append(("get", f"{tag}:gen"))
                 last += [("exists", f"{tag}:step:{b}") for b in started[shard][1]]
-            replies = self._pipeline(what, last)
+            tail = _Tail(last)
+            results = read({s: r[1:] for s, r in started.items()}, tail)
+            replies = tail.replies if tail.replies is not None else self._pipeline(what, last)
             again = []
             for shard in todo:
                 batches = started[shard][1]
@@ -1191,13 +1213,14 @@ class RedisCounterStore(CounterStore):
             f"claimed during each of {READ_ATTEMPTS} reads; retry"
         )
 
-    def _scan(self, what: str, targets: list[_Target]) -> None:
-        """Read whole hashes into their targets, ``READ_SCANS`` ``HSCAN`` pages a round trip."""
+    def _scan(self, what: str, targets: list[_Target], tail: _Tail | None = None) -> None:
+        """Read whole hashes into their targets, ``READ_SCANS`` ``HSCAN`` pages a round trip
+        (each with the ``tail``'s commands after them)."""
         todo = list(targets)
         while todo:
             chunk, todo = todo[:READ_SCANS], todo[READ_SCANS:]
             pages = self._pipeline(
-                what, [("hscan", t.key, t.cursor, None, READ_PAGE) for t in chunk]
+                what, [("hscan", t.key, t.cursor, None, READ_PAGE) for t in chunk], tail
             )
             for target, (cursor, fields) in zip(chunk, pages, strict=True):
                 target.pages.append(fields)
@@ -1226,7 +1249,9 @@ class RedisCounterStore(CounterStore):
         def plan(tag: str) -> list[tuple[Any, ...]]:
             return [("zrangebyscore", f"{tag}:ix:{series}", low, high, 0, READ_PAGE, True)]
 
-        def read(first: dict[int, list[Any]]) -> dict[int, tuple[list[str], list[_Target]]]:
+        def read(
+            first: dict[int, list[Any]], tail: _Tail
+        ) -> dict[int, tuple[list[str], list[_Target]]]:
             found: dict[int, tuple[list[str], list[_Target]]] = {}
             pages: dict[int, list[tuple[str, float]]] = {}
             for shard, (batches, page) in first.items():
@@ -1244,9 +1269,9 @@ class RedisCounterStore(CounterStore):
                     found[shard][1].append(_Target(f"{key}{series}:{bucket}", batch, int(bucket)))
             targets = [t for _, shard_targets in found.values() for t in shard_targets]
             if field is None:
-                self._scan("read", targets)
+                self._scan("read", targets, tail)
             else:
-                self._read_field(field, start, end, targets)
+                self._read_field(field, start, end, targets, tail)
             return found
 
         pending: Pending[T] = Pending()
@@ -1301,7 +1326,12 @@ class RedisCounterStore(CounterStore):
         return out
 
     def _read_field(
-        self, field: str, start: int | None, end: int | None, targets: list[_Target]
+        self,
+        field: str,
+        start: int | None,
+        end: int | None,
+        targets: list[_Target],
+        tail: _Tail | None = None,
     ) -> None:
         """Read one field (a user's) of each target: ``HGET`` where the hash is per bucket;
         ``HMGET`` of its days, or the whole hash over an unbounded or long range, in a hash
@@ -1320,14 +1350,14 @@ class RedisCounterStore(CounterStore):
                 calls.append(("hmget", t.key, days))
             else:
                 calls.append(("exists", t.key))  # an empty range: nothing to read
-        for target, value in zip(narrow, self._pipeline("read", calls), strict=True):
+        for target, value in zip(narrow, self._pipeline("read", calls, tail), strict=True):
             if target.bucket is not None:
                 if value is not None:
                     target.pages.append({field: value})
             elif days:
                 found = dict(zip(days, value, strict=True))
                 target.pages.append({k: v for k, v in found.items() if v is not None})
-        self._scan("read", whole)
+        self._scan("read", whole, tail)
 
     def pending_hourly(
         self, event: str, start: int | None, end: int | None, properties: Properties
@@ -1414,7 +1444,9 @@ class RedisCounterStore(CounterStore):
         def plan(tag: str) -> list[tuple[Any, ...]]:
             return []
 
-        def read(first: dict[int, list[Any]]) -> dict[int, tuple[list[str], list[_Target]]]:
+        def read(
+            first: dict[int, list[Any]], tail: _Tail
+        ) -> dict[int, tuple[list[str], list[_Target]]]:
             found: dict[int, tuple[list[str], list[_Target]]] = {}
             for shard, (batches,) in first.items():
                 tag = self._tags[shard]
@@ -1430,7 +1462,7 @@ class RedisCounterStore(CounterStore):
                             if wanted(unescape(event), number):
                                 targets.append(_Target(key, batch, number))
                 found[shard] = (list(batches), targets)
-            self._scan("read", [t for _, ts in found.values() for t in ts])
+            self._scan("read", [t for _, ts in found.values() for t in ts], tail)
             return found
 
         out: dict[str, list[tuple[str, _Target]]] = {"": []}
