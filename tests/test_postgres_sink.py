@@ -167,6 +167,8 @@ def test_postgres_down_then_back(pg_url: str, schema: str) -> None:
             client.track("e", value=5)
             result = client.flush()
             assert result.error is not None
+            with pytest.raises(SinkError, match=r"PostgreSQL .* query failed"):
+                client.count("e")  # counts pending: the mark is the first step that fails
             proxy.refuse = False
             for _ in range(3):
                 if client.flush().complete:
@@ -440,3 +442,29 @@ def test_no_connection_is_held_while_a_query_reads_the_store(
         assert all(totals == {"e": 1} for totals in meanwhile)
     finally:
         client.shutdown()
+
+
+def test_ledger_reads_asked_ahead_answer_as_reads_asked_later(pg_url: str, schema: str) -> None:
+    """``will_ask`` sends the ledger reads with the transaction's first statement; what
+    ``applied`` and ``committed_since_entered`` answer is the same either way, including
+    for batches not asked about ahead."""
+    sink = PostgresSink.from_url(f"{pg_url}?schema={schema}")
+    try:
+        first, second = batch({("e", (), 10): 1}), batch({("e", (), 10): 2})
+        assert sink.apply(first)
+        assert sink.apply(second)
+        for ahead in (True, False):
+            late = batch({("e", (), 10): 4})
+            with sink.snapshot() as snapshot:
+                assert sink.apply(late)  # after the mark, before the first read
+                if ahead:
+                    snapshot.will_ask([first.id, "unknown"], since=True)
+                assert snapshot.hourly_counts("e", None, None, ()) == {
+                    10: 3 + 4 * (1 if ahead else 2)
+                }
+                assert snapshot.committed_since_entered() == {late.id}
+                assert snapshot.applied([first.id, second.id, "unknown"]) == {first.id, second.id}
+                assert snapshot.applied([first.id]) == {first.id}
+                assert snapshot.applied([]) == set()
+    finally:
+        sink.close()
