@@ -468,3 +468,29 @@ def test_ledger_reads_asked_ahead_answer_as_reads_asked_later(pg_url: str, schem
                 assert snapshot.applied([]) == set()
     finally:
         sink.close()
+
+
+def test_a_snapshot_reads_one_state_and_gives_its_connection_back_as_it_was(
+    pg_url: str, schema: str
+) -> None:
+    """A snapshot's reads are one REPEATABLE READ transaction: a batch committed after its
+    first read is in none of them, counts or ledger; its connection goes back to the pool
+    out of autocommit, as the sink's other users expect it."""
+    sink = PostgresSink.from_url(f"{pg_url}?schema={schema}&pool_min=1&pool_max=2")
+    try:
+        assert sink.apply(batch({("e", (), 10): 1}))
+        late = batch({("e", (), 10): 2})
+        with sink.snapshot() as snapshot:
+            snapshot.will_ask([late.id], since=True)
+            assert snapshot.hourly_counts("e", None, None, ()) == {10: 1}
+            assert sink.apply(late)  # on the pool's other connection
+            assert snapshot.hourly_counts("e", None, None, ()) == {10: 1}
+            assert snapshot.applied([late.id]) == set()
+            assert snapshot.committed_since_entered() == set()
+        for _ in range(2):
+            with sink._connection("test") as conn:
+                assert conn.autocommit is False
+        with sink.snapshot() as snapshot:
+            assert snapshot.hourly_counts("e", None, None, ()) == {10: 3}
+    finally:
+        sink.close()
