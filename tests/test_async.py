@@ -583,6 +583,43 @@ def test_a_query_with_counts_in_every_tier_waits_on_postgres_three_times(
             client.shutdown()
 
 
+def test_at_most_twice_the_pool_s_connections_query_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The other queries wait their turn, costing the event loop nothing (hundreds reading
+    the store at once made single loop iterations long)."""
+    from analytics_sdk import _bridge
+
+    running, most = 0, 0
+    run = _bridge.run
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            return await run(*args, **kwargs)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(_bridge, "run", counted)
+    with backends("redis", "postgres") as (store_url, sink_url):
+        client = Analytics(store=store_url, sink=sink_url + "&pool_max=2", background=False)
+        try:
+            fill(client)
+            expected = client.count("view", day=DAY)
+
+            async def many() -> list[int]:
+                answers = await asyncio.gather(*(client.acount("view", day=DAY) for _ in range(30)))
+                await client.aclose_connections()
+                return answers
+
+            assert asyncio.run(many()) == [expected] * 30
+            assert 2 <= most <= 4
+        finally:
+            client.shutdown()
+
+
 def test_a_returned_connection_is_back_in_the_pool_at_once() -> None:
     """No pool callback runs on a returned connection: it is available to the next query as
     the last one ends (a callback would hand it to the pool's worker task first)."""

@@ -632,6 +632,10 @@ class NotOneStatement(Exception):
 class Sink(ABC):
     """The durable tier: applies claimed batches exactly once and answers queries."""
 
+    connections: int | None = None
+    """How many connections it reads on at most (its pool's size), or None (no pool). The
+    async API runs at most twice that many queries of a client at once on an event loop."""
+
     @abstractmethod
     def apply(self, batch: Batch) -> bool:
         """Apply ``batch`` in one transaction; return ``False`` if its id was already applied."""

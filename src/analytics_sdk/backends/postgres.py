@@ -472,6 +472,7 @@ class PostgresSink(Sink):
         self._errors: tuple[type[Exception], ...] = (psycopg.Error,)
         self.schema = schema
         self._pool_min, self._pool_max, self._pool_timeout = pool_min, pool_max, pool_timeout
+        self.connections = pool_max
         self._statement_timeout_ms = int(statement_timeout * 1000)
         self._application_name = application_name
         self._auto_migrate = auto_migrate
