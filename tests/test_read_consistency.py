@@ -231,6 +231,11 @@ def test_counts_read_live_then_committed_before_the_sink_is_read_count_once(
     reads = after_store_read(client, lambda: flush_elsewhere(client))
     assert client.count("e") == 2
     assert (len(reads), client._query.retries, client._query.fenced) == (2, 1, 0)
+    client.track("e", value=5)  # again: the retries add up
+    client.scheduler.push()
+    reads = after_store_read(client, lambda: flush_elsewhere(client))
+    assert client.count("e") == 7
+    assert (len(reads), client._query.retries, client._query.fenced) == (2, 2, 0)
 
 
 def test_when_reads_keep_being_overtaken_one_read_behind_the_fence_answers(
