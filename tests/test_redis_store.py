@@ -221,6 +221,24 @@ def test_a_failed_push_names_the_store_and_the_step_and_keeps_the_counts(
         client.shutdown(timeout=5)
 
 
+def test_a_failed_read_of_the_claims_names_the_store(
+    proxy: Proxy, prefix: str, clock: ManualClock
+) -> None:
+    client = client_via(proxy, prefix, clock, background=False)
+    try:
+        store = client.store
+        assert isinstance(store, RedisCounterStore)
+        assert store.claimed_ids() == {}  # the layout checked
+        proxy.refuse = True
+        proxy.drop()
+        with pytest.raises(StoreError) as failed:
+            store.claimed_ids()
+        assert str(failed.value).startswith(f"Redis {store._description} read failed: ")
+        proxy.refuse = False
+    finally:
+        client.shutdown(timeout=5)
+
+
 def test_write_through_reaches_redis_before_track_returns(
     proxy: Proxy, prefix: str, clock: ManualClock
 ) -> None:
