@@ -10,6 +10,7 @@ import contextlib
 import random
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -234,9 +235,40 @@ def test_a_failed_read_of_the_claims_names_the_store(
         with pytest.raises(StoreError) as failed:
             store.claimed_ids()
         assert str(failed.value).startswith(f"Redis {store._description} read failed: ")
+        with pytest.raises(StoreError) as failed:
+            store.read_claim("0.x")
+        assert str(failed.value).startswith(f"Redis {store._description} read failed: ")
         proxy.refuse = False
     finally:
         client.shutdown(timeout=5)
+
+
+def test_a_claim_whose_hashes_cannot_be_read_names_the_store_and_the_step(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    store = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=1")
+    try:
+        store.push(Push(producer="p", sequence=1, delta=Delta(users={("e", "u", 1): 1})))
+        (batch,) = store.claim_batches()
+        pipeline = store._redis.pipeline
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            pipe = pipeline(*args, **kwargs)
+
+            def lost() -> None:
+                raise redis.exceptions.ConnectionError("connection lost")
+
+            pipe.execute = lost
+            return pipe
+
+        monkeypatch.setattr(store._redis, "pipeline", failing)
+        with pytest.raises(StoreError) as failed:
+            store.read_claim(batch.id)  # the claim's ids read, then its hashes fail
+        assert str(failed.value) == f"Redis {store._description} read failed: connection lost"
+    finally:
+        store.close()
 
 
 def test_write_through_reaches_redis_before_track_returns(
