@@ -436,7 +436,6 @@ def test_a_claim_the_cluster_driver_sends_again_returns_its_batch_once(
     """RedisCluster re-runs a CLAIM whose reply was lost (its defaults retry a ConnectionError
     10 times): the second run returns the first one's batch and claims nothing more, so the
     batch keeps its bound and every count is claimed once."""
-    from typing import Any
 
     from redis.cluster import RedisCluster
 
