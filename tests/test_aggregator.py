@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from analytics_sdk import Analytics
 from analytics_sdk.aggregator import OVERFLOW_PROPERTIES, Aggregator
@@ -88,11 +89,14 @@ def test_a_full_buffer_pushes_first_and_drops_only_what_a_failed_push_cannot_mak
 
 def test_a_push_that_went_through_makes_room_for_the_new_key() -> None:
     pushed = []
+    users: dict[Any, int] = {}
 
     def push() -> bool:
         p = agg.next_push()
         assert p is not None
         pushed.append(p.delta.total)
+        for key, n in p.delta.users.items():
+            users[key] = users.get(key, 0) + n
         agg.push_done(p)
         return True
 
@@ -102,6 +106,12 @@ def test_a_push_that_went_through_makes_room_for_the_new_key() -> None:
     assert agg.dropped == 0
     assert pushed == [2, 2, 2, 2]  # every push took what the buffer held, nothing lost
     assert sum(agg.local_counts().buffer.hourly.values()) + sum(pushed) == 10
+    for hour in range(3):
+        agg.add("y", (), hour, None, 1)  # the buffer is full
+    agg.add("y", (), 0, "v", 2)  # an hourly key it holds, a per-user key it has no room for
+    for key, n in agg.local_counts().buffer.users.items():
+        users[key] = users.get(key, 0) + n
+    assert users == {("x", "u", 0): 10, ("y", "v", 0): 2}  # each under its own key
 
 
 def test_overflow_is_visible_in_stats_and_a_full_buffer_pushes_instead_of_dropping(
