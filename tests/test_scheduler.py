@@ -148,6 +148,22 @@ def test_counts_pushed_counts_what_reached_the_store_once(
     assert pending(client) + durable(client) == 7
 
 
+def test_a_push_failing_with_a_foreign_error_after_the_store_applied_it_counts_once(
+    client: Analytics,
+) -> None:
+    """A store raising something other than a backend error, after applying the push: the
+    flush reports it as a StoreError naming the store, and the retry, skipped as a
+    duplicate, is counted as pushed once (it was ours)."""
+    client.track("x", value=4)
+    Faults(client.store).fail("push", after=True, error=RuntimeError("reply mangled"))
+    result = client.flush()
+    assert result.error == f"push to {client.store!r} failed: RuntimeError('reply mangled')"
+    assert client.count("x") == 4
+    assert client.flush().pushed == 4
+    assert client.stats()["counts_pushed"] == 4
+    assert durable(client) == 4
+
+
 def test_a_commit_whose_ack_never_happened_counts_once(client: Analytics, sink: FaultySink) -> None:
     client.track("x", value=6)
     sink.fail_after_commit = 1
