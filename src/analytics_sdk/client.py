@@ -665,7 +665,7 @@ class Analytics:
         at once as the sink reads on connections (one reading the store while another reads
         the sink); the rest wait here, costing the loop nothing. Without a limit, hundreds
         of queries reading the store at once made single loop iterations run for tens of
-        milliseconds (measured: the worst stall 54 to 62 ms with 200 queries, 13 to 18 ms
+        milliseconds (measured: the worst stall 54 to 62 ms with 200 queries, 16 to 18 ms
         with the limit)."""
         if self.sink.connections is None:
             return nullcontext()
