@@ -1121,6 +1121,16 @@ class _PostgresSnapshot(SinkSnapshot):
                 for (total,) in self._rows(f"{name}_one", params):
                     if total is not None:
                         out[i] = out.get(i, 0) + int(total)
+            elif ranges and name == "periods_daily" and _span(ranges) <= MAX_DAY_SCAN:
+                # Many whole days (a series by day, week or month): one range scan of the
+                # rollup by day, each day summed into its period here (a few rows a period).
+                period_of = {day: i for i, low, high in ranges for day in range(low, high)}
+                first, last = min(period_of), max(period_of) + 1
+                params = {"event": event, "start": first, "end": last, "props": wanted}
+                for day, total in self._rows("query_daily", params):
+                    into = period_of.get(int(day))
+                    if into is not None:
+                        out[into] = out.get(into, 0) + int(total)
             elif ranges:
                 period, lows, highs = (list(column) for column in zip(*ranges, strict=True))
                 params = {"event": event, "p": period, "lo": lows, "hi": highs, "props": wanted}
@@ -1370,6 +1380,16 @@ class _PostgresSnapshot(SinkSnapshot):
         if "since" in self._asked:
             return self._answer("since")
         return {row[0] for row in self._rows("ledger_since", {"entered": self.entered})}
+
+
+MAX_DAY_SCAN = 3_700
+"""Widest span of days (about ten years) a read of many whole-day periods scans by day; a
+wider one joins its ranges instead."""
+
+
+def _span(ranges: Sequence[tuple[int, int, int]]) -> int:
+    """Days from the first range's start to the last one's end (ranges of days)."""
+    return max(high for _, _, high in ranges) - min(low for _, low, _ in ranges)
 
 
 def quote_identifier(name: str) -> str:
