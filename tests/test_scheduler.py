@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import pytest
 
-from analytics_sdk import Analytics
+from analytics_sdk import Analytics, SinkError, StoreError
 from analytics_sdk.backends import Batch, MemoryCounterStore, MemorySink
 from analytics_sdk.testing import ManualClock
 
@@ -788,3 +788,26 @@ def test_a_flush_after_a_failed_push_pushes_the_outbox_then_the_buffer(
     assert store.calls["push"] == 3
     assert client.stats()["counts_pushed"] == 5
     assert (durable(client), client.count("x")) == (5, 5)
+
+
+def test_flush_now_tells_on_error_which_step_failed(clock: ManualClock) -> None:
+    told: list[tuple[BaseException, str]] = []
+    store, sink = MemoryCounterStore(clock=clock.time), MemorySink(clock=clock.time)
+    with Analytics(
+        store=store,
+        sink=sink,
+        clock=clock,
+        background=False,
+        spool_dir=None,
+        on_error=lambda exc, operation: told.append((exc, operation)),
+    ) as client:
+        client.track("x", value=2)
+        Faults(store).fail("push", error=StoreError("refused (injected)"))
+        result = client.scheduler.flush_now(clock.monotonic() + 60)
+        assert result.error == "refused (injected)"
+        assert [operation for _, operation in told] == ["push"]
+        Faults(sink).fail("apply", error=SinkError("refused (injected)"))
+        assert client.scheduler.flush_now(clock.monotonic() + 60).error is not None
+        assert [operation for _, operation in told] == ["push", "flush"]
+        assert client.flush().complete
+        assert client.count("x") == 2
