@@ -811,3 +811,22 @@ def test_flush_now_tells_on_error_which_step_failed(clock: ManualClock) -> None:
         assert [operation for _, operation in told] == ["push", "flush"]
         assert client.flush().complete
         assert client.count("x") == 2
+
+
+def test_a_track_from_inside_flush_now_s_own_push_never_waits_on_it(clock: ManualClock) -> None:
+    """A logging handler tracking while ``flush_now`` pushes, its keys filling the buffer:
+    it goes over the cap instead of waiting for the push it is part of (and dropping)."""
+    store = MemoryCounterStore(clock=clock.time)
+    with Analytics(
+        store=store,
+        sink=MemorySink(clock=clock.time),
+        clock=clock,
+        background=False,
+        max_buffered_keys=2,
+    ) as client:
+        client.track("a")
+        Faults(store).then("push", lambda: [client.track(f"k{i}") for i in range(3)])
+        assert client.scheduler.flush_now(clock.monotonic() + 60).error is None
+        assert client.stats()["dropped"] == 0
+        assert client.flush().complete
+        assert sum(client.count(e) for e in ("a", "k0", "k1", "k2")) == 4
