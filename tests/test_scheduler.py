@@ -830,3 +830,19 @@ def test_a_track_from_inside_flush_now_s_own_push_never_waits_on_it(clock: Manua
         assert client.stats()["dropped"] == 0
         assert client.flush().complete
         assert sum(client.count(e) for e in ("a", "k0", "k1", "k2")) == 4
+
+
+def test_after_a_flush_a_full_buffer_still_pushes_early(clock: ManualClock) -> None:
+    with Analytics(
+        store=MemoryCounterStore(clock=clock.time),
+        sink=MemorySink(clock=clock.time),
+        clock=clock,
+        background=False,
+        max_buffered_keys=2,
+    ) as client:
+        assert client.flush().complete  # flush_now: its push took the push lock and gave it back
+        for i in range(5):
+            client.track(f"k{i}")  # the third key finds the buffer full: pushed, not dropped
+        assert client.stats()["dropped"] == 0
+        assert client.flush().complete
+        assert sum(client.count(f"k{i}") for i in range(5)) == 5
