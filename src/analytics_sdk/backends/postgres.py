@@ -870,16 +870,23 @@ class PostgresSink(Sink):
         return self._snapshot(fence=fence, mark=True)
 
     @contextmanager
-    def read_once(self) -> Iterator[SinkSnapshot]:
-        # One statement in autocommit sees one committed state: no mark, no transaction,
-        # one round trip.
+    def _autocommit(self) -> Iterator[Any]:
+        """A connection of the pool in autocommit (each statement its own round trip, no
+        transaction unless one is begun), given back out of it, as its other users expect."""
         with self._connection("query") as conn:
             conn.autocommit = True
             try:
-                yield _PostgresSnapshot(self, conn, once=True)
+                yield conn
             finally:
                 with suppress(*self._errors):  # a broken connection: the pool replaces it
                     conn.autocommit = False
+
+    @contextmanager
+    def read_once(self) -> Iterator[SinkSnapshot]:
+        # One statement in autocommit sees one committed state: no mark, no transaction,
+        # one round trip.
+        with self._autocommit() as conn:
+            yield _PostgresSnapshot(self, conn, once=True)
 
     @contextmanager
     def _snapshot(self, *, fence: bool, mark: bool) -> Iterator[_PostgresSnapshot]:
@@ -887,8 +894,7 @@ class PostgresSink(Sink):
             # One connection held throughout: a READ COMMITTED transaction that takes the
             # lock when entering; the reads' snapshots come after the lock is granted, and
             # nothing commits while it is held.
-            with self._connection("query") as conn:
-                conn.autocommit = True
+            with self._autocommit() as conn:
                 snapshot = _PostgresSnapshot(self, conn)
                 try:
                     snapshot.begin("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -898,7 +904,6 @@ class PostgresSink(Sink):
                 finally:
                     with suppress(*self._errors):  # a broken connection: the pool replaces it
                         snapshot.end("ROLLBACK")
-                        conn.autocommit = False
             return
         # The mark (a pg_current_snapshot(): of the whole server, whichever session takes
         # it) on a connection given back at once, so that none is held while the caller
@@ -918,25 +923,13 @@ class PostgresSink(Sink):
 
     def _mark(self) -> str:
         """Return ``pg_current_snapshot()`` as text (autocommit: no transaction to end)."""
-        with self._connection("query") as conn:
-            conn.autocommit = True
-            try:
-                row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
-            finally:
-                with suppress(*self._errors):
-                    conn.autocommit = False
+        with self._autocommit() as conn:
+            row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
         return str(row[0])
 
     def _hold(self, held: ExitStack) -> Any:
         """Borrow a connection until ``held`` closes, in autocommit and pipeline mode."""
-        conn = held.enter_context(self._connection("query"))
-        conn.autocommit = True
-
-        def restore() -> None:
-            with suppress(*self._errors):  # a broken connection: the pool replaces it
-                conn.autocommit = False
-
-        held.callback(restore)
+        conn = held.enter_context(self._autocommit())
         held.enter_context(conn.pipeline())
         return conn
 
