@@ -484,6 +484,51 @@ def test_postgres_property_counts_add_up_to_its_period_counts(
         drop_schema(url, schema)
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    hours=st.dictionaries(
+        st.tuples(st.sampled_from(range(len(SETS))), st.integers(0, 3 * 24 - 1)),
+        st.integers(1, 3),  # few distinct totals: ties decided by code point
+        max_size=40,
+    ),
+    first=st.integers(0, 2),
+    days=st.integers(1, 2),
+    hourly=st.booleans(),
+    by=st.sampled_from(["path", "plan"]),
+    limit=st.sampled_from([None, 1, 2, 3, 10]),
+    keep=st.sets(st.sampled_from(["/", "/a", "/B", "7", "true", "pro", "free", "gone"])),
+)
+def test_postgres_ranks_values_in_sql_as_rank_values_does(
+    hours: dict[tuple[int, int], int],
+    first: int,
+    days: int,
+    hourly: bool,
+    by: str,
+    limit: int | None,
+    keep: set[str],
+) -> None:
+    """The sink ranks in SQL (one statement for a single day or hour, another for several
+    ranges): its answer is the reference ranking (:func:`rank_values`) of its counts
+    unranked, ties, values kept besides, sets without ``by`` and OTHER included."""
+    from analytics_sdk.backends.base import rank_values
+
+    url = postgres_url_or_skip()
+    schema = unique_name("ranked")
+    sink = PostgresSink(url, schema=schema, clock=ManualClock(start=NOW).time)
+    try:
+        delta = Delta(hourly={("v", PAIRS[s], HOUR0 + h): n for (s, h), n in hours.items()})
+        sink.apply(Batch(id="b", delta=delta, claimed_at=0.0))
+        start = HOUR0 + first * 24 + (5 if hourly else 0)  # an hour: the hourly rows' range
+        end = start + (1 if hourly else days * 24)
+        for bounds in ([start, end], [start, start + 1, end] if end - start > 1 else [start, end]):
+            everything = sink.property_counts("v", by, bounds, ())
+            ranked = sink.property_counts("v", by, bounds, (), limit, keep)
+            assert ranked == rank_values(everything, limit, keep)
+    finally:
+        sink.close()
+        drop_schema(url, schema)
+
+
 # -- the docs --------------------------------------------------------------------------------
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "breakdowns.md"

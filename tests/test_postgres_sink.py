@@ -358,13 +358,17 @@ def test_a_failing_read_names_what_failed(schema: str) -> None:
         sink.close()
 
 
-def test_the_sinks_connections_run_without_jit(pg_url: str, schema: str) -> None:
+def test_the_sinks_connections_run_without_jit_and_plan_for_the_parameters(
+    pg_url: str, schema: str
+) -> None:
     """JIT compiled the range joins of a series (their row estimates are far too high) for
-    longer than they ran: the sink's connections turn it off."""
+    longer than they ran: the sink's connections turn it off. A generic plan of a prepared
+    property statement cost three times its custom plans: they plan every execution."""
     sink = PostgresSink(pg_url, schema=schema)
     try:
         with sink._connection("test") as conn:
             assert conn.execute("SHOW jit").fetchone() == ("off",)
+            assert conn.execute("SHOW plan_cache_mode").fetchone() == ("force_custom_plan",)
     finally:
         sink.close()
 

@@ -532,8 +532,13 @@ class PostgresSink(Sink):
         # No JIT compilation: the range joins' row estimates are far too high (4.3M for the
         # 431,000 rows of a 90-day series in another time zone), so PostgreSQL compiled
         # them, which took longer than running them (500 ms instead of 180).
+        # Prepared statements planned for their parameters at every execution: after five,
+        # PostgreSQL may keep a generic plan, which for the one-range property statements
+        # cost 2.1 ms instead of 0.7 (a day of 200 property sets; a single count is the
+        # same either way).
         conn.execute(
-            "SELECT set_config('statement_timeout', %s, false), set_config('jit', 'off', false)",
+            "SELECT set_config('statement_timeout', %s, false), set_config('jit', 'off', false), "
+            "set_config('plan_cache_mode', 'force_custom_plan', false)",
             [str(self._statement_timeout_ms)],
         )
         conn.commit()
@@ -1499,6 +1504,23 @@ _PROPERTY_PERIODS = (
     "FROM v LEFT JOIN listed l ON l.value = v.value "
     "GROUP BY 1, 2, 3"
 )
+# The same for one period (%(p)s): the values are summed once, ranked without summing them
+# again, and the rest summed in one pass (measured on a day of 200 property sets: 0.8 ms
+# against 1.1 for _PROPERTY_PERIODS, whose three aggregations serve any number of periods).
+_PROPERTY_PERIOD = (
+    "), v AS ("
+    "SELECT s.properties ->> %(by)s::text AS value, sum(r.n) AS n "
+    "FROM r JOIN {s}.property_sets s ON s.props_hash = r.props_hash "
+    "WHERE %(props)s::jsonb IS NULL OR s.properties @> %(props)s::jsonb "
+    "GROUP BY 1"
+    "), listed AS ("
+    "SELECT value FROM v WHERE value IS NOT NULL "
+    'ORDER BY n DESC, value COLLATE "C" LIMIT %(limit)s::bigint'
+    ") "
+    "SELECT CASE WHEN v.value IN (SELECT value FROM listed) OR v.value = ANY(%(keep)s::text[]) "
+    "THEN v.value END, v.value IS NULL, %(p)s::integer, sum(v.n) "
+    "FROM v GROUP BY 1, 2"
+)
 
 _STATEMENTS = {
     "ledger_insert": (
@@ -1655,14 +1677,14 @@ _STATEMENTS = {
     "property_periods_hourly": f"WITH r AS ({_HOURLY_SETS}{_PROPERTY_PERIODS}",
     # One range only (a day, an hour): prepared, with the range's bounds as scalars.
     "property_periods_daily_one": (
-        "WITH r AS (SELECT props_hash, %(p)s::integer AS p, count AS n FROM {s}.daily_counts "
+        "WITH r AS (SELECT props_hash, count AS n FROM {s}.daily_counts "
         "WHERE event = %(event)s AND day >= date '1970-01-01' + %(lo)s::integer "
-        f"AND day < date '1970-01-01' + %(hi)s::integer{_PROPERTY_PERIODS}"
+        f"AND day < date '1970-01-01' + %(hi)s::integer{_PROPERTY_PERIOD}"
     ),
     "property_periods_hourly_one": (
-        "WITH r AS (SELECT props_hash, %(p)s::integer AS p, count AS n FROM {s}.hourly_counts "
+        "WITH r AS (SELECT props_hash, count AS n FROM {s}.hourly_counts "
         "WHERE event = %(event)s AND hour >= to_timestamp(%(lo)s::bigint * 3600) "
-        f"AND hour < to_timestamp(%(hi)s::bigint * 3600){_PROPERTY_PERIODS}"
+        f"AND hour < to_timestamp(%(hi)s::bigint * 3600){_PROPERTY_PERIOD}"
     ),
     "query_users": (
         "SELECT user_id, sum(count) FROM {s}.user_daily_counts "
