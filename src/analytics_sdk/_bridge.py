@@ -28,13 +28,19 @@ R = TypeVar("R")
 __all__ = ["await_io", "current_id", "in_bridge", "run"]
 
 
+_greenlet_module: Any = None  # the greenlet module, once the async API has run
+
+
 def _greenlet() -> Any:
-    try:
-        return importlib.import_module("greenlet")  # untyped: Any
-    except ImportError as exc:  # pragma: no cover - greenlet is a dependency
-        raise ImportError(
-            "the async API needs greenlet: pip install 'analytics-sdk-exact[asyncio]'"
-        ) from exc
+    global _greenlet_module
+    if _greenlet_module is None:
+        try:
+            _greenlet_module = importlib.import_module("greenlet")  # untyped: Any
+        except ImportError as exc:  # pragma: no cover - greenlet is a dependency
+            raise ImportError(
+                "the async API needs greenlet: pip install 'analytics-sdk-exact[asyncio]'"
+            ) from exc
+    return _greenlet_module
 
 
 _Bridge: Any = None
@@ -58,7 +64,7 @@ def in_bridge() -> bool:
     """Whether the caller runs inside :func:`run` (its I/O may go through :func:`await_io`)."""
     if _Bridge is None:
         return False
-    return isinstance(_greenlet().getcurrent(), _Bridge)
+    return isinstance(_greenlet_module.getcurrent(), _Bridge)
 
 
 def current_id() -> int:
@@ -69,7 +75,7 @@ def current_id() -> int:
 def await_io(awaitable: Awaitable[R]) -> R:
     """Return the result of ``awaitable``, awaited by the coroutine that runs the caller's
     greenlet (see :func:`run`); raise what it raises."""
-    current = _greenlet().getcurrent() if _Bridge is not None else None
+    current = _greenlet_module.getcurrent() if _Bridge is not None else None
     if current is None or not isinstance(current, _Bridge):
         close = getattr(awaitable, "close", None)
         if close is not None:

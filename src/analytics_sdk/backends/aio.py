@@ -11,16 +11,18 @@ connections do): the client keeps one per loop.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import CoroutineType
 from typing import Any
 
 from .._bridge import await_io, run
 from .postgres import PostgresSink
 
 __all__ = ["AsyncPostgresSink", "AwaitingDriver"]
+
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict})
 
 
 class AwaitingDriver:
@@ -68,7 +70,9 @@ class AwaitingDriver:
                 return
 
     def _wrap(self, result: Any) -> Any:
-        if inspect.iscoroutine(result) or isinstance(result, asyncio.Future):
+        if type(result) in _PLAIN:  # most replies: nothing to await or to wrap
+            return result
+        if type(result) is CoroutineType or isinstance(result, asyncio.Future):
             return self._wrap(await_io(result))
         if result is self._target:
             return self
