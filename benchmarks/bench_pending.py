@@ -16,9 +16,14 @@ from ``SLOWLOG`` (``slowlog-log-slower-than`` set to 0 for the run, then restore
 time every other client of the server waited behind it. Then it claims and acknowledges
 the whole backlog (as a flush does, without a sink) and prints the longest CLAIM step.
 
+Last, a client buffers ``--buffer`` (100,000) distinct keys and its scheduler pushes them:
+in pushes of at most ``max_push_keys`` (default 2,000) counters, and, in the same run, in one push
+(``max_push_keys`` set to the buffer's size, as every push was before pushes were split);
+it prints the pushes, their total time and the longest script.
+
     python benchmarks/bench_pending.py [--url redis://127.0.0.1:6379/0] [--users 300000]
         [--days 3] [--events 10] [--hours 500] [--sets 10] [--repeat 21]
-        [--baseline 5b5bcb6] [--no-baseline]
+        [--baseline 5b5bcb6] [--no-baseline] [--buffer 100000]
 
 Targets (issue 10): a single-user count under 5 ms with 300,000 users pending; no script
 that holds Redis for long (the earlier layout's reads took 280 ms and 712 ms).
@@ -42,6 +47,7 @@ from typing import Any
 import redis
 
 from analytics_sdk import Analytics
+from analytics_sdk.aggregator import MAX_PUSH_KEYS
 from analytics_sdk.backends import CounterStore, Delta, Push
 from analytics_sdk.backends.redis import RedisCounterStore
 from analytics_sdk.keys import day_of
@@ -157,7 +163,7 @@ def measure(
     )
     out["push of 10,000 keys"] = (statistics.median(pushes) * 1000, longest)
     client = Analytics(sink="memory://", background=False)
-    client._query = QueryEngine(client.aggregator, store, client.sink)
+    client._sync_query = QueryEngine(client.aggregator, store, client.sink)
     day = FIRST_DAY + timedelta(days=args.days // 2)
     hour = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=timezone.utc)
     hour += timedelta(hours=args.hours // 2)
@@ -200,6 +206,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=21)
     parser.add_argument("--baseline", default=BASELINE)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--buffer", type=int, default=100_000)
     args = parser.parse_args()
     r = redis.Redis.from_url(args.url, decode_responses=True)
     hourly = args.events * args.hours * args.sets
@@ -248,6 +255,62 @@ def main() -> None:
             print(f"{phase}: {ratio:,.1f}x faster than the earlier layout")
     single = results[labels[0]]["count(day, user_id)"][0]
     print(f"single-user count: {single:.2f} ms (target < 5 ms)")
+    print()
+    slowlog = Slowlog(r)
+    try:
+        for max_push_keys in (MAX_PUSH_KEYS, args.buffer + 1):  # + 1: the users' hourly key
+            pushes, seconds, longest = buffer_push(args.url, r, slowlog, args.buffer, max_push_keys)
+            print(
+                f"a buffer of {args.buffer:,} keys, max_push_keys={max_push_keys:,}: {pushes} "
+                f"push{'es' if pushes > 1 else ''}, {seconds * 1000:,.0f} ms in all, longest "
+                f"script {longest:.1f} ms"
+            )
+    finally:
+        slowlog.restore()
+
+
+def buffer_push(
+    url: str, r: redis.Redis, slowlog: Slowlog, keys: int, max_push_keys: int
+) -> tuple[int, float, float]:
+    """Buffer ``keys`` distinct keys in a client, push them; return the pushes, the seconds
+    they took and the longest script (ms)."""
+    prefix = f"bench_pending_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_push"
+    client = Analytics(
+        store=f"{url}?prefix={prefix}&client_name={name}",
+        background=False,
+        flusher=False,
+        max_buffered_keys=keys + 1,
+    )
+    try:
+        client.aggregator.max_push_keys = max_push_keys
+        when = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=timezone.utc)
+        for n in range(keys // 2):  # a user's count and a property set's: two keys each
+            client.track(USER_EVENT, user_id=f"u{n}", timestamp=when)
+            client.track(f"e{n % 100}", properties={"path": f"/p{n}"}, timestamp=when)
+        buffered = client.aggregator.buffered_keys
+        sizes: list[int] = []
+        push = client.store.push
+
+        def counted(p: Push) -> bool:
+            sizes.append(p.delta.keys)
+            return push(p)
+
+        client.store.push = counted  # type: ignore[method-assign,assignment]
+        slowlog.longest(name)
+        started = time.perf_counter()
+        client.scheduler.push()
+        seconds = time.perf_counter() - started
+        longest, _ = slowlog.longest(name)
+        assert client.aggregator.buffered_keys == 0, "the buffer was not pushed whole"
+        assert sum(sizes) == buffered, (buffered, sizes)
+        assert max(sizes) <= max_push_keys, sizes
+        return len(sizes), seconds, longest
+    finally:
+        client.shutdown()
+        found = list(r.scan_iter(match=f"{{{prefix}[:}}]*", count=1000))
+        for i in range(0, len(found), 1000):
+            r.delete(*found[i : i + 1000])
 
 
 if __name__ == "__main__":

@@ -145,3 +145,43 @@ def test_outbox_is_retried_before_the_buffer_drains_again() -> None:
     assert second is not None
     assert (second.producer, second.sequence) == (first.producer, first.sequence + 1)
     assert second.delta.hourly == {("x", (), 1): 5}
+
+
+def test_a_push_takes_at_most_max_push_keys_and_leaves_the_rest_buffered() -> None:
+    """The drain behind a push stops at ``max_push_keys`` counters, across the threads'
+    shards and the hourly, per-user and per-group counters; the rest stay buffered for the
+    next push, each counter in exactly one push, and the spill takes everything."""
+    aggregator = Aggregator(max_property_sets=100, max_buffered_keys=1_000, max_push_keys=4)
+    hour = 490_000
+
+    def work(i: int) -> None:
+        for n in range(5):
+            groups = (("team", f"t{n}"),)
+            aggregator.add_grouped(f"e{i}", (("n", str(n)),), hour, f"u{i}", 1, groups)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    buffered = aggregator.buffered_keys
+    assert buffered == 3 * (5 + 1 + 5)  # per thread: 5 hourly, 1 user, 5 group counters
+    sizes: list[int] = []
+    pushed: dict[Any, int] = {}
+    while (push := aggregator.next_push()) is not None:
+        sizes.append(push.delta.keys)
+        for counts in (push.delta.hourly, push.delta.users, push.delta.groups):
+            for key, value in counts.items():
+                assert key not in pushed, key  # each counter in one push only
+                pushed[key] = value
+        aggregator.push_done(push)
+        if len(sizes) == 2:  # the spill takes what is left, whatever its size
+            spilled = aggregator.spill(lambda pushes: None)
+            assert [p.delta.keys for p in spilled] == [buffered - 8]
+            for p in spilled:
+                for counts in (p.delta.hourly, p.delta.users, p.delta.groups):
+                    pushed.update(counts)
+    assert sizes == [4, 4]
+    assert len(pushed) == buffered
+    assert sum(pushed.values()) == 3 * 5 * 3  # each add: an hourly, a user, a group count
+    assert aggregator.buffered_keys == 0

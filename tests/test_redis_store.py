@@ -846,3 +846,98 @@ def test_counts_outside_the_recorded_shard_count_fail_loudly(redis_url: str, pre
     narrow = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=2")
     with pytest.raises(StoreError, match="records shards=2 but shards"):
         narrow.pending_hourly("e", None, None, ())
+
+
+# -- pushes of a bounded size ----------------------------------------------------------------
+
+
+class _Pushes:
+    """Wraps a store's push: records each push's size; the push numbered ``fail`` (from 1)
+    raises, before it reaches Redis or, with ``applied``, after Redis applied it."""
+
+    def __init__(self, store: Any, fail: int = 0, applied: bool = False) -> None:
+        self.store, self.fail, self.applied = store, fail, applied
+        self.sizes: list[int] = []
+        self.real = store.push
+        store.push = self
+
+    def __call__(self, push: Push) -> bool:
+        self.sizes.append(push.delta.keys)
+        if len(self.sizes) == self.fail:
+            if self.applied:
+                self.real(push)
+            raise StoreError("connection lost (injected)")
+        return bool(self.real(push))
+
+
+def _track_spread(client: Analytics, calls: int) -> None:
+    """``calls`` tracks over 9 property sets, 12 users and 2 hours of one day."""
+    for n in range(calls):
+        client.track(
+            "v",
+            user_id=f"u{n % 12}",
+            properties={"p": n % 9},
+            timestamp=datetime(2026, 11, 20, 9 + n % 2, tzinfo=timezone.utc),
+        )
+
+
+def test_a_buffer_past_max_push_keys_goes_in_several_pushes_each_counted_once() -> None:
+    """A push is one script, during which Redis answers no other client: no push carries
+    more than ``max_push_keys`` counters; a larger buffer goes in several pushes, and every
+    count reaches PostgreSQL once."""
+    from datetime import date
+
+    from .utils import redis_and_postgres
+
+    with (
+        redis_and_postgres("pushes") as (store_url, sink_url),
+        Analytics(store=store_url, sink=sink_url, background=False) as client,
+    ):
+        client.aggregator.max_push_keys = 5
+        _track_spread(client, 60)
+        buffered = client.aggregator.buffered_keys
+        assert buffered == 9 * 2 + 12
+        pushes = _Pushes(client.store)
+        result = client.flush()
+        assert result.complete, result
+        assert result.pushed == 60
+        assert max(pushes.sizes) == 5
+        assert sum(pushes.sizes) == buffered
+        assert client.count("v", day=date(2026, 11, 20)) == 60
+        assert client.count("v", day=date(2026, 11, 20), user_id="u0") == 5
+        assert sum(client.sink.hourly_counts("v", None, None, ()).values()) == 60
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["refused", "reply-lost"])
+def test_a_push_failing_among_several_loses_and_doubles_nothing(applied: bool) -> None:
+    """The third of several pushes fails (not applied, or applied with its reply lost):
+    the pushes before it are in Redis, it waits as the outbox, the rest in the buffer;
+    queries count each once meanwhile, and the next flush moves all of it once."""
+    from datetime import date
+
+    from .utils import redis_and_postgres
+
+    day = date(2026, 11, 20)
+    with (
+        redis_and_postgres("pushfail") as (store_url, sink_url),
+        Analytics(store=store_url, sink=sink_url, background=False) as client,
+    ):
+        client.aggregator.max_push_keys = 4
+        _track_spread(client, 60)
+        buffered = client.aggregator.buffered_keys
+        pushes = _Pushes(client.store, fail=3, applied=applied)
+        result = client.flush()
+        assert result.error is not None
+        assert not result.complete
+        assert pushes.sizes == [4, 4, 4]
+        assert client.aggregator.buffered_keys == buffered - 12  # the outbox holds 4
+        assert client.count("v", day=day) == 60
+        assert client.count("v", day=day, user_id="u3") == 5
+        assert sum(n for _, n in client.top_users("v", day=day, limit=12)) == 60
+        pushes.fail = 0
+        result = client.flush()
+        assert result.complete, result
+        assert sum(pushes.sizes) == buffered + 4  # the outbox went again, the rest once
+        assert client.count("v", day=day) == 60
+        assert sum(client.sink.hourly_counts("v", None, None, ()).values()) == 60
+        assert sum(client.sink.user_counts("v", None, None, None).values()) == 60

@@ -20,8 +20,9 @@ keep it bounded, and none loses a count silently:
 The two registries behind the first two limits live as long as the process and hold at most
 ``max_event_names + 1`` names and ``max_property_sets`` sets for each of them.
 
-A drained buffer becomes the *outbox*: one :class:`~analytics_sdk.backends.base.Push`,
-retried until the store accepts it, while new counts keep aggregating behind it.
+A drained buffer becomes the *outbox*: one :class:`~analytics_sdk.backends.base.Push` of at
+most ``max_push_keys`` counters (the rest stay buffered for the next push), retried until the
+store accepts it, while new counts keep aggregating behind it.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from . import _bridge
 from .backends.base import DEFAULT_DEDUPE_WINDOW, Deduped, Delta, Push
 from .keys import GroupKey, Groups, HourKey, Properties, UserKey
 
-__all__ = ["OVERFLOW_EVENT", "OVERFLOW_PROPERTIES", "Aggregator", "LocalCounts"]
+__all__ = ["MAX_PUSH_KEYS", "OVERFLOW_EVENT", "OVERFLOW_PROPERTIES", "Aggregator", "LocalCounts"]
 
 OVERFLOW_PROPERTIES: Properties = (("overflow", "true"),)
 OVERFLOW_EVENT = "(overflow)"
 """The reserved event that counts events whose name came after ``max_event_names``."""
+MAX_PUSH_KEYS = 2_000
+"""The most counters one push carries by default (the ``max_push_keys`` setting)."""
 
 
 class LocalCounts:
@@ -86,6 +89,11 @@ def _add(target: dict[Any, int], counts: dict[Any, int], /) -> None:
         target[key] = target.get(key, 0) + value
 
 
+def _pop(counts: dict[Any, int], keys: int) -> dict[Any, int]:
+    """Remove the first ``keys`` counters of ``counts`` (oldest first) and return them."""
+    return {key: counts.pop(key) for key in list(itertools.islice(counts, keys))}
+
+
 class Aggregator:
     """Sums ``track()`` calls per key until the scheduler pushes them."""
 
@@ -99,11 +107,14 @@ class Aggregator:
         on_drop: Callable[[int], None] = lambda count: None,
         on_drain: Callable[[Delta], None] = lambda delta: None,
         dedupe_window: float = DEFAULT_DEDUPE_WINDOW,
+        max_push_keys: int = MAX_PUSH_KEYS,
     ) -> None:
         """``on_full`` pushes the buffer, in the calling thread, and returns whether the new
         key may go in; ``on_drop`` hears of each count that could not be held."""
         self.max_property_sets = max_property_sets
         self.max_buffered_keys = max_buffered_keys
+        self.max_push_keys = max_push_keys
+        """The most counters one push carries; a larger buffer goes in several pushes."""
         self.max_event_names = max_event_names
         self.dedupe_window = dedupe_window
         self._on_full = on_full
@@ -334,16 +345,27 @@ class Aggregator:
             finally:
                 lock.acquire()
 
-    def _take(self, deduped: dict[str, Deduped]) -> Delta:
-        """Empty every shard into one delta (and ``deduped``); forget shards of threads that
-        ended."""
+    def _take(self, deduped: dict[str, Deduped], keys: int | None = None) -> Delta:
+        """Empty every shard into one delta (and ``deduped``), or only as many counters as
+        ``keys``, the others left where they are; forget shards of threads that ended."""
         delta = Delta()
+        room = -1 if keys is None else keys  # -1: no limit
         with self._shards_lock:
             shards = list(self._shards)
         for shard in shards:
+            if room == 0:
+                break
             with shard.lock:
-                hourly, users, groups = shard.hourly, shard.users, shard.groups
-                shard.hourly, shard.users, shard.groups = {}, {}, {}
+                held = len(shard.hourly) + len(shard.users) + len(shard.groups)
+                if room < 0 or held <= room:
+                    hourly, users, groups = shard.hourly, shard.users, shard.groups
+                    shard.hourly, shard.users, shard.groups = {}, {}, {}
+                    room = room - held if room > 0 else room
+                else:
+                    hourly = _pop(shard.hourly, room)
+                    users = _pop(shard.users, room - len(hourly))
+                    groups = _pop(shard.groups, room - len(hourly) - len(users))
+                    room = 0
                 if shard.deduped:
                     for key, call in shard.deduped.items():
                         deduped.setdefault(key, call)
@@ -393,7 +415,8 @@ class Aggregator:
         return sum(len(s.hourly) + len(s.users) + len(s.groups) for s in list(self._shards))
 
     def next_push(self, *, wait: bool = True) -> Push | None:
-        """Return the push to send: the unacknowledged outbox, else the drained buffer.
+        """Return the push to send: the unacknowledged outbox, else the drained buffer (its
+        first ``max_push_keys`` counters; the others stay buffered).
 
         The buffer is not drained while a query reads it and the store (see
         :meth:`reading`): with ``wait`` the drain waits for the queries reading now (not for
@@ -406,7 +429,10 @@ class Aggregator:
                 if not self._buffered() or not self._readers_gone(wait):
                     return None  # nothing to drain (no need to wait), or left for later
                 deduped: dict[str, Deduped] = {}
-                delta = self._take(deduped)
+                # The counters past max_push_keys stay buffered for the next push (beside
+                # them the buffer takes max_buffered_keys new keys, as it does beside an
+                # outbox the store has not taken).
+                delta = self._take(deduped, self.max_push_keys)
                 if delta or deduped:
                     self._on_drain(delta)
                     self._sequence += 1

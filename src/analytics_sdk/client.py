@@ -110,6 +110,7 @@ class Analytics:
         self.aggregator = Aggregator(
             max_property_sets=self.config.max_property_sets,
             max_buffered_keys=self.config.max_buffered_keys,
+            max_push_keys=self.config.max_push_keys,
             max_event_names=self.config.max_event_names,
             on_full=self._buffer_full,
             on_drop=self._dropped,
