@@ -148,9 +148,10 @@ def test_outbox_is_retried_before_the_buffer_drains_again() -> None:
 
 
 def test_a_push_takes_at_most_max_push_keys_and_leaves_the_rest_buffered() -> None:
-    """The drain behind a push stops at ``max_push_keys`` counters, across the threads'
-    shards and the hourly, per-user and per-group counters; the rest stay buffered for the
-    next push, each counter in exactly one push, and the spill takes everything."""
+    """The drain behind a push stops at ``max_push_keys`` counters and calls with a dedupe
+    key, across the threads' shards and the hourly, per-user and per-group counters; the
+    rest stay buffered for the next push, each in exactly one push, and the spill takes
+    everything."""
     aggregator = Aggregator(max_property_sets=100, max_buffered_keys=1_000, max_push_keys=4)
     hour = 490_000
 
@@ -158,6 +159,8 @@ def test_a_push_takes_at_most_max_push_keys_and_leaves_the_rest_buffered() -> No
         for n in range(5):
             groups = (("team", f"t{n}"),)
             aggregator.add_grouped(f"e{i}", (("n", str(n)),), hour, f"u{i}", 1, groups)
+        for n in range(3):
+            aggregator.add_deduped(f"k{i}.{n}", f"d{i}", (), hour, None, 1)
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(3)]
     for w in workers:
@@ -166,10 +169,13 @@ def test_a_push_takes_at_most_max_push_keys_and_leaves_the_rest_buffered() -> No
         w.join()
     buffered = aggregator.buffered_keys
     assert buffered == 3 * (5 + 1 + 5)  # per thread: 5 hourly, 1 user, 5 group counters
+    assert aggregator.pushes_held == -(-(buffered + 9) // 4)
     sizes: list[int] = []
     pushed: dict[Any, int] = {}
+    calls: list[str] = []
     while (push := aggregator.next_push()) is not None:
-        sizes.append(push.delta.keys)
+        sizes.append(push.delta.keys + len(push.deduped))
+        calls += [call.key for call in push.deduped]
         for counts in (push.delta.hourly, push.delta.users, push.delta.groups):
             for key, value in counts.items():
                 assert key not in pushed, key  # each counter in one push only
@@ -177,11 +183,26 @@ def test_a_push_takes_at_most_max_push_keys_and_leaves_the_rest_buffered() -> No
         aggregator.push_done(push)
         if len(sizes) == 2:  # the spill takes what is left, whatever its size
             spilled = aggregator.spill(lambda pushes: None)
-            assert [p.delta.keys for p in spilled] == [buffered - 8]
+            assert [p.delta.keys + len(p.deduped) for p in spilled] == [buffered + 9 - 8]
             for p in spilled:
+                calls += [call.key for call in p.deduped]
                 for counts in (p.delta.hourly, p.delta.users, p.delta.groups):
                     pushed.update(counts)
     assert sizes == [4, 4]
     assert len(pushed) == buffered
     assert sum(pushed.values()) == 3 * 5 * 3  # each add: an hourly, a user, a group count
+    assert sorted(calls) == sorted(f"k{i}.{n}" for i in range(3) for n in range(3))
     assert aggregator.buffered_keys == 0
+    assert aggregator.pushes_held == 0
+
+
+def test_calls_with_a_dedupe_key_go_in_pushes_of_at_most_max_push_keys() -> None:
+    aggregator = Aggregator(max_property_sets=100, max_buffered_keys=1_000, max_push_keys=3)
+    for n in range(7):
+        aggregator.add_deduped(f"k{n}", "d", (), 490_000, None, 1)
+    taken = []
+    while (push := aggregator.next_push()) is not None:
+        assert push.delta.keys + len(push.deduped) <= 3
+        taken.append(sorted(call.key for call in push.deduped))
+        aggregator.push_done(push)
+    assert taken == [["k0", "k1", "k2"], ["k3", "k4", "k5"], ["k6"]]

@@ -941,3 +941,28 @@ def test_a_push_failing_among_several_loses_and_doubles_nothing(applied: bool) -
         assert client.count("v", day=day) == 60
         assert sum(client.sink.hourly_counts("v", None, None, ()).values()) == 60
         assert sum(client.sink.user_counts("v", None, None, None).values()) == 60
+
+
+def test_calls_with_a_dedupe_key_split_over_pushes_count_once() -> None:
+    """Calls with a dedupe key count toward ``max_push_keys`` as counters do: spread over
+    several pushes, each key still counts once, repeated in the same push or a later one."""
+    from datetime import date
+
+    from .utils import redis_and_postgres
+
+    with (
+        redis_and_postgres("dedupepush") as (store_url, sink_url),
+        Analytics(store=store_url, sink=sink_url, background=False) as client,
+    ):
+        client.aggregator.max_push_keys = 3
+        when = datetime(2026, 11, 20, 9, tzinfo=timezone.utc)
+        for n in range(10):
+            client.track("order", dedupe_key=f"o{n}", timestamp=when)
+        client.track("order", dedupe_key="o1", timestamp=when)  # the same push as o1 or not
+        pushes = _Pushes(client.store)
+        assert client.flush().complete
+        assert len(pushes.sizes) == 4  # 10 calls (the repeat is dropped in the buffer), 3 a push
+        client.track("order", dedupe_key="o9", timestamp=when)  # a later push: Redis drops it
+        assert client.flush().complete
+        assert client.count("order", day=date(2026, 11, 20)) == 10
+        assert sum(client.sink.hourly_counts("order", None, None, ()).values()) == 10

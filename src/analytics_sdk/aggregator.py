@@ -32,13 +32,16 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _bridge
 from .backends.base import DEFAULT_DEDUPE_WINDOW, Deduped, Delta, Push
 from .keys import GroupKey, Groups, HourKey, Properties, UserKey
 
 __all__ = ["MAX_PUSH_KEYS", "OVERFLOW_EVENT", "OVERFLOW_PROPERTIES", "Aggregator", "LocalCounts"]
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 OVERFLOW_PROPERTIES: Properties = (("overflow", "true"),)
 OVERFLOW_EVENT = "(overflow)"
@@ -89,9 +92,9 @@ def _add(target: dict[Any, int], counts: dict[Any, int], /) -> None:
         target[key] = target.get(key, 0) + value
 
 
-def _pop(counts: dict[Any, int], keys: int) -> dict[Any, int]:
-    """Remove the first ``keys`` counters of ``counts`` (oldest first) and return them."""
-    return {key: counts.pop(key) for key in list(itertools.islice(counts, keys))}
+def _pop(entries: dict[K, V], keys: int) -> dict[K, V]:
+    """Remove the first ``keys`` entries of ``entries`` (oldest first) and return them."""
+    return {key: entries.pop(key) for key in list(itertools.islice(entries, keys))}
 
 
 class Aggregator:
@@ -346,8 +349,9 @@ class Aggregator:
                 lock.acquire()
 
     def _take(self, deduped: dict[str, Deduped], keys: int | None = None) -> Delta:
-        """Empty every shard into one delta (and ``deduped``), or only as many counters as
-        ``keys``, the others left where they are; forget shards of threads that ended."""
+        """Empty every shard into one delta (and ``deduped``), or only as many counters and
+        calls with a dedupe key as ``keys``, the others left where they are; forget shards
+        of threads that ended."""
         delta = Delta()
         room = -1 if keys is None else keys  # -1: no limit
         with self._shards_lock:
@@ -366,10 +370,15 @@ class Aggregator:
                     users = _pop(shard.users, room - len(hourly))
                     groups = _pop(shard.groups, room - len(hourly) - len(users))
                     room = 0
-                if shard.deduped:
-                    for key, call in shard.deduped.items():
+                if shard.deduped and room != 0:  # calls with a dedupe key count as counters
+                    calls = shard.deduped
+                    if 0 < room < len(calls):
+                        calls = _pop(calls, room)
+                    else:
+                        shard.deduped = {}
+                    for key, call in calls.items():
                         deduped.setdefault(key, call)
-                    shard.deduped = {}
+                    room = room - len(calls) if room > 0 else room
             if not delta:
                 delta = Delta(hourly=hourly, users=users, groups=groups)  # no copy
             else:
@@ -413,6 +422,16 @@ class Aggregator:
     def buffered_keys(self) -> int:
         """How many distinct keys the buffer holds now."""
         return sum(len(s.hourly) + len(s.users) + len(s.groups) for s in list(self._shards))
+
+    @property
+    def pushes_held(self) -> int:
+        """How many pushes the buffer makes now (``max_push_keys`` counters and calls with a
+        dedupe key each)."""
+        held = sum(
+            len(s.hourly) + len(s.users) + len(s.groups) + len(s.deduped)
+            for s in list(self._shards)
+        )
+        return -(-held // self.max_push_keys)
 
     def next_push(self, *, wait: bool = True) -> Push | None:
         """Return the push to send: the unacknowledged outbox, else the drained buffer (its

@@ -231,14 +231,14 @@ class Scheduler:
     def push(self, deadline: float = math.inf, *, wait: bool = True) -> int:
         """Push the outbox, then the buffer, to the store; return the counts pushed.
 
-        The buffer goes in pushes of at most ``max_push_keys`` counters, as many as it held
-        when this started (counts tracked meanwhile may wait for the next push). Without
+        The buffer goes in pushes of at most ``max_push_keys`` counters (and calls with a
+        dedupe key), as many as it held when this started (counts tracked meanwhile may wait
+        for the next push). Without
         ``wait`` (write-through, in track()) a buffer that queries are reading is left for
         the timer's push instead of waiting for them."""
         pushed = 0
         # The outbox a failed push left behind goes first; then the buffer behind it.
-        aggregator = self.aggregator
-        for _ in range(2 + aggregator.buffered_keys // aggregator.max_push_keys):
+        for _ in range(1 + self.aggregator.pushes_held):
             _check(deadline, self.clock.monotonic())
             push = self.aggregator.next_push(wait=wait)
             if push is None:
