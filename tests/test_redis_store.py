@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,7 +21,7 @@ from analytics_sdk.backends.redis import RedisCounterStore
 from analytics_sdk.testing import ManualClock
 
 from .servers import REDIS_URL, Cluster, Proxy, cluster, redis_server
-from .utils import delete_redis_prefix, unique_name
+from .utils import delete_redis_prefix, redis_and_postgres, unique_name
 
 H = 490_000
 
@@ -870,31 +870,33 @@ class _Pushes:
         return bool(self.real(push))
 
 
-def _track_spread(client: Analytics, calls: int) -> None:
-    """``calls`` tracks over 9 property sets, 12 users and 2 hours of one day."""
-    for n in range(calls):
-        client.track(
-            "v",
-            user_id=f"u{n % 12}",
-            properties={"p": n % 9},
-            timestamp=datetime(2026, 11, 20, 9 + n % 2, tzinfo=timezone.utc),
-        )
+DAY = date(2026, 11, 20)
+
+
+@contextlib.contextmanager
+def _spread(tag: str, max_push_keys: int) -> Iterator[Analytics]:
+    """A client on a private Redis prefix and PostgreSQL schema, with ``max_push_keys`` set
+    and 60 tracks buffered over 9 property sets, 12 users and 2 hours of ``DAY``."""
+    with (
+        redis_and_postgres(tag) as (store_url, sink_url),
+        Analytics(store=store_url, sink=sink_url, background=False) as client,
+    ):
+        client.aggregator.max_push_keys = max_push_keys
+        for n in range(60):
+            client.track(
+                "v",
+                user_id=f"u{n % 12}",
+                properties={"p": n % 9},
+                timestamp=datetime(2026, 11, 20, 9 + n % 2, tzinfo=timezone.utc),
+            )
+        yield client
 
 
 def test_a_buffer_past_max_push_keys_goes_in_several_pushes_each_counted_once() -> None:
     """A push is one script, during which Redis answers no other client: no push carries
     more than ``max_push_keys`` counters; a larger buffer goes in several pushes, and every
     count reaches PostgreSQL once."""
-    from datetime import date
-
-    from .utils import redis_and_postgres
-
-    with (
-        redis_and_postgres("pushes") as (store_url, sink_url),
-        Analytics(store=store_url, sink=sink_url, background=False) as client,
-    ):
-        client.aggregator.max_push_keys = 5
-        _track_spread(client, 60)
+    with _spread("pushes", max_push_keys=5) as client:
         buffered = client.aggregator.buffered_keys
         assert buffered == 9 * 2 + 12
         pushes = _Pushes(client.store)
@@ -903,8 +905,8 @@ def test_a_buffer_past_max_push_keys_goes_in_several_pushes_each_counted_once() 
         assert result.pushed == 60
         assert max(pushes.sizes) == 5
         assert sum(pushes.sizes) == buffered
-        assert client.count("v", day=date(2026, 11, 20)) == 60
-        assert client.count("v", day=date(2026, 11, 20), user_id="u0") == 5
+        assert client.count("v", day=DAY) == 60
+        assert client.count("v", day=DAY, user_id="u0") == 5
         assert sum(client.sink.hourly_counts("v", None, None, ()).values()) == 60
 
 
@@ -913,17 +915,7 @@ def test_a_push_failing_among_several_loses_and_doubles_nothing(applied: bool) -
     """The third of several pushes fails (not applied, or applied with its reply lost):
     the pushes before it are in Redis, it waits as the outbox, the rest in the buffer;
     queries count each once meanwhile, and the next flush moves all of it once."""
-    from datetime import date
-
-    from .utils import redis_and_postgres
-
-    day = date(2026, 11, 20)
-    with (
-        redis_and_postgres("pushfail") as (store_url, sink_url),
-        Analytics(store=store_url, sink=sink_url, background=False) as client,
-    ):
-        client.aggregator.max_push_keys = 4
-        _track_spread(client, 60)
+    with _spread("pushfail", max_push_keys=4) as client:
         buffered = client.aggregator.buffered_keys
         pushes = _Pushes(client.store, fail=3, applied=applied)
         result = client.flush()
@@ -931,14 +923,14 @@ def test_a_push_failing_among_several_loses_and_doubles_nothing(applied: bool) -
         assert not result.complete
         assert pushes.sizes == [4, 4, 4]
         assert client.aggregator.buffered_keys == buffered - 12  # the outbox holds 4
-        assert client.count("v", day=day) == 60
-        assert client.count("v", day=day, user_id="u3") == 5
-        assert sum(n for _, n in client.top_users("v", day=day, limit=12)) == 60
+        assert client.count("v", day=DAY) == 60
+        assert client.count("v", day=DAY, user_id="u3") == 5
+        assert sum(n for _, n in client.top_users("v", day=DAY, limit=12)) == 60
         pushes.fail = 0
         result = client.flush()
         assert result.complete, result
         assert sum(pushes.sizes) == buffered + 4  # the outbox went again, the rest once
-        assert client.count("v", day=day) == 60
+        assert client.count("v", day=DAY) == 60
         assert sum(client.sink.hourly_counts("v", None, None, ()).values()) == 60
         assert sum(client.sink.user_counts("v", None, None, None).values()) == 60
 
@@ -946,10 +938,6 @@ def test_a_push_failing_among_several_loses_and_doubles_nothing(applied: bool) -
 def test_calls_with_a_dedupe_key_split_over_pushes_count_once() -> None:
     """Calls with a dedupe key count toward ``max_push_keys`` as counters do: spread over
     several pushes, each key still counts once, repeated in the same push or a later one."""
-    from datetime import date
-
-    from .utils import redis_and_postgres
-
     with (
         redis_and_postgres("dedupepush") as (store_url, sink_url),
         Analytics(store=store_url, sink=sink_url, background=False) as client,
@@ -964,5 +952,5 @@ def test_calls_with_a_dedupe_key_split_over_pushes_count_once() -> None:
         assert len(pushes.sizes) == 4  # 10 calls (the repeat is dropped in the buffer), 3 a push
         client.track("order", dedupe_key="o9", timestamp=when)  # a later push: Redis drops it
         assert client.flush().complete
-        assert client.count("order", day=date(2026, 11, 20)) == 10
+        assert client.count("order", day=DAY) == 10
         assert sum(client.sink.hourly_counts("order", None, None, ()).values()) == 10
