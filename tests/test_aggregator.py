@@ -198,11 +198,40 @@ def test_a_push_takes_at_most_max_push_keys_and_leaves_the_rest_buffered() -> No
 
 def test_calls_with_a_dedupe_key_go_in_pushes_of_at_most_max_push_keys() -> None:
     aggregator = Aggregator(max_property_sets=100, max_buffered_keys=1_000, max_push_keys=3)
-    for n in range(7):
-        aggregator.add_deduped(f"k{n}", "d", (), 490_000, None, 1)
+
+    def work(keys: range) -> None:
+        for n in keys:
+            aggregator.add_deduped(f"k{n}", "d", (), 490_000, None, 1)
+
+    for keys in (range(2), range(2, 7)):  # two threads' shards: 2 calls, then 5
+        worker = threading.Thread(target=work, args=(keys,))
+        worker.start()
+        worker.join()
     taken = []
     while (push := aggregator.next_push()) is not None:
         assert push.delta.keys + len(push.deduped) <= 3
         taken.append(sorted(call.key for call in push.deduped))
         aggregator.push_done(push)
     assert taken == [["k0", "k1", "k2"], ["k3", "k4", "k5"], ["k6"]]
+
+
+def test_a_push_fills_up_from_several_threads_shards() -> None:
+    """A shard smaller than the room left goes whole, and the next one fills the rest."""
+    aggregator = Aggregator(max_property_sets=100, max_buffered_keys=1_000, max_push_keys=4)
+
+    def work(event: str, n: int) -> None:
+        for i in range(n):
+            aggregator.add(event, (("i", str(i)),), 490_000, None, 1)
+
+    for event, n in (("a", 2), ("b", 5)):
+        worker = threading.Thread(target=work, args=(event, n))
+        worker.start()
+        worker.join()
+    taken = []
+    while (push := aggregator.next_push()) is not None:
+        taken.append(sorted((key[0], key[1][0][1]) for key in push.delta.hourly))
+        aggregator.push_done(push)
+    assert taken == [
+        [("a", "0"), ("a", "1"), ("b", "0"), ("b", "1")],
+        [("b", "2"), ("b", "3"), ("b", "4")],
+    ]
