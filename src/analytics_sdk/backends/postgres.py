@@ -616,19 +616,16 @@ class PostgresSink(Sink):
                 # for that thread. A broken connection is dropped by the pool all the same.
                 self._note_returned(conn)
 
-    def _connection(self, what: str, *, migrate_first: bool = True) -> Any:
-        @contextmanager
-        def connect() -> Any:
-            try:
-                with self._borrow() as conn:
-                    if migrate_first and not self._migrated and self._auto_migrate:
-                        migrate(conn, self.schema)
-                        self._migrated = True
-                    yield conn
-            except self._errors as exc:  # PoolTimeout is a psycopg.Error too
-                raise SinkError(f"PostgreSQL {self._description} {what} failed: {exc}") from exc
-
-        return connect()
+    @contextmanager
+    def _connection(self, what: str, *, migrate_first: bool = True) -> Iterator[Any]:
+        try:
+            with self._borrow() as conn:
+                if migrate_first and not self._migrated and self._auto_migrate:
+                    migrate(conn, self.schema)
+                    self._migrated = True
+                yield conn
+        except self._errors as exc:  # PoolTimeout is a psycopg.Error too
+            raise SinkError(f"PostgreSQL {self._description} {what} failed: {exc}") from exc
 
     def for_asyncio(self) -> Sink:
         """Return a twin of this sink on psycopg's ``AsyncConnectionPool`` (same settings,
