@@ -222,9 +222,10 @@ class Config:
     store first. Only while the store fails (the outbox holds as many again) are new keys
     dropped, counted and warned about."""
     max_push_keys: int = attrs.field(default=MAX_PUSH_KEYS, validator=_positive_int)
-    """Counters one push carries at most; a larger buffer goes in several pushes. The store
-    applies a push in one step (in Redis a script, during which the server answers no other
-    client): 2,000 counters take a few milliseconds, 100,000 several hundred."""
+    """Counters (and calls with a dedupe key) one push carries at most; a larger buffer goes
+    in several pushes. The store applies a push in one step (in Redis a script, during which
+    the server answers no other client): 2,000 counters took 3 to 30 ms in the benchmark,
+    100,000 took 270 to 390 ms."""
     max_property_sets: int = attrs.field(default=1_000, validator=_positive_int)
     """Distinct property sets per event before the excess folds into ``{"overflow": "true"}``."""
     max_event_names: int = attrs.field(default=1_000, validator=_positive_int)
