@@ -235,9 +235,7 @@ def main() -> None:
     finally:
         slowlog.restore()
         for prefix in prefixes:
-            keys = list(r.scan_iter(match=f"{{{prefix}[:}}]*", count=1000))
-            for i in range(0, len(keys), 1000):
-                r.delete(*keys[i : i + 1000])
+            delete_prefix(r, prefix)
     print()
     labels = list(results)
     header = f"{'':<28}" + "".join(f"{label:>34}" for label in labels)
@@ -308,9 +306,14 @@ def buffer_push(
         return len(sizes), seconds, longest
     finally:
         client.shutdown()
-        found = list(r.scan_iter(match=f"{{{prefix}[:}}]*", count=1000))
-        for i in range(0, len(found), 1000):
-            r.delete(*found[i : i + 1000])
+        delete_prefix(r, prefix)
+
+
+def delete_prefix(r: redis.Redis, prefix: str) -> None:
+    """Delete every key of the store prefix ``prefix``."""
+    keys = list(r.scan_iter(match=f"{{{prefix}[:}}]*", count=1000))
+    for i in range(0, len(keys), 1000):
+        r.delete(*keys[i : i + 1000])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ store accepts it, while new counts keep aggregating behind it.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -353,7 +354,7 @@ class Aggregator:
         calls with a dedupe key as ``keys``, the others left where they are; forget shards
         of threads that ended."""
         delta = Delta()
-        room = -1 if keys is None else keys  # -1: no limit
+        room = sys.maxsize if keys is None else keys
         with self._shards_lock:
             shards = list(self._shards)
         for shard in shards:
@@ -361,24 +362,24 @@ class Aggregator:
                 break
             with shard.lock:
                 held = len(shard.hourly) + len(shard.users) + len(shard.groups)
-                if room < 0 or held <= room:
+                if held <= room:
                     hourly, users, groups = shard.hourly, shard.users, shard.groups
                     shard.hourly, shard.users, shard.groups = {}, {}, {}
-                    room = room - held if room > 0 else room
+                    room -= held
                 else:
                     hourly = _pop(shard.hourly, room)
                     users = _pop(shard.users, room - len(hourly))
                     groups = _pop(shard.groups, room - len(hourly) - len(users))
                     room = 0
-                if shard.deduped and room != 0:  # calls with a dedupe key count as counters
+                if shard.deduped and room:  # calls with a dedupe key count as counters
                     calls = shard.deduped
-                    if 0 < room < len(calls):
+                    if room < len(calls):
                         calls = _pop(calls, room)
                     else:
                         shard.deduped = {}
                     for key, call in calls.items():
                         deduped.setdefault(key, call)
-                    room = room - len(calls) if room > 0 else room
+                    room -= len(calls)
             if not delta:
                 delta = Delta(hourly=hourly, users=users, groups=groups)  # no copy
             else:
@@ -427,10 +428,7 @@ class Aggregator:
     def pushes_held(self) -> int:
         """How many pushes the buffer makes now (``max_push_keys`` counters and calls with a
         dedupe key each)."""
-        held = sum(
-            len(s.hourly) + len(s.users) + len(s.groups) + len(s.deduped)
-            for s in list(self._shards)
-        )
+        held = self.buffered_keys + sum(len(s.deduped) for s in list(self._shards))
         return -(-held // self.max_push_keys)
 
     def next_push(self, *, wait: bool = True) -> Push | None:

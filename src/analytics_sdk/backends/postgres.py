@@ -1486,11 +1486,13 @@ _HOURLY_SETS = (
 # %(limit)s values with the highest totals (NULL: all) and those in %(keep)s come on their
 # own; the other values' counts are summed with value NULL, apart from the sets without the
 # property (absent).
-_PROPERTY_PERIODS = (
-    "), v AS ("
-    "SELECT s.properties ->> %(by)s::text AS value, r.p, sum(r.n) AS n "
+_SETS_OF_R = (
     "FROM r JOIN {s}.property_sets s ON s.props_hash = r.props_hash "
     "WHERE %(props)s::jsonb IS NULL OR s.properties @> %(props)s::jsonb "
+)
+_PROPERTY_PERIODS = (
+    "), v AS ("
+    f"SELECT s.properties ->> %(by)s::text AS value, r.p, sum(r.n) AS n {_SETS_OF_R}"
     "GROUP BY 1, 2"
     "), listed AS ("
     "SELECT value FROM v WHERE value IS NOT NULL GROUP BY value "
@@ -1506,9 +1508,7 @@ _PROPERTY_PERIODS = (
 # against 1.1 for _PROPERTY_PERIODS, whose three aggregations serve any number of periods).
 _PROPERTY_PERIOD = (
     "), v AS ("
-    "SELECT s.properties ->> %(by)s::text AS value, sum(r.n) AS n "
-    "FROM r JOIN {s}.property_sets s ON s.props_hash = r.props_hash "
-    "WHERE %(props)s::jsonb IS NULL OR s.properties @> %(props)s::jsonb "
+    f"SELECT s.properties ->> %(by)s::text AS value, sum(r.n) AS n {_SETS_OF_R}"
     "GROUP BY 1"
     "), listed AS ("
     "SELECT value FROM v WHERE value IS NOT NULL "
