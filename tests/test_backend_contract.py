@@ -258,6 +258,16 @@ class TestSink:
         assert sink.user_counts("a", D + 1, None, None) == {}
         assert sink.hourly_counts("other", None, None, ()) == {}
 
+    def test_one_users_count_over_days(self, sink: Sink) -> None:
+        sink.apply(batch({}, {("a", "u", D): 5, ("a", "u", D + 2): 2, ("a", "v", D): 1}))
+        assert sink.user_counts("a", D, D + 1, "u") == {"u": 5}
+        assert sink.user_counts("a", D, D + 3, "u") == {"u": 7}
+        assert sink.user_counts("a", D + 1, D + 2, "u") == {}
+        assert sink.user_counts("a", D, D + 1, "w") == {}
+        assert sink.user_counts("b", D, D + 1, "u") == {}
+        assert sink.user_counts("a", D + 1, None, "u") == {"u": 2}
+        assert sink.user_counts("a", None, D + 1, "u") == {"u": 5}
+
     def test_a_batch_id_is_applied_once(self, sink: Sink) -> None:
         b = batch({("a", (), H): 2}, {("a", "u", D): 2})
         assert sink.apply(b) is True

@@ -509,7 +509,8 @@ def test_postgres_ranks_values_in_sql_as_rank_values_does(
 ) -> None:
     """The sink ranks in SQL (one statement for a single day or hour, another for several
     ranges): its answer is the reference ranking (:func:`rank_values`) of its counts
-    unranked, ties, values kept besides, sets without ``by`` and OTHER included."""
+    unranked, ties, values kept besides, sets without ``by`` and OTHER included; and its
+    top values alone are those of that ranking."""
     from analytics_sdk.backends.base import rank_values
 
     url = postgres_url_or_skip()
@@ -524,6 +525,17 @@ def test_postgres_ranks_values_in_sql_as_rank_values_does(
             everything = sink.property_counts("v", by, bounds, ())
             ranked = sink.property_counts("v", by, bounds, (), limit, keep)
             assert ranked == rank_values(everything, limit, keep)
+        if limit is None:
+            return
+        # The top values alone (a statement of their own): the same ranking, kept values
+        # besides, neither the other values' sum nor the sets without the property.
+        for low, high in ((start, end), (None, None), (start, None)):
+            for wanted in ((), (("plan", "pro"),)):
+                counts = sink.property_counts("v", by, [low, high], wanted)
+                totals = {v: n for (v, _), n in counts.items() if isinstance(v, str)}
+                top = sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+                expected = dict(top) | {v: totals[v] for v in keep if v in totals}
+                assert sink.top_values("v", by, low, high, wanted, limit, keep) == expected
     finally:
         sink.close()
         drop_schema(url, schema)

@@ -505,6 +505,28 @@ def test_counts_that_reach_the_sink_during_a_sink_alone_read_count_once(
     other.shutdown()
 
 
+def test_with_the_buffer_empty_a_sink_alone_read_holds_no_push_and_counts_once(
+    client: Analytics,
+) -> None:
+    """With nothing buffered, the read does not keep this process's pushes back: a count
+    tracked during the read is pushed and may even be flushed before the sink is read. It
+    is counted once or not at all, and every count made before the read is counted."""
+    client.track("e", value=3)
+    assert client.flush().complete
+
+    def tracked_pushed_and_flushed() -> None:
+        client.track("e", value=5)
+        client.scheduler.push()
+        assert client.aggregator.is_empty()  # pushed at once: nothing held it back
+        flush_elsewhere(client)
+
+    reads = after_store_read(client, tracked_pushed_and_flushed)
+    client._query.quiet_first = True
+    assert client.count("e") in (3, 8)
+    assert (len(reads), client._query.quiet) == (1, 1)
+    assert client.count("e") == 8
+
+
 def test_a_read_of_more_than_one_statement_is_read_the_usual_way(
     client: Analytics,
 ) -> None:

@@ -850,7 +850,10 @@ class Analytics:
         )
 
     def _event(self, event: object) -> str:
-        return self._validator.event_name(event)
+        try:
+            return self._names[event]  # validated before (by track() or a query)
+        except (KeyError, TypeError):
+            return self._validator.event_name(event)
 
     def _filter(self, properties: Mapping[str, Any] | None) -> Properties:
         return () if properties is None else self._validator.properties(properties)
@@ -1061,9 +1064,7 @@ class Analytics:
                     f"start {start.isoformat()} is after end {end.isoformat()}; "
                     "accepted: start <= end"
                 )
-        counts = self._query.property_counts(name, key, bounds, (), limit)
-        ranked = [(v, n) for (v, _), n in counts.items() if isinstance(v, str)]
-        return sorted(ranked, key=lambda item: (-item[1], item[0]))
+        return self._query.top_values(name, key, bounds[0], bounds[1], limit)
 
     def _events(self, events: object) -> tuple[str, ...] | None:
         """Validate ``events``: None (any event), one event name, or several."""

@@ -205,17 +205,25 @@ class QueryEngine:
         A count that existed when the read started and is in neither is in the sink (counts
         only move on), and none can be read twice, so the sink is read once, with no mark and
         no ledger (:meth:`~analytics_sdk.backends.base.Sink.read_once`: one round trip to
-        PostgreSQL instead of four)."""
-        with self.aggregator.reading() if read.local is not None else nullcontext():
-            if read.local is not None:
+        PostgreSQL instead of four).
+
+        With this process's buffer and outbox empty, the store is read without holding
+        pushes: a count tracked since can reach the store, or even the sink, during the
+        read, and is then read once or not at all, as any count tracked during a query
+        may be; none that existed before is in the buffer.
+        """
+        if read.local is not None and not self.aggregator.is_empty():
+            with self.aggregator.reading():
                 held = self.aggregator.local_counts()
                 if read.local(held.buffer):
                     return None
                 if held.outbox is not None and read.local(held.outbox.delta):
                     return None
+                pending = read.pending()
+        else:
             pending = read.pending()
-            if pending.live or any(pending.claimed.values()):
-                return None
+        if pending.live or any(pending.claimed.values()):
+            return None
         try:
             with self.sink.read_once() as snapshot:
                 out = dict(read.durable(snapshot))
@@ -324,6 +332,45 @@ class QueryEngine:
         counts only grow, so a value outside the sink's top ``limit`` and without other
         counts cannot be in the answer. The ranking is then redone on the merged counts.
         """
+        counts = self._values_read(
+            event,
+            by,
+            bounds,
+            properties,
+            lambda sink, keep: sink.property_counts(event, by, bounds, properties, limit, keep),
+        )
+        return rank_values(counts, limit, ())
+
+    def top_values(
+        self, event: str, by: str, start: int | None, end: int | None, limit: int
+    ) -> list[tuple[str, int]]:
+        """Return the exact ``limit`` values of property ``by`` with the most ``event`` over
+        the hours ``[start, end)``, most first (ties: the smaller value by code point).
+
+        As :meth:`property_counts` ranks, with the sink's top values only
+        (:meth:`~analytics_sdk.backends.base.Sink.top_values`): neither the other values'
+        sum nor the sets without ``by`` are read.
+        """
+
+        def durable(sink: SinkSnapshot, keep: set[str]) -> dict[tuple[PropertyValue, int], int]:
+            top = sink.top_values(event, by, start, end, (), limit, keep)
+            return {(value, 0): n for value, n in top.items()}
+
+        counts = self._values_read(event, by, [start, end], (), durable)
+        ranked = [(value, n) for (value, _), n in counts.items() if isinstance(value, str)]
+        return heapq.nsmallest(limit, ranked, key=lambda item: (-item[1], item[0]))
+
+    def _values_read(
+        self,
+        event: str,
+        by: str,
+        bounds: Sequence[int | None],
+        properties: Properties,
+        durable: Callable[[SinkSnapshot, set[str]], dict[tuple[PropertyValue, int], int]],
+    ) -> dict[tuple[PropertyValue, int], int]:
+        """Read counts by (value of ``by``, period): pending and buffered ones whole, durable
+        ones through ``durable(snapshot, keep)``, ``keep`` holding at least every value with
+        pending or buffered counts (as :meth:`_users_read` has its users)."""
         start, end = bounds[0], bounds[-1]
         seen: set[str] = set()
 
@@ -342,18 +389,15 @@ class QueryEngine:
                 building=read.building,
             )
 
-        counts = self._read(
+        return self._read(
             _Read(
                 pending=pending,
-                durable=lambda sink: sink.property_counts(
-                    event, by, bounds, properties, limit, set(seen)
-                ),
+                durable=lambda sink: durable(sink, set(seen)),
                 local=lambda delta: note(
                     property_hours_of(delta.hourly, event, by, start, end, properties)
                 ),
             )
         )
-        return rank_values(counts, limit, ())
 
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None

@@ -92,14 +92,6 @@ class _Connection(AwaitingDriver):
 
     __slots__ = ()
 
-    @property
-    def autocommit(self) -> bool:
-        return bool(self._target.autocommit)
-
-    @autocommit.setter
-    def autocommit(self, value: bool) -> None:
-        await_io(self._target.set_autocommit(value))
-
     @contextmanager
     def transaction(self) -> Iterator[Any]:
         with _entered(self._target.transaction()) as tx:
@@ -182,11 +174,13 @@ class AsyncPostgresSink(PostgresSink):
 
     @contextmanager
     def _borrow(self) -> Iterator[Any]:
-        with _entered(self._get_pool().connection()) as conn:
-            try:
-                yield _Connection(conn)
-            finally:
-                self._note_returned(conn)  # as the sync sink does, not in a pool callback
+        pool = self._get_pool()
+        conn = await_io(pool.getconn())  # and putconn(), as the sync sink does
+        try:
+            yield _Connection(conn)
+        finally:
+            self._note_returned(conn)  # as the sync sink does, not in a pool callback
+            await_io(pool.putconn(conn))
 
     def after_fork_in_child(self) -> None:
         self._pool = None  # the parent's: the child's event loop makes its own

@@ -526,6 +526,20 @@ class SinkSnapshot(ABC):
         """Return counts of ``event`` by property value and period, as
         :meth:`Sink.property_counts` does."""
 
+    def top_values(
+        self,
+        event: str,
+        by: str,
+        start: int | None,
+        end: int | None,
+        properties: Properties,
+        limit: int,
+        keep: Collection[str],
+    ) -> dict[str, int]:
+        """Return counts of ``event`` by value of ``by``, as :meth:`Sink.top_values` does."""
+        counts = self.property_counts(event, by, [start, end], properties, limit, keep)
+        return {value: n for (value, _), n in counts.items() if isinstance(value, str)}
+
     @abstractmethod
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None
@@ -685,6 +699,24 @@ class Sink(ABC):
         """
         with self.snapshot() as snapshot:
             return snapshot.property_counts(event, by, bounds, properties, limit, keep)
+
+    def top_values(
+        self,
+        event: str,
+        by: str,
+        start: int | None,
+        end: int | None,
+        properties: Properties,
+        limit: int,
+        keep: Collection[str],
+    ) -> dict[str, int]:
+        """Return the counts of ``event`` over the hours ``[start, end)`` (``None``:
+        unbounded) whose property sets contain ``properties``, by value of property ``by``:
+        of the ``limit`` values with the most (ties: the smaller value by code point), and
+        of those in ``keep`` (the ones with counts) whatever their rank. Sets without
+        ``by`` are left out, and so are the other values (no :attr:`Bucket.OTHER`)."""
+        with self.snapshot() as snapshot:
+            return snapshot.top_values(event, by, start, end, properties, limit, keep)
 
     @abstractmethod
     def user_counts(

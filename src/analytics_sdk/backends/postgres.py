@@ -532,20 +532,20 @@ class PostgresSink(Sink):
         # No JIT compilation: the range joins' row estimates are far too high (4.3M for the
         # 431,000 rows of a 90-day series in another time zone), so PostgreSQL compiled
         # them, which took longer than running them (500 ms instead of 180).
-        # Prepared statements planned for their parameters at every execution: after five,
-        # PostgreSQL may keep a generic plan, which for the one-range property statements
-        # cost 2.1 ms instead of 0.7 (a day of 200 property sets; a single count is the
-        # same either way).
         conn.execute(
-            "SELECT set_config('statement_timeout', %s, false), set_config('jit', 'off', false), "
-            "set_config('plan_cache_mode', 'force_custom_plan', false)",
+            "SELECT set_config('statement_timeout', %s, false), set_config('jit', 'off', false)",
             [str(self._statement_timeout_ms)],
         )
-        conn.commit()
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        """Arguments of every new connection, pooled or direct."""
-        kwargs: dict[str, Any] = {"application_name": self._application_name}
+        """Arguments of every new connection, pooled or direct.
+
+        Every connection is in autocommit: a statement outside a transaction is one round
+        trip and sees one committed state; writes and snapshots begin their transactions
+        themselves (``conn.transaction()``, ``BEGIN``), so a connection is lent and given
+        back as it is, with no mode to switch either way.
+        """
+        kwargs: dict[str, Any] = {"application_name": self._application_name, "autocommit": True}
         if "connect_timeout" not in self._conninfo:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT
         return kwargs
@@ -607,14 +607,20 @@ class PostgresSink(Sink):
             with self._direct() as conn:
                 yield conn
             return
-        with self._get_pool().connection() as conn:
-            try:
-                yield conn
-            finally:
-                # Noted here, not in a reset callback of the pool: with one, the pool hands
-                # each returned connection to its worker thread, and the next borrower waits
-                # for that thread. A broken connection is dropped by the pool all the same.
-                self._note_returned(conn)
+        # getconn() and putconn(), not the pool's connection(): that one also enters the
+        # connection, whose exit commits (nothing to commit in autocommit) at a cost of its
+        # own on every read. The pool rolls back a connection given back in a transaction
+        # (none is: each is ended where it begins) and replaces a broken one.
+        pool = self._get_pool()
+        conn = pool.getconn()
+        try:
+            yield conn
+        finally:
+            # Noted here, not in a reset callback of the pool: with one, the pool hands
+            # each returned connection to its worker thread, and the next borrower waits
+            # for that thread. A broken connection is dropped by the pool all the same.
+            self._note_returned(conn)
+            pool.putconn(conn)
 
     @contextmanager
     def _connection(self, what: str, *, migrate_first: bool = True) -> Iterator[Any]:
@@ -872,22 +878,10 @@ class PostgresSink(Sink):
         return self._snapshot(fence=fence, mark=True)
 
     @contextmanager
-    def _autocommit(self) -> Iterator[Any]:
-        """A connection of the pool in autocommit (each statement its own round trip, no
-        transaction unless one is begun), given back out of it, as its other users expect."""
-        with self._connection("query") as conn:
-            conn.autocommit = True
-            try:
-                yield conn
-            finally:
-                with suppress(*self._errors):  # a broken connection: the pool replaces it
-                    conn.autocommit = False
-
-    @contextmanager
     def read_once(self) -> Iterator[SinkSnapshot]:
         # One statement in autocommit sees one committed state: no mark, no transaction,
         # one round trip.
-        with self._autocommit() as conn:
+        with self._connection("query") as conn:
             yield _PostgresSnapshot(self, conn, once=True)
 
     @contextmanager
@@ -896,7 +890,7 @@ class PostgresSink(Sink):
             # One connection held throughout: a READ COMMITTED transaction that takes the
             # lock when entering; the reads' snapshots come after the lock is granted, and
             # nothing commits while it is held.
-            with self._autocommit() as conn:
+            with self._connection("query") as conn:
                 snapshot = _PostgresSnapshot(self, conn)
                 try:
                     snapshot.begin("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -925,13 +919,13 @@ class PostgresSink(Sink):
 
     def _mark(self) -> str:
         """Return ``pg_current_snapshot()`` as text (autocommit: no transaction to end)."""
-        with self._autocommit() as conn:
+        with self._connection("query") as conn:
             row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
         return str(row[0])
 
     def _hold(self, held: ExitStack) -> Any:
         """Borrow a connection until ``held`` closes, in autocommit and pipeline mode."""
-        conn = held.enter_context(self._autocommit())
+        conn = held.enter_context(self._connection("query"))
         held.enter_context(conn.pipeline())
         return conn
 
@@ -1144,6 +1138,51 @@ class _PostgresSnapshot(SinkSnapshot):
         limit: int | None,
         keep: Collection[str],
     ) -> dict[tuple[PropertyValue, int], int]:
+        way, params = self._property_rows(event, by, bounds, properties, limit, keep)
+        out: dict[tuple[PropertyValue, int], int] = {}
+        if way is None:
+            return out
+        # One row per (value, period); values neither ranked nor kept come summed (NULL).
+        for value, absent, period, total in self._rows(
+            f"property_periods{way}", params, prepare=False
+        ):
+            key = Bucket.NONE if absent else Bucket.OTHER if value is None else value
+            out[key, period] = out.get((key, period), 0) + int(total)
+        return out
+
+    def top_values(
+        self,
+        event: str,
+        by: str,
+        start: int | None,
+        end: int | None,
+        properties: Properties,
+        limit: int,
+        keep: Collection[str],
+    ) -> dict[str, int]:
+        way, params = self._property_rows(event, by, [start, end], properties, limit, keep)
+        if way is None:
+            return {}
+        name = f"top_values{way}_kept" if keep else f"top_values{way}"
+        return {value: int(n) for value, n in self._rows(name, params, prepare=False)}
+
+    def _property_rows(
+        self,
+        event: str,
+        by: str,
+        bounds: Sequence[int | None],
+        properties: Properties,
+        limit: int | None,
+        keep: Collection[str],
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Return how the rows of a statement by property value are read (a key of
+        ``_PROPERTY_ROWS``; None: no range, nothing to read) and its parameters.
+
+        These statements are never prepared, so each is planned for its ranges: a generic
+        plan does not know how many ranges the arrays hold and scans the whole table, and
+        even for one range (which PostgreSQL kept after five executions) cost 2.1 ms instead
+        of 0.7 on a day of 200 property sets.
+        """
         days, hours = _plan(bounds, self._sink._hourly_cutoff_day())
         params: dict[str, Any] = {
             "event": event,
@@ -1156,24 +1195,23 @@ class _PostgresSnapshot(SinkSnapshot):
             columns = list(zip(*ranges, strict=True)) or [(), (), ()]
             for name, column in zip(("p", "lo", "hi"), columns, strict=True):
                 params[prefix + name] = list(column)
-        out: dict[tuple[PropertyValue, int], int] = {}
         if not days and not hours:
-            return out
-        name = "property_periods" + ("" if days and hours else "_daily" if days else "_hourly")
-        prepare: bool | None = False  # planned for its ranges: see period_counts
+            return None, params
+        way = "" if days and hours else "_daily" if days else "_hourly"
         if len(days) + len(hours) == 1:
-            name, prepare = f"{name}_one", None
+            way = f"{way}_one"
             params["p"], params["lo"], params["hi"] = (days or hours)[0]
-        # One row per (value, period); values neither ranked nor kept come summed (NULL).
-        for value, absent, period, total in self._rows(name, params, prepare=prepare):
-            key = Bucket.NONE if absent else Bucket.OTHER if value is None else value
-            out[key, period] = out.get((key, period), 0) + int(total)
-        return out
+        return way, params
 
     def user_counts(
         self, event: str, start: int | None, end: int | None, user_id: str | None
     ) -> dict[str, int]:
         params = {"event": event, "start": start, "end": end, "user": user_id}
+        if user_id is not None and start is not None and end is not None:
+            # One user's days: a statement without optional filters, whose generic plan
+            # (kept after five executions) is the custom one, so it is not planned again.
+            rows = self._rows("user_count", params)
+            return {} if rows[0][0] is None else {user_id: int(rows[0][0])}
         return {u: int(n) for u, n in self._rows("query_users", params)}
 
     def top_users(
@@ -1518,6 +1556,44 @@ _PROPERTY_PERIOD = (
     "THEN v.value END, v.value IS NULL, %(p)s::integer, sum(v.n) "
     "FROM v GROUP BY 1, 2"
 )
+# The totals (value, n) of the %(limit)s values with the most, as the hand-written top-N is:
+# no other values summed, no sets without the property (their value is NULL). With
+# _KEPT, the values in %(keep)s besides (a value in both comes once: UNION).
+_VALUE_TOTALS = (
+    "), v AS ("
+    f"SELECT s.properties ->> %(by)s::text AS value, sum(r.n) AS n {_SETS_OF_R}"
+    "GROUP BY 1"
+    ") "
+)
+_TOP = (
+    'SELECT value, n FROM v WHERE value IS NOT NULL ORDER BY n DESC, value COLLATE "C" '
+    "LIMIT %(limit)s::bigint"
+)
+_TOP_VALUES = f"{_VALUE_TOTALS}{_TOP}"
+_TOP_VALUES_KEPT = (
+    f"{_VALUE_TOTALS}({_TOP}) UNION SELECT value, n FROM v WHERE value = ANY(%(keep)s::text[])"
+)
+
+# The counter rows (props_hash, n) of the statements by property value: whole days from
+# the rollup, the rest by hour, in one statement for each way the ranges come, so that no
+# empty range list is joined (its plan assumes a large range: a parallel scan, 50 ms to
+# start). Several ranges come as arrays (their rows with their period, p); one range only
+# (a day, an hour) as scalars %(lo)s and %(hi)s.
+_PROPERTY_ROWS = {
+    "": f"{_DAILY_SETS} UNION ALL {_HOURLY_SETS}",
+    "_daily": _DAILY_SETS,
+    "_hourly": _HOURLY_SETS,
+    "_daily_one": (
+        "SELECT props_hash, count AS n FROM {s}.daily_counts "
+        "WHERE event = %(event)s AND day >= date '1970-01-01' + %(lo)s::integer "
+        "AND day < date '1970-01-01' + %(hi)s::integer"
+    ),
+    "_hourly_one": (
+        "SELECT props_hash, count AS n FROM {s}.hourly_counts "
+        "WHERE event = %(event)s AND hour >= to_timestamp(%(lo)s::bigint * 3600) "
+        "AND hour < to_timestamp(%(hi)s::bigint * 3600)"
+    ),
+}
 
 _STATEMENTS = {
     "ledger_insert": (
@@ -1666,22 +1742,26 @@ _STATEMENTS = {
         "AND hour < to_timestamp(%(hi)s::bigint * 3600) "
         f"AND {_MATCHING_SETS}"
     ),
-    # Counts by (value of property %(by)s, period): whole days from the rollup, the rest by
-    # hour (see _PROPERTY_PERIODS); one statement per combination, so that no empty range
-    # list is joined (its plan assumes a large range: a parallel scan, 50 ms to start).
-    "property_periods": f"WITH r AS ({_DAILY_SETS} UNION ALL {_HOURLY_SETS}{_PROPERTY_PERIODS}",
-    "property_periods_daily": f"WITH r AS ({_DAILY_SETS}{_PROPERTY_PERIODS}",
-    "property_periods_hourly": f"WITH r AS ({_HOURLY_SETS}{_PROPERTY_PERIODS}",
-    # One range only (a day, an hour): prepared, with the range's bounds as scalars.
-    "property_periods_daily_one": (
-        "WITH r AS (SELECT props_hash, count AS n FROM {s}.daily_counts "
-        "WHERE event = %(event)s AND day >= date '1970-01-01' + %(lo)s::integer "
-        f"AND day < date '1970-01-01' + %(hi)s::integer{_PROPERTY_PERIOD}"
-    ),
-    "property_periods_hourly_one": (
-        "WITH r AS (SELECT props_hash, count AS n FROM {s}.hourly_counts "
-        "WHERE event = %(event)s AND hour >= to_timestamp(%(lo)s::bigint * 3600) "
-        f"AND hour < to_timestamp(%(hi)s::bigint * 3600){_PROPERTY_PERIOD}"
+    # Counts by (value of property %(by)s, period), and the top values' counts, from each
+    # way of reading their rows (see _PROPERTY_ROWS).
+    **{
+        f"property_periods{way}": (
+            f"WITH r AS ({rows}{_PROPERTY_PERIOD if way.endswith('_one') else _PROPERTY_PERIODS}"
+        )
+        for way, rows in _PROPERTY_ROWS.items()
+    },
+    **{
+        f"top_values{way}": f"WITH r AS ({rows}{_TOP_VALUES}"
+        for way, rows in _PROPERTY_ROWS.items()
+    },
+    **{
+        f"top_values{way}_kept": f"WITH r AS ({rows}{_TOP_VALUES_KEPT}"
+        for way, rows in _PROPERTY_ROWS.items()
+    },
+    "user_count": (
+        "SELECT sum(count) FROM {s}.user_daily_counts WHERE event = %(event)s "
+        "AND user_id = %(user)s AND day >= date '1970-01-01' + %(start)s::integer "
+        "AND day < date '1970-01-01' + %(end)s::integer"
     ),
     "query_users": (
         "SELECT user_id, sum(count) FROM {s}.user_daily_counts "
