@@ -212,15 +212,14 @@ class QueryEngine:
         read, and is then read once or not at all, as any count tracked during a query
         may be; none that existed before is in the buffer.
         """
-        if read.local is not None and not self.aggregator.is_empty():
-            with self.aggregator.reading():
+        local = read.local if read.local is not None and not self.aggregator.is_empty() else None
+        with self.aggregator.reading() if local is not None else nullcontext():
+            if local is not None:
                 held = self.aggregator.local_counts()
-                if read.local(held.buffer):
+                if local(held.buffer):
                     return None
-                if held.outbox is not None and read.local(held.outbox.delta):
+                if held.outbox is not None and local(held.outbox.delta):
                     return None
-                pending = read.pending()
-        else:
             pending = read.pending()
         if pending.live or any(pending.claimed.values()):
             return None
