@@ -91,13 +91,17 @@ def test_statements_quote_the_schema_as_psycopg_does(pg_url: str, schema: str) -
 
 
 def test_retention_keeps_daily_totals(pg_url: str, schema: str) -> None:
-    clock = ManualClock(start=NOW)
+    # The ledger is stamped by the database's clock, and pruned on the sink's: start the
+    # sink's clock at the database's time so that the ledger's retention is what is tested.
+    with psycopg.connect(pg_url) as conn:
+        now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+    clock = ManualClock(start=now)
     sink = PostgresSink.from_url(
         f"{pg_url}?schema={schema}&hourly_retention_days=7&user_retention_days=30&ledger_retention_days=1",
         clock.time,
     )
-    old = NOW - timedelta(days=20)
-    recent = NOW - timedelta(days=2)
+    old = now - timedelta(days=20)
+    recent = now - timedelta(days=2)
     sink.apply(
         batch(
             {
@@ -118,6 +122,7 @@ def test_retention_keeps_daily_totals(pg_url: str, schema: str) -> None:
     assert counts == {day_of(old.date()) * 24: 7, hour_of(recent): 5}
     assert sink.hourly_counts("e", None, None, (("p", "1"),)) == {day_of(old.date()) * 24: 3}
     assert sink.user_counts("e", None, None, None) == {"u": 2}
+    assert sink.prune()["flush_ledger"] == 0  # the batch is a day younger than retention
     clock.advance(2 * 86400)
     assert sink.prune() == {
         "flush_ledger": 1,
