@@ -452,7 +452,8 @@ def test_module_aflush_and_ashutdown_and_arecording() -> None:
             assert flushed.complete
             assert recorder.client.sink.event_totals() == {"signup": 2}
             counted = await recorder.acount("signup")
-            users = await recorder.aunique_users("signup", date.today(), date.today())
+            today = datetime.now(timezone.utc).date()  # days are UTC, whatever the machine's zone
+            users = await recorder.aunique_users("signup", today, today)
             return counted, users, await analytics_sdk.ashutdown()
 
     counted, users, result = asyncio.run(app())

@@ -838,6 +838,26 @@ def test_a_lost_shard_count_with_data_in_the_store_fails_loudly(
     assert newcomer.shards == 8
 
 
+def test_a_client_starting_while_another_writes_its_first_counts_adopts_its_shard_count(
+    redis_url: str, prefix: str
+) -> None:
+    """The first read misses the shard-count key, then the other client writes the key and
+    its counts before the look for data: the key is there now, nothing was lost."""
+    first = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=4")
+    second = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=2")
+    looked = second._shards_with_data
+
+    def meanwhile(start: int) -> list[int]:
+        if start == 0:  # between the second's read of the key and its look for data
+            push(first, 1, producer="first")
+        return looked(start)
+
+    second._shards_with_data = meanwhile  # type: ignore[method-assign]
+    push(second, 1, producer="second")
+    assert (first.shards, second.shards) == (4, 4)
+    assert first.pending_event_totals().live == {"e": 2}
+
+
 def test_counts_outside_the_recorded_shard_count_fail_loudly(redis_url: str, prefix: str) -> None:
     wide = RedisCounterStore.from_url(f"{redis_url}?prefix={prefix}&shards=8")
     for n in range(16):

@@ -840,24 +840,29 @@ class RedisCounterStore(CounterStore):
         if recorded is None:
             used = self._shards_with_data(0)
             if used:
-                message = (
-                    f"Redis {self._description}: the shard-count key {key} is missing while "
-                    f"shards {used[:8]} hold counts or claims: it was lost (evicted, deleted "
-                    "or flushed). Writing a new count could strand counts; restore it with "
-                    f"HSET {key} shards <the count the prefix was created with, at least "
-                    f"{used[-1] + 1}>"
-                )
-                logger.error("%s", message)
-                raise StoreError(message)
-            if self._read_only:
+                # A client writes the key before its first count: data found after a read
+                # that missed the key may be a client's that started meanwhile.
+                recorded = self._redis.hget(key, "shards")
+                if recorded is None:
+                    message = (
+                        f"Redis {self._description}: the shard-count key {key} is missing "
+                        f"while shards {used[:8]} hold counts or claims: it was lost (evicted, "
+                        "deleted or flushed). Writing a new count could strand counts; restore "
+                        f"it with HSET {key} shards <the count the prefix was created with, at "
+                        f"least {used[-1] + 1}>"
+                    )
+                    logger.error("%s", message)
+                    raise StoreError(message)
+            elif self._read_only:
                 raise StoreError(
                     f"Redis {self._description} has no analytics counters under prefix "
                     f"{self.prefix!r} (no key {key}): check the URL's ?prefix= (default "
                     f"{DEFAULT_PREFIX!r}); the key appears at the first push of an application "
                     "or the start of a worker using that prefix"
                 )
-            self._redis.hsetnx(key, "shards", self.shards)
-            recorded = self._redis.hget(key, "shards")
+            else:
+                self._redis.hsetnx(key, "shards", self.shards)
+                recorded = self._redis.hget(key, "shards")
         count = int(recorded)
         stray = self._shards_with_data(count)
         if stray:
